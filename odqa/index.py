@@ -1,0 +1,334 @@
+"""Build and open odqa indexes: a bm25s BM25 index plus a FAISS inner-product index.
+
+Layout of ``indexes/NAME/``::
+
+    manifest.json    corpus hash, encoder, dim, count, BM25 and FAISS settings, odqa version,
+                     and the size and sha256 of every file below (checked on open)
+    passages.jsonl   the passages, in index order
+    bm25/            bm25s files
+    dense.faiss      FAISS index (flat, IVF or HNSW), inner product as in DPR
+
+A build writes into ``.NAME.partial`` beside the target and renames it into place
+at the end, so a killed build never leaves a half-written index. Embeddings are
+saved there in chunks, so restarting the same build resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from odqa import __version__
+from odqa.corpus import Passage, corpus_hash, read_corpus
+from odqa.errors import IndexCorruptError, IndexMismatchError, IndexNotFoundError, OdqaError
+
+FAISS_TYPES = ("flat", "ivf", "hnsw")
+CHUNK = 256  # passages per saved embedding chunk: the unit of progress and of resume
+
+
+@dataclass(frozen=True)
+class BM25Config:
+    """BM25 scoring and tokenization; chosen on the numbers in bench/bm25_params.py."""
+
+    method: str = "lucene"
+    k1: float = 1.2
+    b: float = 0.75
+    stemmer: str | None = "english"
+    stopwords: str | None = "en"
+
+    def tokenize(self, texts: list[str]) -> list[list[str]]:
+        import bm25s
+
+        stem = None
+        if self.stemmer:
+            import Stemmer
+
+            stem = Stemmer.Stemmer(self.stemmer).stemWords
+        return bm25s.tokenize(
+            texts, stopwords=self.stopwords, stemmer=stem, return_ids=False, show_progress=False
+        )
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError:
+        raise OdqaError(
+            "FAISS is not installed; install odqa with the 'cpu' extra (pip install -e '.[cpu]') "
+            "or the 'gpu' extra"
+        ) from None
+    return faiss
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _make_faiss(kind: str, emb: np.ndarray) -> tuple[object, dict]:
+    faiss = _faiss()
+    n, d = emb.shape
+    if kind == "flat":
+        index, params = faiss.IndexFlatIP(d), {}
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = 80
+        params = {"M": 32, "efConstruction": 80, "efSearch": 128}
+    elif kind == "ivf":
+        # ~4*sqrt(n) lists, but at least 39 training points per list (FAISS's own floor)
+        nlist = max(1, min(int(4 * math.sqrt(n)), n // 39))
+        quantizer = faiss.IndexFlatIP(d)
+        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.train(emb)
+        params = {"nlist": nlist, "nprobe": min(nlist, 16)}
+    else:
+        raise OdqaError(f"unknown FAISS index type '{kind}'; use one of {list(FAISS_TYPES)}")
+    index.add(emb)
+    return index, params
+
+
+def build_index(
+    corpus: str,
+    out: str | Path,
+    encoder: str = "minilm-l6",
+    query_encoder: str | None = None,
+    faiss_type: str = "flat",
+    bm25: BM25Config = BM25Config(),
+    batch_size: int = 16,
+    force: bool = False,
+    limit: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """Build ``out`` from ``corpus`` (``wiki-vital``, a DPR ``.tsv`` or a ``.jsonl``)."""
+    from odqa.encoders import load_encoder, probe_embedding
+
+    if faiss_type not in FAISS_TYPES:
+        raise OdqaError(f"unknown FAISS index type '{faiss_type}'; use one of {list(FAISS_TYPES)}")
+    out = Path(out)
+    if out.exists() and not force:
+        raise OdqaError(f"index '{out}' already exists; pass --force to rebuild it, or choose another --out")
+    passages = read_corpus(corpus)
+    if limit:
+        passages = passages[:limit]
+    chash = corpus_hash(passages)
+    spec = {"corpus_hash": chash, "encoder": encoder, "query_encoder": query_encoder, "faiss": faiss_type,
+            "bm25": bm25.__dict__, "count": len(passages)}
+
+    partial = out.parent / f".{out.name}.partial"
+    build_file = partial / "build.json"
+    if partial.exists():
+        try:
+            same = json.loads(build_file.read_text()) == spec
+        except (OSError, json.JSONDecodeError):
+            same = False
+        if not same:
+            shutil.rmtree(partial)
+    (partial / "emb").mkdir(parents=True, exist_ok=True)
+    _atomic_write_bytes(build_file, json.dumps(spec).encode())
+
+    # passages
+    lines = "".join(json.dumps({"id": p.id, "title": p.title, "text": p.text}, ensure_ascii=False) + "\n"
+                    for p in passages)
+    _atomic_write_bytes(partial / "passages.jsonl", lines.encode("utf-8"))
+
+    # BM25 (seconds, so not resumable)
+    import bm25s
+
+    if not (partial / "bm25" / "params.index.json").exists():
+        tokens = bm25.tokenize([p.retrieval_text() for p in passages])
+        retriever = bm25s.BM25(method=bm25.method, k1=bm25.k1, b=bm25.b)
+        retriever.index(tokens, show_progress=progress)
+        tmp_bm25 = partial / "bm25.tmp"
+        shutil.rmtree(tmp_bm25, ignore_errors=True)
+        retriever.save(str(tmp_bm25), show_progress=False)
+        os.replace(tmp_bm25, partial / "bm25")
+
+    # dense embeddings, chunk by chunk (resumable)
+    enc = load_encoder(encoder, query_encoder)
+    n_chunks = math.ceil(len(passages) / CHUNK)
+    done = [i for i in range(n_chunks) if (partial / "emb" / f"{i:05d}.npy").exists()]
+    bar = tqdm(total=len(passages), desc="embedding passages", unit="psg", disable=not progress,
+               initial=sum(min(CHUNK, len(passages) - i * CHUNK) for i in done))
+    for i in range(n_chunks):
+        path = partial / "emb" / f"{i:05d}.npy"
+        if path.exists():
+            continue
+        chunk = passages[i * CHUNK : (i + 1) * CHUNK]
+        # one call per chunk: the encoder sorts by length inside it, so batches pad little
+        emb = enc.encode_passages([p.title for p in chunk], [p.text for p in chunk], batch_size)
+        bar.update(len(chunk))
+        tmp = path.with_name(path.stem + ".tmp.npy")
+        np.save(tmp, emb)
+        os.replace(tmp, path)
+    bar.close()
+    emb = np.concatenate([np.load(partial / "emb" / f"{i:05d}.npy") for i in range(n_chunks)])
+
+    faiss = _faiss()
+    index, faiss_params = _make_faiss(faiss_type, emb)
+    faiss.write_index(index, str(partial / "dense.faiss.tmp"))
+    os.replace(partial / "dense.faiss.tmp", partial / "dense.faiss")
+
+    shutil.rmtree(partial / "emb")
+    build_file.unlink()
+    files = {}
+    for f in sorted(partial.rglob("*")):
+        if f.is_file():
+            rel = f.relative_to(partial).as_posix()
+            files[rel] = {"bytes": f.stat().st_size, "sha256": _sha256(f)}
+    manifest = {
+        "kind": "odqa-index",
+        "odqa_version": __version__,
+        "corpus": corpus,
+        "corpus_hash": chash,
+        "count": len(passages),
+        "encoder": encoder,
+        "encoder_kind": enc.kind,
+        "query_encoder": getattr(enc, "query_name", None),
+        "dim": int(emb.shape[1]),
+        "normalized": bool(enc.normalize),
+        "encoder_probe": [round(float(x), 6) for x in probe_embedding(enc)],
+        "faiss": {"type": faiss_type, "metric": "inner_product", **faiss_params},
+        "bm25": {**bm25.__dict__, "library": "bm25s", "text": "title\\ntext"},
+        "files": files,
+    }
+    _atomic_write_bytes(partial / "manifest.json", json.dumps(manifest, indent=2).encode())
+
+    if out.exists():  # --force: swap the old one out, then delete it
+        old = out.parent / f".{out.name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+        os.replace(partial, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(partial, out)
+    return out
+
+
+class SearchIndex:
+    """An opened index; its BM25 and FAISS parts load lazily, once per process."""
+
+    def __init__(self, path: Path, manifest: dict):
+        self.path = path
+        self.manifest = manifest
+        self._lock = threading.Lock()
+        self._passages: list[Passage] | None = None
+        self._bm25 = None
+        self._faiss = None
+
+    @classmethod
+    def open(cls, path: str | Path) -> "SearchIndex":
+        path = Path(path)
+        hint = f"build it with: odqa index build --corpus wiki-vital --out {path}"
+        if not path.is_dir():
+            raise IndexNotFoundError(f"index directory '{path}' does not exist; {hint}")
+        mpath = path / "manifest.json"
+        if not mpath.exists():
+            raise IndexNotFoundError(f"'{path}' is not an odqa index (no manifest.json); {hint}")
+        try:
+            manifest = json.loads(mpath.read_text(encoding="utf-8"))
+            files = manifest["files"]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+            raise IndexCorruptError(
+                f"index '{path}': manifest.json is unreadable; rebuild with `odqa index build ... --out {path} --force`"
+            ) from None
+        for rel, info in files.items():
+            f = path / rel
+            fix = f"rebuild with `odqa index build --corpus {manifest.get('corpus', 'CORPUS')} --out {path} --force`"
+            if not f.exists():
+                raise IndexCorruptError(f"index '{path}': file {rel} is missing; {fix}")
+            if f.stat().st_size != info["bytes"]:
+                raise IndexCorruptError(
+                    f"index '{path}': file {rel} is {f.stat().st_size} bytes, expected {info['bytes']} "
+                    f"(truncated?); {fix}"
+                )
+            if _sha256(f) != info["sha256"]:
+                raise IndexCorruptError(f"index '{path}': file {rel} does not match its checksum; {fix}")
+        return cls(path, manifest)
+
+    @property
+    def passages(self) -> list[Passage]:
+        with self._lock:
+            if self._passages is None:
+                with open(self.path / "passages.jsonl", encoding="utf-8") as fh:
+                    self._passages = [Passage(**json.loads(line)) for line in fh]
+            return self._passages
+
+    def bm25(self):
+        with self._lock:
+            if self._bm25 is None:
+                import bm25s
+
+                self._bm25 = bm25s.BM25.load(str(self.path / "bm25"), show_progress=False)
+            return self._bm25
+
+    def bm25_config(self) -> BM25Config:
+        keys = BM25Config.__dataclass_fields__
+        return BM25Config(**{k: v for k, v in self.manifest["bm25"].items() if k in keys})
+
+    def dense(self):
+        with self._lock:
+            if self._faiss is None:
+                faiss = _faiss()
+                index = faiss.read_index(str(self.path / "dense.faiss"))
+                params = self.manifest["faiss"]
+                if params["type"] == "ivf":
+                    index.nprobe = params["nprobe"]
+                elif params["type"] == "hnsw":
+                    index.hnsw.efSearch = params["efSearch"]
+                self._faiss = index
+            return self._faiss
+
+    def check_encoder(self, encoder) -> None:
+        """Fail if ``encoder`` embeds differently from the encoder this index was built with."""
+        from odqa.encoders import probe_embedding
+
+        built = np.asarray(self.manifest["encoder_probe"], dtype=np.float32)
+        now = probe_embedding(encoder)
+        same = built.shape == now.shape and float(
+            np.dot(built, now) / (np.linalg.norm(built) * np.linalg.norm(now) + 1e-12)
+        ) > 0.999
+        if not same:
+            raise IndexMismatchError(
+                f"index '{self.path}' was built with encoder '{self.manifest['encoder']}' "
+                f"(dim {self.manifest['dim']}), but the pipeline uses '{encoder.name}' (dim {encoder.dim}); "
+                f"set the retriever's encoder to '{self.manifest['encoder']}', or rebuild the index with "
+                f"`odqa index build --encoder {encoder.name} ...`"
+            )
+
+
+_OPEN: dict[tuple[str, float], SearchIndex] = {}
+_OPEN_LOCK = threading.Lock()
+
+
+def open_index(path: str | Path) -> SearchIndex:
+    """Open an index once per process (retrievers in one pipeline share it)."""
+    p = Path(path).resolve()
+    try:
+        key = (str(p), (p / "manifest.json").stat().st_mtime)
+    except OSError:
+        return SearchIndex.open(path)  # raises the right error
+    with _OPEN_LOCK:
+        if key not in _OPEN:
+            _OPEN[key] = SearchIndex.open(p)
+        return _OPEN[key]

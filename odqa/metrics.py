@@ -1,0 +1,79 @@
+"""NQ-open metrics, by the conventions of DPR, FiD and the paper.
+
+- :func:`exact_match` / :func:`f1`: SQuAD normalization, best over gold aliases.
+- :func:`has_answer`: DPR's answer-in-passage check (uncased token sequences from
+  DPR's simple tokenizer: runs of letters/digits/marks, and single other non-space chars).
+"""
+
+from __future__ import annotations
+
+import re
+import string
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable
+
+import regex
+
+_PUNCT = set(string.punctuation)
+_ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
+# DPR's SimpleTokenizer (dpr/utils/tokenizers.py): alphanumeric runs, or one non-space char
+_DPR_TOKEN = regex.compile(r"[\p{L}\p{N}\p{M}]+|[^\p{Z}\p{C}]", flags=regex.IGNORECASE | regex.UNICODE | regex.MULTILINE)
+
+
+def normalize_answer(s: str) -> str:
+    """SQuAD normalization: lowercase, drop punctuation and articles, collapse whitespace."""
+    s = s.lower()
+    s = "".join(ch for ch in s if ch not in _PUNCT)
+    s = _ARTICLES.sub(" ", s)
+    return " ".join(s.split())
+
+
+def exact_match(prediction: str, golds: Iterable[str]) -> float:
+    p = normalize_answer(prediction or "")
+    return float(any(p == normalize_answer(g) for g in golds))
+
+
+def _f1(pred: str, gold: str) -> float:
+    p, g = normalize_answer(pred).split(), normalize_answer(gold).split()
+    if not p or not g:
+        return float(p == g)
+    common = Counter(p) & Counter(g)
+    same = sum(common.values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(p), same / len(g)
+    return 2 * precision * recall / (precision + recall)
+
+
+def f1(prediction: str, golds: Iterable[str]) -> float:
+    return max((_f1(prediction or "", g) for g in golds), default=0.0)
+
+
+def dpr_tokens(text: str) -> list[str]:
+    return [t.lower() for t in _DPR_TOKEN.findall(unicodedata.normalize("NFD", text))]
+
+
+def _contains(seq: list[str], sub: list[str]) -> bool:
+    n = len(sub)
+    if n == 0:
+        return False
+    first = sub[0]
+    return any(seq[i] == first and seq[i : i + n] == sub for i in range(len(seq) - n + 1))
+
+
+def has_answer(text: str, answers: Iterable[str]) -> bool:
+    """DPR's ``has_answer``: does any answer's token sequence occur in ``text``'s?"""
+    toks = dpr_tokens(text)
+    return any(_contains(toks, dpr_tokens(a)) for a in answers)
+
+
+def contains_normalized(text: str, answers: Iterable[str]) -> bool:
+    """Does a SQuAD-normalized answer occur as a whole-token run in the normalized text?
+
+    Looser than :func:`has_answer` about punctuation (``"8,611 m"`` matches ``8611 m``);
+    used to say whether a prediction *contains* the answer, and for the benchmark's
+    answer-in-evidence flag.
+    """
+    toks = normalize_answer(text).split()
+    return any(_contains(toks, normalize_answer(a).split()) for a in answers)
