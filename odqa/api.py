@@ -1,0 +1,215 @@
+"""The Python API: ``odqa.load(pipeline_yaml) -> QA``; ``QA.ask(q)`` / ``QA.ask_many(qs)``.
+
+Pipeline files are Haystack YAML. Relative paths in them (``index_dir``,
+``soft_prompt``, and ``model``/``encoder`` values starting with ``./`` or ``../``)
+are resolved against the YAML file's own directory, so a pipeline runs from any
+working directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from haystack import Pipeline, tracing
+from haystack.core.errors import PipelineRuntimeError
+
+from odqa.components._common import check_question
+from odqa.errors import MalformedYAMLError, OdqaError, PipelineConfigError, UnknownComponentError
+
+PATH_PARAMS = {"index_dir", "soft_prompt"}
+MAYBE_PATH_PARAMS = {"model", "encoder", "query_encoder"}
+
+
+@dataclass
+class PassageRef:
+    """A passage the reader read."""
+
+    id: str
+    title: str
+    text: str
+    score: float | None
+
+
+@dataclass
+class Answer:
+    """What :meth:`QA.ask` returns."""
+
+    question: str
+    answer: str
+    score: float
+    passages: list[PassageRef]
+    dropped_ids: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per pipeline stage, plus "total"
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --- per-stage timing through Haystack's tracing hook -----------------------------------
+_timings: contextvars.ContextVar[dict[str, float] | None] = contextvars.ContextVar("odqa_timings", default=None)
+
+
+class _Span(tracing.Span):
+    def set_tag(self, key: str, value: Any) -> None:  # tags are not needed for timing
+        pass
+
+
+class _StageTimer(tracing.Tracer):
+    """Records the wall time of each component run into the active ``_timings`` dict."""
+
+    @contextlib.contextmanager
+    def trace(self, operation_name: str, tags: dict[str, Any] | None = None, parent_span: tracing.Span | None = None):
+        start = time.perf_counter()
+        try:
+            yield _Span()
+        finally:
+            record = _timings.get()
+            if record is not None and operation_name == "haystack.component.run" and tags:
+                name = tags.get("haystack.component.name", "?")
+                record[name] = record.get(name, 0.0) + time.perf_counter() - start
+
+    def current_span(self) -> tracing.Span | None:
+        return None
+
+
+_TIMER_INSTALLED = False
+
+
+def _install_timer() -> None:
+    global _TIMER_INSTALLED
+    if not _TIMER_INSTALLED and not tracing.is_tracing_enabled():
+        tracing.enable_tracing(_StageTimer())
+    _TIMER_INSTALLED = True
+
+
+# --- loading ------------------------------------------------------------------------------
+def _resolve_paths(data: dict, base: Path) -> None:
+    for comp in (data.get("components") or {}).values():
+        params = comp.get("init_parameters") or {}
+        for key, value in list(params.items()):
+            if not isinstance(value, str) or Path(value).is_absolute():
+                continue
+            if key in PATH_PARAMS or (key in MAYBE_PATH_PARAMS and value.startswith(("./", "../"))):
+                params[key] = str((base / value).resolve())
+
+
+def _check_types(data: dict, source: str) -> None:
+    for name, comp in data["components"].items():
+        if not isinstance(comp, dict) or not isinstance(comp.get("type"), str):
+            raise MalformedYAMLError(f"{source}: component '{name}' needs a 'type' (a dotted class path)")
+        module, _, cls = comp["type"].rpartition(".")
+        try:
+            found = getattr(importlib.import_module(module), cls, None) if module else None
+        except ImportError:
+            found = None
+        if found is None:
+            raise UnknownComponentError(
+                f"{source}: component '{name}' has unknown type '{comp['type']}'; use an odqa component "
+                "(e.g. odqa.components.retrievers.BM25Retriever) or an importable Haystack component"
+            )
+
+
+def load_pipeline(path: str | Path) -> Pipeline:
+    """Read a pipeline YAML file into a Haystack :class:`Pipeline`, with odqa's checks and errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineConfigError(f"pipeline file '{path}' does not exist; see pipelines/ for the bundled ones")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise MalformedYAMLError(f"{path}: not valid UTF-8 (byte offset {e.start}); save the file as UTF-8") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or "invalid YAML"
+        raise MalformedYAMLError(f"{path}: malformed YAML{where}: {problem}; fix the file's syntax") from None
+    if not isinstance(data, dict) or not isinstance(data.get("components"), dict):
+        raise MalformedYAMLError(
+            f"{path}: not a Haystack pipeline (expected a mapping with 'components' and 'connections')"
+        )
+    _check_types(data, str(path))
+    _resolve_paths(data, path.parent)
+    try:
+        return Pipeline.from_dict(data, allowed_modules=["odqa.*"])
+    except OdqaError:
+        raise
+    except Exception as e:  # noqa: BLE001 - Haystack raises several types here; name the file
+        raise PipelineConfigError(f"{path}: {str(e).splitlines()[0]}") from e
+
+
+def _unwrap(e: PipelineRuntimeError) -> Exception:
+    cause = e.__cause__
+    while isinstance(cause, PipelineRuntimeError) and cause.__cause__ is not None:
+        cause = cause.__cause__
+    return cause if isinstance(cause, OdqaError) else e
+
+
+class QA:
+    """A loaded pipeline that answers questions."""
+
+    def __init__(self, pipeline: Pipeline, source: str = "<pipeline>"):
+        from odqa.components import ContextPacker, FrozenLMReader
+
+        self.pipeline = pipeline
+        self.source = source
+        readers = [n for n, c in pipeline.walk() if isinstance(c, FrozenLMReader)]
+        if not readers:
+            raise PipelineConfigError(f"{source}: the pipeline has no FrozenLMReader, so it cannot answer")
+        self.reader = readers[0]
+        packers = [n for n, c in pipeline.walk() if isinstance(c, ContextPacker)]
+        self.packer = packers[0] if packers else None
+        _install_timer()
+
+    @classmethod
+    def load(cls, path: str | Path) -> "QA":
+        return cls(load_pipeline(path), str(path))
+
+    def warm_up(self) -> None:
+        try:
+            self.pipeline.warm_up()
+        except PipelineRuntimeError as e:
+            raise _unwrap(e) from None
+
+    def ask(self, question: str) -> Answer:
+        """Answer one question. Raises :class:`~odqa.errors.OdqaError` subclasses on bad input."""
+        question = check_question(question)
+        self.warm_up()
+        record: dict[str, float] = {}
+        token = _timings.set(record)
+        start = time.perf_counter()
+        try:
+            include = {self.reader} | ({self.packer} if self.packer else set())
+            out = self.pipeline.run({"query": question}, include_outputs_from=include)
+        except PipelineRuntimeError as e:
+            raise _unwrap(e) from None
+        finally:
+            _timings.reset(token)
+        record["total"] = time.perf_counter() - start
+        generated = out[self.reader]["answers"][0]
+        packed = out.get(self.packer, {}) if self.packer else {}
+        return Answer(
+            question=question,
+            answer=generated.data or "",
+            score=float(generated.meta.get("score", 0.0)),
+            passages=[PassageRef(d.id, d.meta.get("title", ""), d.content, d.score) for d in generated.documents],
+            dropped_ids=list(packed.get("dropped_ids", [])),
+            timings={k: round(v, 4) for k, v in record.items()},
+            meta={k: v for k, v in generated.meta.items() if k != "score"} | (
+                {"budget": packed["budget"]} if "budget" in packed else {}),
+        )
+
+    def ask_many(self, questions: list[str], progress: bool = True) -> list[Answer]:
+        """Answer a list of questions in order, with a progress bar."""
+        from tqdm.auto import tqdm
+
+        return [self.ask(q) for q in tqdm(questions, desc="answering", unit="q", disable=not progress)]

@@ -1,0 +1,195 @@
+"""The ``odqa`` command.
+
+    odqa index build --corpus wiki-vital --out indexes/wiki-vital
+    odqa ask "Who wrote Romeo and Juliet?"
+    odqa run pipelines/frozen_reader.yml --question "..." [--json]
+    odqa run pipelines/frozen_reader.yml --questions FILE.jsonl --out answers.jsonl
+    odqa demo
+
+Errors print one line (``error: ...``) and exit with status 2; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import odqa  # noqa: F401 - sets the offline defaults before anything else loads
+from odqa.errors import OdqaError
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_PIPELINE = REPO / "pipelines" / "frozen_reader.yml"
+DEMO_QUESTIONS = [
+    "Who wrote Romeo and Juliet?",
+    "What is the capital of Australia?",
+    "Who painted the Mona Lisa?",
+    "Who developed the theory of general relativity?",
+    "Which planet is known as the Red Planet?",
+    "In which city is the Eiffel Tower?",
+]
+
+
+def _print_answer(a, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(a.to_dict(), ensure_ascii=False))
+        return
+    titles = ", ".join(dict.fromkeys(p.title for p in a.passages)) or "(no passages)"
+    print(f"Q: {a.question}\nA: {a.answer}   (score {a.score:.2f})\n   sources: {titles}")
+    stages = "  ".join(f"{k} {v * 1000:.0f} ms" for k, v in a.timings.items())
+    print(f"   timings: {stages}")
+
+
+def cmd_index_build(args) -> int:
+    from odqa.index import BM25Config, build_index
+
+    bm25 = BM25Config(method=args.bm25_method, k1=args.bm25_k1, b=args.bm25_b,
+                      stemmer=None if args.bm25_stemmer == "none" else args.bm25_stemmer,
+                      stopwords=None if args.bm25_stopwords == "none" else args.bm25_stopwords)
+    out = build_index(args.corpus, args.out, encoder=args.encoder, query_encoder=args.query_encoder,
+                      faiss_type=args.faiss, bm25=bm25, force=args.force, limit=args.limit,
+                      batch_size=args.batch_size)
+    manifest = json.loads((out / "manifest.json").read_text())
+    print(f"built {out}: {manifest['count']} passages, encoder {manifest['encoder']} (dim {manifest['dim']}), "
+          f"faiss {manifest['faiss']['type']}")
+    return 0
+
+
+def cmd_ask(args) -> int:
+    import odqa as api
+
+    qa = api.load(args.pipeline)
+    _print_answer(qa.ask(args.question), args.json)
+    return 0
+
+
+def _read_done(out: Path) -> set[str]:
+    """Ids already answered in ``out``; a half-written last line (a kill mid-write) is dropped."""
+    if not out.exists():
+        return set()
+    done, good = set(), []
+    raw = out.read_bytes()
+    for line in raw.splitlines(keepends=True):
+        try:
+            rec = json.loads(line)
+            done.add(str(rec["id"]))
+            good.append(line if line.endswith(b"\n") else line + b"\n")
+        except (json.JSONDecodeError, KeyError, UnicodeDecodeError):
+            break
+    if b"".join(good) != raw:
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_bytes(b"".join(good))
+        os.replace(tmp, out)
+    return done
+
+
+def cmd_run(args) -> int:
+    import odqa as api
+
+    if bool(args.question is not None) == bool(args.questions):
+        raise OdqaError("pass exactly one of --question TEXT or --questions FILE.jsonl")
+    qa = api.load(args.pipeline)
+    if args.question is not None:
+        _print_answer(qa.ask(args.question), args.json)
+        return 0
+    if not args.out:
+        raise OdqaError("--questions needs --out FILE.jsonl for the answers")
+    from tqdm.auto import tqdm
+
+    from odqa.questions import load_questions
+
+    questions = load_questions(args.questions)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = _read_done(out)
+    todo = [q for q in questions if q.id not in done]
+    if done:
+        print(f"resuming: {len(done)} of {len(questions)} already answered in {out}", file=sys.stderr)
+    with open(out, "a", encoding="utf-8") as fh:
+        for q in tqdm(todo, desc="answering", unit="q"):
+            a = qa.ask(q.question)
+            fh.write(json.dumps({"id": q.id, "answers": q.answers, **a.to_dict()}, ensure_ascii=False) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+    print(f"wrote {len(questions)} answers to {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    import odqa as api
+
+    qa = api.load(args.pipeline)
+    for q in DEMO_QUESTIONS:
+        _print_answer(qa.ask(q), False)
+        print()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="odqa", description="Open-domain QA on a frozen language model.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    idx = sub.add_parser("index", help="build search indexes").add_subparsers(dest="index_cmd", required=True)
+    b = idx.add_parser("build", help="build BM25 + FAISS indexes from a corpus")
+    b.add_argument("--corpus", required=True, help="wiki-vital, a DPR psgs_w100.tsv file, or a .jsonl file")
+    b.add_argument("--out", required=True, help="index directory to create, e.g. indexes/wiki-vital")
+    b.add_argument("--encoder", default="minilm-l6",
+                   help="sentence-transformers model, or a DPR context encoder (id or path)")
+    b.add_argument("--query-encoder", default=None, help="DPR question encoder (default: derived from --encoder)")
+    b.add_argument("--faiss", default="flat", choices=["flat", "ivf", "hnsw"])
+    b.add_argument("--bm25-method", default="lucene", choices=["lucene", "robertson", "atire", "bm25l", "bm25+"])
+    b.add_argument("--bm25-k1", type=float, default=1.2)
+    b.add_argument("--bm25-b", type=float, default=0.75)
+    b.add_argument("--bm25-stemmer", default="english", help="a PyStemmer language, or none")
+    b.add_argument("--bm25-stopwords", default="en", help="en, or none")
+    b.add_argument("--batch-size", type=int, default=16)
+    b.add_argument("--limit", type=int, default=None, help="index only the first N passages")
+    b.add_argument("--force", action="store_true", help="replace an existing index")
+    b.set_defaults(func=cmd_index_build)
+
+    a = sub.add_parser("ask", help="answer one question with the default pipeline")
+    a.add_argument("question")
+    a.add_argument("--pipeline", default=str(DEFAULT_PIPELINE))
+    a.add_argument("--json", action="store_true", help="machine-readable output")
+    a.set_defaults(func=cmd_ask)
+
+    r = sub.add_parser("run", help="run a pipeline on one question or a jsonl file of questions")
+    r.add_argument("pipeline")
+    r.add_argument("--question")
+    r.add_argument("--questions", help="jsonl file with a 'question' per line, or fanoutqa-wiki[:split]")
+    r.add_argument("--out", help="answers jsonl (appended to; a rerun resumes)")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=cmd_run)
+
+    d = sub.add_parser("demo", help="answer a few sample questions")
+    d.add_argument("--pipeline", default=str(DEFAULT_PIPELINE))
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except OdqaError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - the CLI never shows a traceback unless asked
+        if args.debug:
+            raise
+        msg = str(e).splitlines()[0] if str(e) else ""
+        print(f"error: unexpected {type(e).__name__}: {msg} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

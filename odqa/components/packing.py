@@ -1,0 +1,144 @@
+"""ContextPacker: fill the reader's context window greedily, best-ranked passage first (paper, Section 3)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from haystack import Document, component, default_from_dict, default_to_dict
+
+from odqa.components._common import check_question
+from odqa.errors import QuestionTooLongError
+from odqa.lm.prompting import encode, format_passages, get_template
+
+
+def soft_prompt_length(path: str | None) -> int:
+    """Number of vectors in a soft prompt artifact (0 when there is none)."""
+    if not path:
+        return 0
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    from odqa.lm.soft_prompt import WEIGHTS
+
+    p = Path(path)
+    with safe_open(str(p / WEIGHTS if p.is_dir() else p), framework="pt") as fh:
+        return int(fh.get_slice("prompt").get_shape()[0])
+
+
+def reader_budget(tokenizer, template_name: str, question: str, context_length: int, max_new_tokens: int,
+                  soft_prompt_tokens: int) -> int:
+    """Tokens left for passages once the prompt, question, soft prompt and answer room are counted.
+
+    Raises :class:`QuestionTooLongError` when the question alone does not fit.
+    """
+    template = get_template(template_name)
+    base = len(encode(tokenizer, template, template.render(tokenizer, question, [])))
+    reserved = base + max_new_tokens + soft_prompt_tokens
+    if reserved > context_length:
+        limit = context_length - max_new_tokens - soft_prompt_tokens - (base - _question_tokens(tokenizer, question))
+        raise QuestionTooLongError(
+            f"the question is {_question_tokens(tokenizer, question)} tokens long, but the reader's budget "
+            f"leaves room for at most {max(limit, 0)} (context_length={context_length}, "
+            f"max_new_tokens={max_new_tokens}, soft prompt={soft_prompt_tokens}); shorten the question "
+            "or raise context_length"
+        )
+    return context_length - reserved
+
+
+def _question_tokens(tokenizer, question: str) -> int:
+    return len(tokenizer(question, add_special_tokens=False)["input_ids"])
+
+
+@component
+class ContextPacker:
+    """Adds passages in ranked order until the reader's token budget is full, and reports what it cut.
+
+    The budget is ``context_length`` minus the rendered prompt (instruction, examples,
+    question), the soft prompt and ``max_new_tokens`` of room for the answer, all counted
+    in the reader's own tokens. A passage that does not fit is skipped whole (never
+    truncated) and a later, shorter one may still fit. Its id is reported in ``dropped_ids``.
+
+    Usage:
+        >>> packer = ContextPacker(model="smollm2-135m-instruct", context_length=1024)
+        >>> out = packer.run(query="Who wrote Hamlet?", documents=ranked_docs)
+        >>> out["documents"], out["dropped_ids"], out["budget"]
+    """
+
+    def __init__(self, model: str, template: str = "span-chat", context_length: int = 1024,
+                 max_new_tokens: int = 16, soft_prompt: str | None = None):
+        """
+        :param model: The reader's backbone (its tokenizer measures the budget).
+        :param template: The reader's prompt template (see :mod:`odqa.lm.prompting`).
+        :param context_length: The reader's context window, in tokens.
+        :param max_new_tokens: Room kept for the answer.
+        :param soft_prompt: The reader's soft prompt artifact, whose vectors also take context.
+        """
+        get_template(template)  # fail early on an unknown name
+        self.model = model
+        self.template = template
+        self.context_length = context_length
+        self.max_new_tokens = max_new_tokens
+        self.soft_prompt = soft_prompt
+        self._tokenizer = None
+        self._soft_len = 0
+
+    def warm_up(self) -> None:
+        if self._tokenizer is None:
+            from odqa.lm.backbone import load_backbone
+
+            self._soft_len = soft_prompt_length(self.soft_prompt)
+            self._tokenizer = load_backbone(self.model).tokenizer
+
+    @component.output_types(documents=list[Document], dropped_ids=list[str], budget=dict)
+    def run(self, query: str, documents: list[Document]) -> dict[str, Any]:
+        """
+        :param query: The question.
+        :param documents: Passages, best first.
+        :returns: ``documents`` that fit (in rank order), ``dropped_ids`` of those cut, and
+            ``budget``: the token arithmetic.
+        """
+        query = check_question(query)
+        self.warm_up()
+        tok, template = self._tokenizer, get_template(self.template)
+        available = reader_budget(tok, self.template, query, self.context_length, self.max_new_tokens, self._soft_len)
+        chosen: list[int] = []
+        used = 0
+        for i, d in enumerate(documents):
+            cost = len(tok(format_passages([(d.meta.get("title", ""), d.content)]) + "\n",
+                           add_special_tokens=False)["input_ids"])
+            if used + cost <= available:
+                chosen.append(i)
+                used += cost
+        # exact check on the rendered prompt (token merges at passage joins can shift a count by one)
+        limit = self.context_length - self.max_new_tokens - self._soft_len
+        while chosen:
+            passages = [(documents[i].meta.get("title", ""), documents[i].content) for i in chosen]
+            prompt_tokens = len(encode(tok, template, template.render(tok, query, passages)))
+            if prompt_tokens <= limit:
+                break
+            chosen.pop()
+        else:
+            prompt_tokens = len(encode(tok, template, template.render(tok, query, [])))
+        kept = set(chosen)
+        return {
+            "documents": [documents[i] for i in chosen],
+            "dropped_ids": [d.id for i, d in enumerate(documents) if i not in kept],
+            "budget": {
+                "context_length": self.context_length,
+                "max_new_tokens": self.max_new_tokens,
+                "soft_prompt_tokens": self._soft_len,
+                "passage_budget": available,
+                "prompt_tokens": prompt_tokens,
+            },
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return default_to_dict(
+            self, model=self.model, template=self.template, context_length=self.context_length,
+            max_new_tokens=self.max_new_tokens, soft_prompt=self.soft_prompt,
+        )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ContextPacker":
+        return default_from_dict(cls, data)

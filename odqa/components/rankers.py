@@ -1,0 +1,96 @@
+"""Cross-encoder re-ranking: score each passage jointly with the question (paper, Section 3)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from haystack import Document, component, default_from_dict, default_to_dict
+
+from odqa.components._common import check_question
+from odqa.errors import PipelineConfigError
+from odqa.resources import resolve_model
+
+
+def _has_trained_head(path: str) -> bool:
+    """A CrossEncoder needs a sequence-classification head; a bare encoder would get a random one."""
+    cfg = Path(path) / "config.json"
+    if not cfg.exists():
+        return True  # hub id resolved lazily by sentence-transformers; trust the name
+    archs = json.loads(cfg.read_text()).get("architectures") or []
+    return any(a.endswith("ForSequenceClassification") for a in archs)
+
+
+@component
+class CrossEncoderRanker:
+    """Re-orders passages by a cross-encoder's relevance score for (question, passage).
+
+    Accepts any sentence-transformers ``CrossEncoder`` path or id, e.g.
+    ``cross-encoder/ms-marco-MiniLM-L-6-v2``. Refuses an encoder without a trained
+    classification head, so a pipeline never ranks with random weights.
+
+    Usage:
+        >>> ranker = CrossEncoderRanker(model="path/to/cross-encoder", top_k=10)
+        >>> ranker.warm_up()
+        >>> ranker.run(query="Who wrote Hamlet?", documents=docs)["documents"]
+    """
+
+    def __init__(self, model: str, top_k: int | None = None, batch_size: int = 32, max_length: int = 512):
+        """
+        :param model: CrossEncoder path or HF id.
+        :param top_k: Keep this many passages (all when ``None``).
+        :param batch_size: Pairs scored per forward pass.
+        :param max_length: Token limit of one (question, passage) pair.
+        """
+        self.model = model
+        self.top_k = top_k
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self._model = None
+
+    def warm_up(self) -> None:
+        if self._model is not None:
+            return
+        from sentence_transformers import CrossEncoder
+
+        path = resolve_model(self.model).path
+        if not _has_trained_head(path):
+            raise PipelineConfigError(
+                f"ranker model '{self.model}' has no trained classification head; pass a trained "
+                "cross-encoder (e.g. one made by `odqa train reranker`), or remove the ranker"
+            )
+        self._model = CrossEncoder(path, device="cpu", max_length=self.max_length)
+
+    @component.output_types(documents=list[Document])
+    def run(self, query: str, documents: list[Document], top_k: int | None = None) -> dict[str, Any]:
+        """
+        :param query: The question.
+        :param documents: Candidate passages.
+        :param top_k: Overrides the instance's ``top_k``.
+        :returns: ``documents`` sorted by cross-encoder score; the earlier score is kept in
+            ``meta["retrieval_score"]``.
+        """
+        query = check_question(query)
+        if not documents:
+            return {"documents": []}
+        self.warm_up()
+        pairs = [(query, f"{d.meta.get('title', '')}\n{d.content}") for d in documents]
+        scores = self._model.predict(pairs, batch_size=self.batch_size, show_progress_bar=False)
+        ranked = sorted(
+            (replace(d, score=float(s), meta={**d.meta, "retrieval_score": d.score}) for d, s in zip(documents, scores)),
+            key=lambda d: d.score,
+            reverse=True,
+        )
+        k = top_k or self.top_k
+        return {"documents": ranked[:k] if k else ranked}
+
+    def to_dict(self) -> dict[str, Any]:
+        return default_to_dict(
+            self, model=self.model, top_k=self.top_k, batch_size=self.batch_size, max_length=self.max_length
+        )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "CrossEncoderRanker":
+        return default_from_dict(cls, data)

@@ -1,0 +1,124 @@
+"""Sparse and dense retrievers over an odqa index (see :mod:`odqa.index`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from haystack import Document, component, default_from_dict, default_to_dict
+
+from odqa.components._common import check_question, to_document
+from odqa.index import open_index
+
+
+@component
+class BM25Retriever:
+    """Retrieves passages with BM25 (bm25s) from an odqa index.
+
+    Usage:
+        >>> retriever = BM25Retriever(index_dir="indexes/wiki-vital", top_k=20)
+        >>> retriever.warm_up()
+        >>> retriever.run(query="Who wrote Romeo and Juliet?")["documents"][0].meta["title"]
+    """
+
+    def __init__(self, index_dir: str, top_k: int = 20):
+        """
+        :param index_dir: Directory written by ``odqa index build``.
+        :param top_k: How many passages to return.
+        """
+        self.index_dir = str(index_dir)
+        self.top_k = top_k
+        self._index = None
+
+    def warm_up(self) -> None:
+        if self._index is None:
+            index = open_index(self.index_dir)
+            index.bm25()
+            self._index = index
+
+    @component.output_types(documents=list[Document])
+    def run(self, query: str, top_k: int | None = None) -> dict[str, Any]:
+        """
+        :param query: The question.
+        :param top_k: Overrides the instance's ``top_k``.
+        :returns: ``documents``, best first, with BM25 scores; passages scoring 0 are left out.
+        """
+        query = check_question(query)
+        self.warm_up()
+        k = min(top_k or self.top_k, self._index.manifest["count"])
+        tokens = self._index.bm25_config().tokenize([query])
+        ids, scores = self._index.bm25().retrieve(tokens, k=k, show_progress=False, n_threads=1)
+        passages = self._index.passages
+        docs = [to_document(passages[int(i)], s) for i, s in zip(ids[0], scores[0]) if s > 0]
+        return {"documents": docs}
+
+    def to_dict(self) -> dict[str, Any]:
+        return default_to_dict(self, index_dir=self.index_dir, top_k=self.top_k)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "BM25Retriever":
+        return default_from_dict(cls, data)
+
+
+@component
+class DenseRetriever:
+    """Retrieves passages by inner product of query and passage embeddings (FAISS), as DPR does.
+
+    Usage:
+        >>> retriever = DenseRetriever(index_dir="indexes/wiki-vital", top_k=20)
+        >>> retriever.warm_up()
+        >>> retriever.run(query="Who wrote Romeo and Juliet?")["documents"][0].meta["title"]
+    """
+
+    def __init__(self, index_dir: str, encoder: str | None = None, query_encoder: str | None = None, top_k: int = 20):
+        """
+        :param index_dir: Directory written by ``odqa index build``.
+        :param encoder: The passage encoder the index must have been built with; by default the
+            index's own. A different one fails with :class:`~odqa.errors.IndexMismatchError`.
+        :param query_encoder: The question encoder of a DPR pair; by default the index's.
+        :param top_k: How many passages to return.
+        """
+        self.index_dir = str(index_dir)
+        self.encoder = encoder
+        self.query_encoder = query_encoder
+        self.top_k = top_k
+        self._index = None
+        self._encoder = None
+
+    def warm_up(self) -> None:
+        if self._index is not None:
+            return
+        from odqa.encoders import load_encoder
+
+        index = open_index(self.index_dir)
+        name = self.encoder or index.manifest["encoder"]
+        query_name = self.query_encoder or index.manifest.get("query_encoder")
+        encoder = load_encoder(name, query_name if index.manifest["encoder_kind"] == "dpr" else None)
+        index.check_encoder(encoder)
+        index.dense()
+        self._encoder, self._index = encoder, index
+
+    @component.output_types(documents=list[Document])
+    def run(self, query: str, top_k: int | None = None) -> dict[str, Any]:
+        """
+        :param query: The question.
+        :param top_k: Overrides the instance's ``top_k``.
+        :returns: ``documents``, best first, scored by inner product.
+        """
+        query = check_question(query)
+        self.warm_up()
+        k = min(top_k or self.top_k, self._index.manifest["count"])
+        q = self._encoder.encode_queries([query]).astype(np.float32)
+        scores, ids = self._index.dense().search(q, k)
+        passages = self._index.passages
+        docs = [to_document(passages[int(i)], s) for i, s in zip(ids[0], scores[0]) if i >= 0]
+        return {"documents": docs}
+
+    def to_dict(self) -> dict[str, Any]:
+        return default_to_dict(
+            self, index_dir=self.index_dir, encoder=self.encoder, query_encoder=self.query_encoder, top_k=self.top_k
+        )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "DenseRetriever":
+        return default_from_dict(cls, data)

@@ -1,0 +1,78 @@
+"""SoftPrompt: P learned vectors prepended to the frozen LM's input embeddings (Lester et al., 2021).
+
+Saved as an artifact directory: ``soft_prompt.safetensors`` (tensor ``prompt``, shape
+``[P, d]``) plus ``manifest.json`` (``kind``, ``backbone``, ``hidden_size``, ...).
+A ``.safetensors`` file on its own is accepted too; then only the hidden size is checked.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from odqa.errors import ArtifactMismatchError, ResourceNotFoundError
+
+WEIGHTS = "soft_prompt.safetensors"
+
+
+class SoftPrompt(nn.Module):
+    def __init__(self, embeddings: torch.Tensor):
+        super().__init__()
+        self.prompt = nn.Parameter(embeddings.detach().clone())
+
+    @property
+    def length(self) -> int:
+        return int(self.prompt.shape[0])
+
+    def forward(self, input_embeds: torch.Tensor) -> torch.Tensor:
+        """Prepend the prompt to ``[batch, seq, d]`` input embeddings."""
+        batch = input_embeds.shape[0]
+        prompt = self.prompt.to(input_embeds.dtype).unsqueeze(0).expand(batch, -1, -1)
+        return torch.cat([prompt, input_embeds], dim=1)
+
+    @classmethod
+    def from_vocab(cls, embedding: nn.Embedding, token_ids: torch.Tensor) -> "SoftPrompt":
+        """Initialise from vocabulary embeddings, as Lester et al. do."""
+        return cls(embedding(token_ids))
+
+    def save(self, out_dir: str | Path, manifest: dict) -> Path:
+        from safetensors.torch import save_file
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        save_file({"prompt": self.prompt.detach().float().contiguous()}, str(out / WEIGHTS))
+        meta = {"kind": "soft_prompt", "length": self.length, "hidden_size": int(self.prompt.shape[1]), **manifest}
+        (out / "manifest.json").write_text(json.dumps(meta, indent=2))
+        return out
+
+    @classmethod
+    def load(cls, path: str | Path, backbone_name: str, hidden_size: int) -> "SoftPrompt":
+        """Load a soft prompt and check it was made for this backbone."""
+        from safetensors import SafetensorsError
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        weights = path / WEIGHTS if path.is_dir() else path
+        if not weights.exists():
+            raise ResourceNotFoundError(f"soft prompt '{path}' not found (expected a dir with {WEIGHTS} or a .safetensors file)")
+        manifest_path = weights.parent / "manifest.json"
+        manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+        made_for = manifest.get("backbone")
+        if made_for and made_for != backbone_name:
+            raise ArtifactMismatchError(
+                f"soft prompt '{path}' was trained for backbone '{made_for}', but the reader uses "
+                f"'{backbone_name}'; set the reader's model to '{made_for}' or train a prompt for this backbone"
+            )
+        try:
+            tensor = load_file(str(weights))["prompt"]
+        except (SafetensorsError, KeyError, OSError) as e:
+            raise ArtifactMismatchError(f"soft prompt '{weights}' is unreadable ({e}); re-create it") from None
+        if tensor.ndim != 2 or tensor.shape[1] != hidden_size:
+            raise ArtifactMismatchError(
+                f"soft prompt '{path}' has shape {tuple(tensor.shape)}, but backbone '{backbone_name}' "
+                f"needs [P, {hidden_size}]; it was made for another model"
+            )
+        return cls(tensor)
