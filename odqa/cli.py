@@ -101,6 +101,10 @@ def cmd_run(args) -> int:
     from odqa.questions import load_questions
 
     questions = load_questions(args.questions)
+    unique = list({(q.id, q.question): q for q in questions}.values())
+    if len(unique) < len(questions):
+        print(f"{len(questions) - len(unique)} repeated (id, question) items answered once", file=sys.stderr)
+    questions = unique
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     done = _read_done(out)
@@ -128,6 +132,8 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from odqa.index import BM25Config
+
     p = argparse.ArgumentParser(prog="odqa", description="Open-domain QA on a frozen language model.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -141,10 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--query-encoder", default=None, help="DPR question encoder (default: derived from --encoder)")
     b.add_argument("--faiss", default="flat", choices=["flat", "ivf", "hnsw"])
     b.add_argument("--bm25-method", default="lucene", choices=["lucene", "robertson", "atire", "bm25l", "bm25+"])
-    b.add_argument("--bm25-k1", type=float, default=1.2)
-    b.add_argument("--bm25-b", type=float, default=0.75)
+    b.add_argument("--bm25-k1", type=float, default=BM25Config.k1)
+    b.add_argument("--bm25-b", type=float, default=BM25Config.b)
     b.add_argument("--bm25-stemmer", default="english", help="a PyStemmer language, or none")
-    b.add_argument("--bm25-stopwords", default="en", help="en, or none")
+    b.add_argument("--bm25-stopwords", default="none", help="en, or none (default: none, chosen on dev)")
     b.add_argument("--batch-size", type=int, default=16)
     b.add_argument("--limit", type=int, default=None, help="index only the first N passages")
     b.add_argument("--force", action="store_true", help="replace an existing index")
@@ -173,6 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # an error after a model load must still be one line
+    hf_logging.set_verbosity_error()
     try:
         return args.func(args)
     except OdqaError as e:

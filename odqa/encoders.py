@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from odqa.errors import ResourceNotFoundError
 from odqa.resources import resolve_model
 
 # Encoded at index time and again at load time: if the two embeddings differ, the
@@ -68,6 +69,11 @@ class DPREncoder:
         from transformers import AutoTokenizer, DPRContextEncoder, DPRQuestionEncoder
 
         self.name = name
+        if not query_name and "ctx_encoder" not in name:
+            raise ResourceNotFoundError(
+                f"DPR context encoder '{name}' needs its question encoder; pass --query-encoder "
+                "(the retriever's query_encoder) naming the matching DPRQuestionEncoder"
+            )
         self.query_name = query_name or name.replace("ctx_encoder", "question_encoder")
         ctx_path, q_path = resolve_model(name).path, resolve_model(self.query_name).path
         self._torch = torch

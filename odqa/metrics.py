@@ -29,7 +29,13 @@ def normalize_answer(s: str) -> str:
     return " ".join(s.split())
 
 
+def _as_list(golds: str | Iterable[str]) -> list[str]:
+    """A bare string is one gold answer, not a sequence of characters."""
+    return [golds] if isinstance(golds, str) else list(golds)
+
+
 def exact_match(prediction: str, golds: Iterable[str]) -> float:
+    golds = _as_list(golds)
     p = normalize_answer(prediction or "")
     return float(any(p == normalize_answer(g) for g in golds))
 
@@ -47,6 +53,7 @@ def _f1(pred: str, gold: str) -> float:
 
 
 def f1(prediction: str, golds: Iterable[str]) -> float:
+    golds = _as_list(golds)
     return max((_f1(prediction or "", g) for g in golds), default=0.0)
 
 
@@ -65,7 +72,7 @@ def _contains(seq: list[str], sub: list[str]) -> bool:
 def has_answer(text: str, answers: Iterable[str]) -> bool:
     """DPR's ``has_answer``: does any answer's token sequence occur in ``text``'s?"""
     toks = dpr_tokens(text)
-    return any(_contains(toks, dpr_tokens(a)) for a in answers)
+    return any(_contains(toks, dpr_tokens(a)) for a in _as_list(answers))
 
 
 def contains_normalized(text: str, answers: Iterable[str]) -> bool:
@@ -76,4 +83,4 @@ def contains_normalized(text: str, answers: Iterable[str]) -> bool:
     answer-in-evidence flag.
     """
     toks = normalize_answer(text).split()
-    return any(_contains(toks, normalize_answer(a).split()) for a in answers)
+    return any(_contains(toks, normalize_answer(a).split()) for a in _as_list(answers))

@@ -95,6 +95,8 @@ def read_questions_file(path: str | Path) -> list[Question]:
             raise InputFormatError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
         if not isinstance(rec, dict) or not isinstance(rec.get("question"), str):
             raise InputFormatError(f"{path}:{lineno}: missing 'question' field (a string)")
+        if not rec["question"].strip():
+            raise InputFormatError(f"{path}:{lineno}: the 'question' field is empty")
         answers = rec.get("answers", rec.get("answer", []))
         if isinstance(answers, str):
             answers = [answers]
@@ -106,10 +108,10 @@ def load_questions(spec: str) -> list[Question]:
     """``fanoutqa-wiki``, ``fanoutqa-wiki:SPLIT`` or a jsonl path."""
     name, _, split = spec.partition(":")
     if name == "fanoutqa-wiki":
+        if split and split not in SPLITS:
+            raise ResourceNotFoundError(f"unknown split '{split}' of fanoutqa-wiki; use one of {SPLITS}")
         qs = fanoutqa_wiki()
         if split:
-            if split not in SPLITS:
-                raise ResourceNotFoundError(f"unknown split '{split}' of fanoutqa-wiki; use one of {SPLITS}")
             qs = [q for q in qs if split_of(q.root_id) == split]
         return qs
     return read_questions_file(spec)

@@ -21,9 +21,17 @@ def soft_prompt_length(path: str | None) -> int:
 
     from odqa.lm.soft_prompt import WEIGHTS
 
+    from odqa.errors import ArtifactMismatchError, ResourceNotFoundError
+
     p = Path(path)
-    with safe_open(str(p / WEIGHTS if p.is_dir() else p), framework="pt") as fh:
-        return int(fh.get_slice("prompt").get_shape()[0])
+    weights = p / WEIGHTS if p.is_dir() else p
+    if not weights.exists():
+        raise ResourceNotFoundError(f"soft prompt '{path}' not found (expected a dir with {WEIGHTS} or a .safetensors file)")
+    try:
+        with safe_open(str(weights), framework="pt") as fh:
+            return int(fh.get_slice("prompt").get_shape()[0])
+    except Exception as e:  # noqa: BLE001 - safetensors raises several types for a bad file
+        raise ArtifactMismatchError(f"soft prompt '{weights}' is unreadable ({e}); re-create it") from None
 
 
 def reader_budget(tokenizer, template_name: str, question: str, context_length: int, max_new_tokens: int,

@@ -51,7 +51,7 @@ class SoftPrompt(nn.Module):
     @classmethod
     def load(cls, path: str | Path, backbone_name: str, hidden_size: int) -> "SoftPrompt":
         """Load a soft prompt and check it was made for this backbone."""
-        from safetensors import SafetensorsError
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         path = Path(path)
@@ -68,7 +68,7 @@ class SoftPrompt(nn.Module):
             )
         try:
             tensor = load_file(str(weights))["prompt"]
-        except (SafetensorsError, KeyError, OSError) as e:
+        except (SafetensorError, KeyError, OSError) as e:
             raise ArtifactMismatchError(f"soft prompt '{weights}' is unreadable ({e}); re-create it") from None
         if tensor.ndim != 2 or tensor.shape[1] != hidden_size:
             raise ArtifactMismatchError(

@@ -1,0 +1,176 @@
+"""ContextPacker: the token arithmetic of packing passages into the reader's context window."""
+
+from __future__ import annotations
+
+import pytest
+from haystack import Pipeline
+
+from odqa.components.packing import ContextPacker, reader_budget, soft_prompt_length
+from odqa.errors import EmptyQuestionError, PipelineConfigError, QuestionTooLongError
+from odqa.lm.prompting import encode, get_template
+
+
+QUESTION = "Who wrote Romeo and Juliet?"
+SHORT_A = ("a", "Romeo and Juliet", "Romeo and Juliet is a tragedy written by William Shakespeare.")
+LONG_B = ("b", "Pacific Ocean", " ".join(["The Pacific Ocean is the largest and deepest ocean."] * 12))
+SHORT_C = ("c", "Canberra", "Canberra is the capital city of Australia.")
+LONG_D = ("d", "Sahara", " ".join(["The Sahara is the largest hot desert in the world."] * 12))
+
+
+def _prompt_tokens(tokenizer, template_name, question, docs) -> int:
+    template = get_template(template_name)
+    passages = [(d.meta.get("title", ""), d.content) for d in docs]
+    return len(encode(tokenizer, template, template.render(tokenizer, question, passages)))
+
+
+def budget_soft(out) -> int:
+    return out["budget"]["soft_prompt_tokens"]
+
+
+@pytest.fixture
+def docs(make_docs):
+    return make_docs(SHORT_A, LONG_B, SHORT_C, LONG_D)
+
+
+def test_init_and_unknown_template(tiny_lm):
+    packer = ContextPacker(model=tiny_lm)
+    assert (packer.model, packer.template, packer.context_length, packer.max_new_tokens, packer.soft_prompt) == (
+        tiny_lm, "span-chat", 1024, 16, None)
+    with pytest.raises(PipelineConfigError) as e:
+        ContextPacker(model=tiny_lm, template="nope")
+    assert "nope" in str(e.value) and "span-chat" in str(e.value)
+
+
+def test_to_dict_from_dict(tiny_lm, soft_prompt_dir):
+    packer = ContextPacker(model=tiny_lm, template="chat", context_length=512, max_new_tokens=8,
+                           soft_prompt=soft_prompt_dir)
+    data = packer.to_dict()
+    assert data == {
+        "type": "odqa.components.packing.ContextPacker",
+        "init_parameters": {"model": tiny_lm, "template": "chat", "context_length": 512, "max_new_tokens": 8,
+                            "soft_prompt": soft_prompt_dir},
+    }
+    assert ContextPacker.from_dict(data).to_dict() == data
+
+
+@pytest.mark.parametrize("template", ["span-chat", "chat", "qa-completion"])
+def test_skips_a_long_passage_and_fits_a_later_short_one(backbone, tiny_lm, docs, template):
+    tok = backbone.tokenizer
+    max_new = 8
+    fits = _prompt_tokens(tok, template, QUESTION, [docs[0], docs[2]])  # A + C
+    assert _prompt_tokens(tok, template, QUESTION, [docs[0], docs[1]]) > fits + 40  # B is much longer than C
+    context_length = fits + max_new + 3  # room for A and C (with slack), not for B or D
+    packer = ContextPacker(model=tiny_lm, template=template, context_length=context_length, max_new_tokens=max_new)
+    out = packer.run(query=QUESTION, documents=docs)
+
+    assert [d.id for d in out["documents"]] == ["a", "c"]  # rank order kept
+    assert out["dropped_ids"] == ["b", "d"]  # exactly the rest
+    rendered = _prompt_tokens(tok, template, QUESTION, out["documents"])
+    assert rendered + max_new + budget_soft(out) <= context_length
+    budget = out["budget"]
+    base = _prompt_tokens(tok, template, QUESTION, [])
+    assert budget == {
+        "context_length": context_length,
+        "max_new_tokens": max_new,
+        "soft_prompt_tokens": 0,
+        "passage_budget": context_length - base - max_new,
+        "prompt_tokens": rendered,
+    }
+
+
+def test_everything_fits(backbone, tiny_lm, docs):
+    out = ContextPacker(model=tiny_lm, context_length=4096).run(query=QUESTION, documents=docs)
+    assert [d.id for d in out["documents"]] == ["a", "b", "c", "d"]
+    assert out["dropped_ids"] == []
+    assert out["budget"]["prompt_tokens"] == _prompt_tokens(backbone.tokenizer, "span-chat", QUESTION, docs)
+
+
+def test_nothing_fits(backbone, tiny_lm, docs):
+    base = _prompt_tokens(backbone.tokenizer, "span-chat", QUESTION, [])
+    out = ContextPacker(model=tiny_lm, context_length=base + 16 + 2).run(query=QUESTION, documents=docs)
+    assert out["documents"] == []
+    assert out["dropped_ids"] == ["a", "b", "c", "d"]
+    assert out["budget"]["prompt_tokens"] == base
+    assert out["budget"]["passage_budget"] == 2
+
+
+def test_empty_documents(backbone, tiny_lm):
+    out = ContextPacker(model=tiny_lm).run(query=QUESTION, documents=[])
+    assert out["documents"] == [] and out["dropped_ids"] == []
+    assert out["budget"]["prompt_tokens"] == _prompt_tokens(backbone.tokenizer, "span-chat", QUESTION, [])
+
+
+def test_soft_prompt_takes_context(tiny_lm, soft_prompt_dir, docs):
+    assert soft_prompt_length(soft_prompt_dir) == 4
+    assert soft_prompt_length(None) == 0
+    plain = ContextPacker(model=tiny_lm).run(query=QUESTION, documents=docs)["budget"]
+    with_soft = ContextPacker(model=tiny_lm, soft_prompt=soft_prompt_dir).run(query=QUESTION, documents=docs)["budget"]
+    assert with_soft["soft_prompt_tokens"] == 4
+    assert with_soft["passage_budget"] == plain["passage_budget"] - 4
+
+
+def test_soft_prompt_tips_a_passage_out(backbone, tiny_lm, soft_prompt_dir, make_docs):
+    docs = make_docs(SHORT_A, SHORT_C)
+    exact = _prompt_tokens(backbone.tokenizer, "span-chat", QUESTION, docs) + 16  # A and C fit exactly
+    assert [d.id for d in ContextPacker(model=tiny_lm, context_length=exact).run(
+        query=QUESTION, documents=docs)["documents"]] == ["a", "c"]
+    out = ContextPacker(model=tiny_lm, context_length=exact, soft_prompt=soft_prompt_dir).run(
+        query=QUESTION, documents=docs)
+    assert [d.id for d in out["documents"]] == ["a"]
+    assert out["dropped_ids"] == ["c"]
+    assert out["budget"]["prompt_tokens"] + 16 + 4 <= exact
+
+
+def test_question_too_long(backbone, tiny_lm):
+    question = "Who wrote " + " ".join(["Romeo and Juliet"] * 400) + "?"
+    with pytest.raises(QuestionTooLongError) as e:
+        ContextPacker(model=tiny_lm, context_length=1024).run(query=question, documents=[])
+    msg = str(e.value)
+    assert "context_length=1024" in msg and "shorten the question" in msg
+    with pytest.raises(QuestionTooLongError):
+        reader_budget(backbone.tokenizer, "span-chat", question, 1024, 16, 0)
+
+
+def test_question_exactly_at_the_limit(backbone):
+    base = _prompt_tokens(backbone.tokenizer, "span-chat", QUESTION, [])
+    assert reader_budget(backbone.tokenizer, "span-chat", QUESTION, base + 16 + 4, 16, 4) == 0
+    with pytest.raises(QuestionTooLongError):
+        reader_budget(backbone.tokenizer, "span-chat", QUESTION, base + 16 + 3, 16, 4)
+
+
+@pytest.mark.parametrize("query", ["", "  "])
+def test_empty_question(tiny_lm, query):
+    with pytest.raises(EmptyQuestionError):
+        ContextPacker(model=tiny_lm).run(query=query, documents=[])
+
+
+def test_in_pipeline_round_trip(tiny_lm, docs):
+    p = Pipeline()
+    p.add_component("packer", ContextPacker(model=tiny_lm, context_length=2048, max_new_tokens=4))
+    text = p.dumps()
+    again = Pipeline.loads(text, allowed_modules=["odqa.*"])
+    assert again.dumps() == text
+    out = again.run({"packer": {"query": QUESTION, "documents": docs}})
+    assert [d.id for d in out["packer"]["documents"]] == ["a", "b", "c", "d"]
+
+
+def test_tokenizer_without_chat_template(tiny_lm_plain, docs):
+    from odqa.lm.backbone import load_backbone
+
+    tok = load_backbone(tiny_lm_plain).tokenizer
+    fits = _prompt_tokens(tok, "span-chat", QUESTION, [docs[0], docs[2]])
+    out = ContextPacker(model=tiny_lm_plain, context_length=fits + 16 + 3).run(query=QUESTION, documents=docs)
+    assert [d.id for d in out["documents"]] == ["a", "c"] and out["dropped_ids"] == ["b", "d"]
+    assert out["budget"]["prompt_tokens"] == _prompt_tokens(tok, "span-chat", QUESTION, out["documents"])
+
+
+@pytest.mark.parametrize("bad", ["missing", "garbage"])
+def test_bad_soft_prompt_path(tiny_lm, tmp_path, bad):
+    from odqa.errors import ArtifactMismatchError, ResourceNotFoundError
+
+    path = tmp_path / "sp"
+    if bad == "garbage":
+        path.mkdir()
+        (path / "soft_prompt.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises((ResourceNotFoundError, ArtifactMismatchError)):
+        ContextPacker(model=tiny_lm, soft_prompt=str(path)).run(query=QUESTION, documents=[])

@@ -1,0 +1,148 @@
+"""BM25Retriever and DenseRetriever over a tiny built index."""
+
+from __future__ import annotations
+
+import pytest
+from haystack import Document, Pipeline
+
+from odqa.components.retrievers import BM25Retriever, DenseRetriever
+from odqa.errors import EmptyQuestionError, IndexCorruptError, IndexMismatchError, IndexNotFoundError
+from odqa.index import BM25Config, build_index
+
+from conftest import CORPUS
+
+
+# --- BM25Retriever -------------------------------------------------------------------------
+class TestBM25Retriever:
+    def test_init_stores_params(self, flat_index):
+        r = BM25Retriever(index_dir=flat_index)
+        assert r.index_dir == flat_index and r.top_k == 20
+
+    def test_to_dict_from_dict(self, flat_index):
+        r = BM25Retriever(index_dir=flat_index, top_k=7)
+        data = r.to_dict()
+        assert data == {
+            "type": "odqa.components.retrievers.BM25Retriever",
+            "init_parameters": {"index_dir": flat_index, "top_k": 7},
+        }
+        back = BM25Retriever.from_dict(data)
+        assert (back.index_dir, back.top_k) == (flat_index, 7)
+
+    def test_run_finds_the_passage(self, flat_index):
+        r = BM25Retriever(index_dir=flat_index, top_k=5)
+        docs = r.run(query="Who wrote Romeo and Juliet?")["documents"]
+        assert docs and all(isinstance(d, Document) for d in docs)
+        assert docs[0].id == "p0" and docs[0].meta["title"] == "Romeo and Juliet"
+        assert "Shakespeare" in docs[0].content
+        assert all(d.score > 0 for d in docs)
+        assert [d.score for d in docs] == sorted((d.score for d in docs), reverse=True)
+
+    def test_top_k_and_override(self, flat_index):
+        r = BM25Retriever(index_dir=flat_index, top_k=1)
+        query = "the largest river capital city of the world"
+        assert len(r.run(query=query)["documents"]) == 1
+        many = r.run(query=query, top_k=1000)["documents"]  # capped at the corpus size
+        assert 1 < len(many) <= len(CORPUS)
+        assert len({d.id for d in many}) == len(many)
+
+    @pytest.mark.parametrize("query", ["zzzz qqqq", "?"])
+    def test_no_match_gives_no_documents(self, flat_index, query):
+        assert BM25Retriever(index_dir=flat_index).run(query=query) == {"documents": []}
+
+    def test_index_settings_are_used_at_query_time(self, tmp_path, corpus_jsonl, st_encoder):
+        # the query is tokenized with the index's own BM25 settings (here: English stopwords, no stemmer)
+        config = BM25Config(stopwords="en", stemmer=None)
+        index_dir = build_index(corpus_jsonl, tmp_path / "sw", encoder=st_encoder, bm25=config, progress=False)
+        r = BM25Retriever(index_dir=str(index_dir))
+        assert r.run(query="the of and")["documents"] == []
+        assert r.run(query="tragedy")["documents"][0].id == "p0"
+        assert r.run(query="tragedies")["documents"] == []  # not stemmed
+
+    @pytest.mark.parametrize("query", ["", "   \n\t"])
+    def test_empty_question(self, flat_index, query):
+        with pytest.raises(EmptyQuestionError, match="empty"):
+            BM25Retriever(index_dir=flat_index).run(query=query)
+
+    def test_missing_index(self, tmp_path):
+        r = BM25Retriever(index_dir=str(tmp_path / "missing"))
+        with pytest.raises(IndexNotFoundError, match="odqa index build"):
+            r.warm_up()
+
+    def test_truncated_index(self, copy_index):
+        index_dir = copy_index()
+        bm25_file = next(p for p in sorted((index_dir / "bm25").iterdir()) if p.stat().st_size > 10)
+        bm25_file.write_bytes(bm25_file.read_bytes()[:5])
+        with pytest.raises(IndexCorruptError, match=bm25_file.name):
+            BM25Retriever(index_dir=str(index_dir)).warm_up()
+
+
+# --- DenseRetriever ------------------------------------------------------------------------
+class TestDenseRetriever:
+    def test_init_stores_params(self, flat_index):
+        r = DenseRetriever(index_dir=flat_index)
+        assert (r.index_dir, r.encoder, r.query_encoder, r.top_k) == (flat_index, None, None, 20)
+
+    def test_to_dict_from_dict(self, flat_index, st_encoder):
+        r = DenseRetriever(index_dir=flat_index, encoder=st_encoder, top_k=3)
+        data = r.to_dict()
+        assert data == {
+            "type": "odqa.components.retrievers.DenseRetriever",
+            "init_parameters": {"index_dir": flat_index, "encoder": st_encoder, "query_encoder": None, "top_k": 3},
+        }
+        back = DenseRetriever.from_dict(data)
+        assert back.to_dict() == data
+
+    def test_run(self, flat_index):
+        r = DenseRetriever(index_dir=flat_index, top_k=4)
+        docs = r.run(query="Who wrote Romeo and Juliet?")["documents"]
+        assert len(docs) == 4
+        assert {d.id for d in docs} <= {p["id"] for p in CORPUS}
+        assert all(d.meta["title"] for d in docs)
+        assert [d.score for d in docs] == sorted((d.score for d in docs), reverse=True)
+        assert all(-1.0001 <= d.score <= 1.0001 for d in docs)  # normalized embeddings: cosine
+        assert len(r.run(query="Mars", top_k=100)["documents"]) == len(CORPUS)
+
+    def test_passage_text_retrieves_itself(self, flat_index):
+        # the same text embeds identically, so the passage scores cosine 1 and ranks first
+        p = CORPUS[14]
+        docs = DenseRetriever(index_dir=flat_index, top_k=1).run(query=f"{p['title']}\n{p['text']}")["documents"]
+        assert docs[0].id == p["id"] and docs[0].score == pytest.approx(1.0, abs=1e-4)
+
+    def test_explicit_same_encoder_is_accepted(self, flat_index, st_encoder):
+        r = DenseRetriever(index_dir=flat_index, encoder=st_encoder, top_k=2)
+        assert len(r.run(query="Canberra")["documents"]) == 2
+
+    def test_other_encoder_is_refused(self, flat_index, st_encoder_other):
+        r = DenseRetriever(index_dir=flat_index, encoder=st_encoder_other)
+        with pytest.raises(IndexMismatchError) as e:
+            r.run(query="Who wrote Romeo and Juliet?")
+        assert "rebuild" in str(e.value) and st_encoder_other in str(e.value)
+
+    def test_dpr_index(self, tmp_path, corpus_tsv, dpr_encoders):
+        ctx, _ = dpr_encoders
+        index_dir = build_index(corpus_tsv, tmp_path / "dpr", encoder=ctx, progress=False)
+        r = DenseRetriever(index_dir=str(index_dir), top_k=5)
+        docs = r.run(query="Who painted the Mona Lisa?")["documents"]
+        assert len(docs) == 5 and len({d.id for d in docs}) == 5
+        assert r._encoder.kind == "dpr"
+
+    def test_empty_question(self, flat_index):
+        with pytest.raises(EmptyQuestionError):
+            DenseRetriever(index_dir=flat_index).run(query=" ")
+
+    def test_missing_index(self, tmp_path):
+        with pytest.raises(IndexNotFoundError):
+            DenseRetriever(index_dir=str(tmp_path / "missing")).warm_up()
+
+
+def test_pipeline_yaml_round_trip(flat_index, st_encoder):
+    p = Pipeline()
+    p.add_component("bm25", BM25Retriever(index_dir=flat_index, top_k=3))
+    p.add_component("dense", DenseRetriever(index_dir=flat_index, encoder=st_encoder, top_k=4))
+    text = p.dumps()
+    again = Pipeline.loads(text, allowed_modules=["odqa.*"])
+    assert again.dumps() == text
+    assert isinstance(again.get_component("dense"), DenseRetriever)
+    out = again.run({"bm25": {"query": "Romeo and Juliet"}, "dense": {"query": "Romeo and Juliet"}})
+    assert out["bm25"]["documents"][0].id == "p0"
+    assert len(out["dense"]["documents"]) == 4

@@ -1,0 +1,245 @@
+"""odqa.index and odqa.encoders: building (flat, ivf, hnsw; sentence-transformers and DPR),
+the manifest, atomic and resumable builds, and the errors on opening a bad index."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import odqa
+import odqa.encoders
+import odqa.index
+from odqa.corpus import corpus_hash, read_corpus
+from odqa.encoders import DPREncoder, SentenceTransformerEncoder, load_encoder
+from odqa.errors import IndexCorruptError, IndexMismatchError, IndexNotFoundError, OdqaError
+from odqa.index import BM25Config, SearchIndex, build_index, open_index
+
+from conftest import CORPUS, HIDDEN
+
+
+def _vectors(index_dir) -> np.ndarray:
+    index = SearchIndex.open(index_dir).dense()
+    return index.reconstruct_n(0, index.ntotal)
+
+
+# --- encoders --------------------------------------------------------------------------------
+def test_load_encoder_picks_family_from_config(st_encoder, dpr_encoders):
+    ctx, question = dpr_encoders
+    st = load_encoder(st_encoder)
+    assert isinstance(st, SentenceTransformerEncoder) and st.dim == HIDDEN and st.normalize
+    dpr = load_encoder(ctx)
+    assert isinstance(dpr, DPREncoder) and dpr.dim == HIDDEN and not dpr.normalize
+    assert dpr.query_name == question  # derived: ctx_encoder -> question_encoder
+    assert load_encoder(st_encoder) is st  # loaded once per process
+
+
+def test_encoders_embed(st_encoder, dpr_encoders):
+    st = load_encoder(st_encoder)
+    emb = st.encode_passages(["Mars", ""], ["the red planet", "no title here"])
+    assert emb.shape == (2, HIDDEN) and emb.dtype == np.float32
+    assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)  # normalized: inner product is cosine
+    dpr = load_encoder(dpr_encoders[0])
+    q = dpr.encode_queries(["who wrote romeo and juliet", "capital of australia", "mars"])
+    p = dpr.encode_passages(["Mars"], ["the red planet"])
+    assert q.shape == (3, HIDDEN) and p.shape == (1, HIDDEN)
+    assert q.dtype == np.float32 and p.dtype == np.float32
+
+
+def test_dpr_without_a_derivable_question_encoder_is_refused(tmp_path, dpr_encoders):
+    import shutil
+
+    ctx = tmp_path / "my-dpr-passages"
+    shutil.copytree(dpr_encoders[0], ctx)
+    with pytest.raises(OdqaError, match="question encoder"):
+        load_encoder(str(ctx))
+
+
+# --- building ----------------------------------------------------------------------------------
+def test_manifest(flat_index, corpus_jsonl, st_encoder):
+    manifest = json.loads((Path(flat_index) / "manifest.json").read_text())
+    assert manifest["kind"] == "odqa-index"
+    assert manifest["odqa_version"] == odqa.__version__
+    assert manifest["corpus_hash"] == corpus_hash(read_corpus(corpus_jsonl))
+    assert manifest["count"] == len(CORPUS)
+    assert manifest["encoder"] == st_encoder
+    assert manifest["encoder_kind"] == "sentence-transformers"
+    assert manifest["dim"] == HIDDEN
+    assert manifest["normalized"] is True
+    assert len(manifest["encoder_probe"]) == HIDDEN
+    assert manifest["faiss"]["type"] == "flat" and manifest["faiss"]["metric"] == "inner_product"
+    defaults = BM25Config()
+    for key in ("method", "k1", "b", "stemmer", "stopwords"):
+        assert manifest["bm25"][key] == getattr(defaults, key)
+    # every file is listed with its size and checksum, and nothing else is in the directory
+    on_disk = {p.relative_to(flat_index).as_posix() for p in Path(flat_index).rglob("*") if p.is_file()}
+    assert set(manifest["files"]) == on_disk - {"manifest.json"}
+    for rel, info in manifest["files"].items():
+        assert info["bytes"] == (Path(flat_index) / rel).stat().st_size
+        assert len(info["sha256"]) == 64
+    assert {"passages.jsonl", "dense.faiss"} <= on_disk
+    assert any(r.startswith("bm25/") for r in on_disk)
+
+
+def test_build_is_atomic_and_needs_force(flat_index, tmp_path, corpus_jsonl, st_encoder):
+    out = tmp_path / "idx"
+    build_index(corpus_jsonl, out, encoder=st_encoder, progress=False, limit=5)
+    assert not (tmp_path / ".idx.partial").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["idx"]
+    before = (out / "manifest.json").read_text()
+    with pytest.raises(OdqaError, match="--force"):
+        build_index(corpus_jsonl, out, encoder=st_encoder, progress=False)
+    assert (out / "manifest.json").read_text() == before  # untouched
+    build_index(corpus_jsonl, out, encoder=st_encoder, progress=False, force=True)
+    assert json.loads((out / "manifest.json").read_text())["count"] == len(CORPUS)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]  # no .partial, no .old
+    assert np.allclose(_vectors(out), _vectors(flat_index), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind, param", [("ivf", "nlist"), ("hnsw", "efSearch")])
+def test_build_ivf_and_hnsw(tmp_path, corpus_jsonl, st_encoder, kind, param):
+    out = build_index(corpus_jsonl, tmp_path / kind, encoder=st_encoder, faiss_type=kind, progress=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["faiss"]["type"] == kind and param in manifest["faiss"]
+    index = open_index(out)
+    faiss_index = index.dense()
+    assert faiss_index.ntotal == len(CORPUS)
+    # a passage's own embedding finds it first
+    enc = load_encoder(st_encoder)
+    p = index.passages[11]
+    q = enc.encode_passages([p.title], [p.text])
+    scores, ids = faiss_index.search(q, 3)
+    assert ids[0][0] == 11
+    assert scores[0][0] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_build_unknown_faiss_type(tmp_path, corpus_jsonl, st_encoder):
+    with pytest.raises(OdqaError, match="unknown FAISS index type 'pq'"):
+        build_index(corpus_jsonl, tmp_path / "x", encoder=st_encoder, faiss_type="pq", progress=False)
+    assert not (tmp_path / "x").exists()
+
+
+def test_build_from_dpr_tsv_with_dpr_encoder(tmp_path, corpus_tsv, dpr_encoders):
+    ctx, question = dpr_encoders
+    out = build_index(corpus_tsv, tmp_path / "dpr", encoder=ctx, progress=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["encoder_kind"] == "dpr"
+    assert manifest["query_encoder"] == question
+    assert manifest["normalized"] is False
+    assert manifest["dim"] == HIDDEN and manifest["count"] == len(CORPUS)
+    index = open_index(out)
+    index.check_encoder(load_encoder(ctx))  # the same pair passes the probe check
+    assert index.dense().ntotal == len(CORPUS)
+
+
+class _FlakyEncoder:
+    """Wraps a real encoder; raises on passage chunk number ``fail_at`` and counts chunk calls."""
+
+    def __init__(self, inner, fail_at: int | None):
+        self.inner, self.fail_at, self.calls = inner, fail_at, 0
+
+    def encode_passages(self, titles, texts, batch_size=16):
+        self.calls += 1
+        if self.fail_at is not None and self.calls == self.fail_at:
+            raise KeyboardInterrupt("simulated kill")
+        return self.inner.encode_passages(titles, texts, batch_size)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_build_resumes_after_a_kill(tmp_path, monkeypatch, corpus_jsonl, st_encoder, flat_index):
+    monkeypatch.setattr(odqa.index, "CHUNK", 8)  # 30 passages -> 4 chunks
+    real = load_encoder(st_encoder)
+    flaky = _FlakyEncoder(real, fail_at=2)
+    monkeypatch.setattr(odqa.encoders, "load_encoder", lambda name, query_name=None: flaky)
+    out = tmp_path / "idx"
+    with pytest.raises(KeyboardInterrupt):
+        build_index(corpus_jsonl, out, encoder=st_encoder, progress=False)
+    partial = tmp_path / ".idx.partial"
+    assert not out.exists()
+    assert sorted(p.name for p in (partial / "emb").iterdir()) == ["00000.npy"]
+
+    counting = _FlakyEncoder(real, fail_at=None)
+    monkeypatch.setattr(odqa.encoders, "load_encoder", lambda name, query_name=None: counting)
+    build_index(corpus_jsonl, out, encoder=st_encoder, progress=False)
+    assert counting.calls == 3  # only the 3 chunks that were missing
+    assert not partial.exists()
+    assert np.allclose(_vectors(out), _vectors(flat_index), atol=1e-5)
+    assert (out / "passages.jsonl").read_bytes() == (Path(flat_index) / "passages.jsonl").read_bytes()
+
+
+def test_partial_from_another_build_is_discarded(tmp_path, monkeypatch, corpus_jsonl, st_encoder):
+    monkeypatch.setattr(odqa.index, "CHUNK", 8)
+    real = load_encoder(st_encoder)
+    flaky = _FlakyEncoder(real, fail_at=2)
+    monkeypatch.setattr(odqa.encoders, "load_encoder", lambda name, query_name=None: flaky)
+    out = tmp_path / "idx"
+    with pytest.raises(KeyboardInterrupt):
+        build_index(corpus_jsonl, out, encoder=st_encoder, progress=False, limit=20)
+    # a different build (other passage count) must not reuse the first one's chunks
+    counting = _FlakyEncoder(real, fail_at=None)
+    monkeypatch.setattr(odqa.encoders, "load_encoder", lambda name, query_name=None: counting)
+    build_index(corpus_jsonl, out, encoder=st_encoder, progress=False)
+    assert counting.calls == 4
+    assert json.loads((out / "manifest.json").read_text())["count"] == len(CORPUS)
+
+
+# --- opening ---------------------------------------------------------------------------------
+def test_open_missing_index(tmp_path):
+    with pytest.raises(IndexNotFoundError) as e:
+        open_index(tmp_path / "nowhere")
+    assert "nowhere" in str(e.value) and "odqa index build" in str(e.value)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(IndexNotFoundError, match="no manifest.json"):
+        open_index(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("rel", ["dense.faiss", "passages.jsonl"])
+def test_open_truncated_file(copy_index, rel):
+    index_dir = copy_index()
+    f = index_dir / rel
+    data = f.read_bytes()
+    f.write_bytes(data[: len(data) // 2])
+    with pytest.raises(IndexCorruptError) as e:
+        open_index(index_dir)
+    assert rel in str(e.value) and "truncated" in str(e.value) and "--force" in str(e.value)
+
+
+def test_open_altered_file_same_size(copy_index):
+    index_dir = copy_index()
+    f = index_dir / "passages.jsonl"
+    data = bytearray(f.read_bytes())
+    i = data.index(b"Shakespeare")
+    data[i : i + 11] = b"Shakespeard"
+    f.write_bytes(bytes(data))
+    with pytest.raises(IndexCorruptError, match="checksum"):
+        open_index(index_dir)
+
+
+def test_open_missing_file_and_bad_manifest(copy_index):
+    index_dir = copy_index()
+    (index_dir / "dense.faiss").unlink()
+    with pytest.raises(IndexCorruptError, match="dense.faiss is missing"):
+        open_index(index_dir)
+    index_dir = copy_index()
+    (index_dir / "manifest.json").write_text("{not json")
+    with pytest.raises(IndexCorruptError, match="manifest.json is unreadable"):
+        open_index(index_dir)
+
+
+def test_check_encoder_refuses_another_encoder(flat_index, st_encoder, st_encoder_other):
+    index = open_index(flat_index)
+    index.check_encoder(load_encoder(st_encoder))
+    with pytest.raises(IndexMismatchError) as e:
+        index.check_encoder(load_encoder(st_encoder_other))
+    assert st_encoder in str(e.value) and st_encoder_other in str(e.value)
+
+
+def test_open_index_is_shared(flat_index):
+    assert open_index(flat_index) is open_index(flat_index)
+    index = open_index(flat_index)
+    assert [p.id for p in index.passages] == [p["id"] for p in CORPUS]
+    assert index.bm25_config() == BM25Config()

@@ -1,0 +1,81 @@
+"""odqa.metrics: SQuAD normalization, EM and F1 over aliases, DPR's has_answer."""
+
+from __future__ import annotations
+
+import pytest
+
+from odqa.metrics import contains_normalized, dpr_tokens, exact_match, f1, has_answer, normalize_answer
+
+
+
+@pytest.mark.parametrize(
+    "raw, normalized",
+    [
+        ("The Beatles", "beatles"),
+        ("an apple a day", "apple day"),
+        ("  Paris,   France!! ", "paris france"),
+        ("U.S.A.", "usa"),
+        ("Theatre of the absurd", "theatre of absurd"),  # "the" only as a whole word
+        ("ÉCOLE Normale", "école normale"),  # unicode lowercasing keeps the accent
+        ("Zürich\tand\nGenève", "zürich and genève"),
+        ("", ""),
+    ],
+)
+def test_normalize_answer(raw, normalized):
+    assert normalize_answer(raw) == normalized
+
+
+def test_exact_match_best_over_aliases():
+    assert exact_match("the Beatles", ["Rolling Stones", "Beatles"]) == 1.0
+    assert exact_match("Beatles.", ["The Beatles"]) == 1.0
+    assert exact_match("Paul McCartney", ["John Lennon", "Lennon"]) == 0.0
+    assert exact_match("Paris", []) == 0.0
+    assert isinstance(exact_match("x", ["x"]), float)
+
+
+def test_empty_prediction():
+    assert exact_match("", ["Paris"]) == 0.0
+    assert exact_match(None, ["Paris"]) == 0.0
+    assert f1("", ["Paris"]) == 0.0
+    assert f1(None, ["Paris"]) == 0.0
+    # SQuAD: both sides empty after normalization count as a match
+    assert f1("the", ["a"]) == 1.0
+
+
+def test_f1():
+    assert f1("William Shakespeare", ["Shakespeare"]) == pytest.approx(2 * 0.5 * 1.0 / 1.5)
+    assert f1("Shakespeare", ["William Shakespeare", "Shakespeare"]) == 1.0  # best alias wins
+    assert f1("Christopher Marlowe", ["William Shakespeare"]) == 0.0
+    assert f1("x y y", ["y y z"]) == pytest.approx(2 / 3)  # token counts, not sets
+    assert f1("anything", []) == 0.0
+
+
+def test_has_answer_token_boundaries():
+    assert not has_answer("The album came out in 19721.", ["1972"])
+    assert has_answer("It came out in 1972.", ["1972"])
+    assert has_answer("Paris, France", ["Paris"])
+    assert not has_answer("Parisian cafés", ["Paris"])
+    assert has_answer("in New York City", ["new york"])  # uncased, multi-token
+    assert not has_answer("York, New Jersey", ["New York"])  # order matters
+    assert has_answer("nothing here", ["absent", "nothing"])  # any alias
+    assert not has_answer("some text", [""])  # an empty answer never matches
+    assert not has_answer("", ["x"])
+
+
+def test_has_answer_unicode():
+    composed, decomposed = "Caf\u00e9", "Cafe\u0301"
+    assert has_answer(f"Meet at the {composed} tonight", [decomposed])  # NFD on both sides
+    assert dpr_tokens("Hello, World!") == ["hello", ",", "world", "!"]
+
+
+def test_contains_normalized_is_looser_on_punctuation():
+    assert contains_normalized("Everest is 8,848 m tall", ["8848 m"])
+    assert not has_answer("Everest is 8,848 m tall", ["8848 m"])
+    assert not contains_normalized("in 19721", ["1972"])
+
+
+def test_a_single_gold_string_is_one_alias():
+    assert exact_match("Paris", "Paris") == 1.0
+    assert exact_match("P", "Paris") == 0.0
+    assert f1("Paris", "Paris") == 1.0
+    assert not has_answer("a plan of s", "Paris")

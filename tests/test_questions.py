@@ -1,0 +1,76 @@
+"""odqa.questions: user question files (jsonl) and the fixed split hashing. No bundled benchmark."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+import odqa.resources as resources
+from odqa.errors import InputFormatError, ResourceNotFoundError, TextEncodingError
+from odqa.questions import Question, load_questions, read_questions_file, split_of
+
+
+
+def test_read_questions_file(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_text(
+        '{"id": "a", "question": "Who?", "answers": ["X", "Y"]}\n'
+        "\n"
+        '{"question": "What?", "answer": "Z"}\n'
+        '{"id": 5, "question": "Where?"}\n',
+        encoding="utf-8",
+    )
+    qs = load_questions(str(path))
+    assert qs == [
+        Question(id="a", question="Who?", answers=["X", "Y"]),
+        Question(id="3", question="What?", answers=["Z"]),  # no id -> line number; one answer string -> list
+        Question(id="5", question="Where?", answers=[]),
+    ]
+    assert qs[0].to_dict()["answers"] == ["X", "Y"]
+
+
+@pytest.mark.parametrize("line", ['{"question": ', '{"id": 2}', '{"question": 3}', '"just a string"'])
+def test_malformed_line_names_the_line(tmp_path, line):
+    path = tmp_path / "q.jsonl"
+    path.write_text('{"question": "ok?"}\n{"question": "fine?"}\n' + line + "\n", encoding="utf-8")
+    with pytest.raises(InputFormatError, match=r"q\.jsonl:3:"):
+        read_questions_file(path)
+
+
+def test_non_utf8_names_the_line(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_bytes(b'{"question": "ok?"}\n{"question": "\xff?"}\n')
+    with pytest.raises(TextEncodingError, match=":2:"):
+        read_questions_file(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ResourceNotFoundError, match="does not exist"):
+        load_questions(str(tmp_path / "none.jsonl"))
+
+
+def test_empty_question_in_file_names_the_line(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_text('{"question": "ok?"}\n{"question": "fine?"}\n{"question": "  "}\n', encoding="utf-8")
+    with pytest.raises(InputFormatError, match=r":3:"):
+        read_questions_file(path)
+
+
+def test_split_of_is_stable_and_balanced():
+    assert split_of("root-1") == split_of("root-1")
+    splits = [split_of(f"root-{i}") for i in range(2000)]
+    assert set(splits) == {"train", "dev", "test"}
+    share = {s: splits.count(s) / len(splits) for s in ("train", "dev", "test")}
+    assert share["train"] == pytest.approx(0.4, abs=0.05)
+    assert share["dev"] == pytest.approx(0.3, abs=0.05)
+    assert share["test"] == pytest.approx(0.3, abs=0.05)
+
+
+def test_unknown_split_is_reported_first(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(resources.importlib.util, "find_spec",
+                        lambda name, *a, **k: None if name == "fanoutqa" else real(name, *a, **k))
+    with pytest.raises(ResourceNotFoundError) as e:
+        load_questions("fanoutqa-wiki:bogus")
+    assert "unknown split 'bogus'" in str(e.value)
