@@ -45,6 +45,8 @@ def main() -> None:
 
     questions = load_questions(args.questions)[: args.limit]
     pipe = load_pipeline(args.pipeline)
+    for name in ("packer", "reader"):  # retrieval only; packing and reading vary below
+        pipe.remove_component(name)
     retrieval = {}
     for q in tqdm(questions, desc="retrieving"):
         out = pipe.run({"query": q.question}, include_outputs_from={"join"})

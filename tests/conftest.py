@@ -18,6 +18,9 @@ import pytest
 import odqa  # noqa: F401 - sets HF_HUB_OFFLINE=1 and no telemetry before transformers/haystack load
 
 HIDDEN = 32
+# The user's cache dir as it was before the fast tests' private one replaced it; the slow
+# tests use it so the real backbone is dequantized once, not once per session.
+ORIGINAL_ODQA_HOME = os.environ.get("ODQA_HOME")
 
 # --- the corpus: 30 passages on distinct topics --------------------------------------------
 CORPUS: list[dict] = [

@@ -1,0 +1,124 @@
+"""Slow tests: the real bundled models, corpus, benchmark and default index.
+
+They use ``indexes/wiki-vital`` (``make test`` builds it first) and the user's
+``$ODQA_HOME`` cache of the dequantized backbone, not the fast tests' private one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ORIGINAL_ODQA_HOME
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parent.parent
+INDEX = REPO / "indexes" / "wiki-vital"
+PIPELINES = REPO / "pipelines"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def real_cache():
+    """Share the dequantized backbone cache with the user's runs (saves ~30 s per session)."""
+    saved = os.environ.get("ODQA_HOME")
+    if ORIGINAL_ODQA_HOME is None:
+        os.environ.pop("ODQA_HOME", None)
+    else:
+        os.environ["ODQA_HOME"] = ORIGINAL_ODQA_HOME
+    yield
+    if saved is not None:
+        os.environ["ODQA_HOME"] = saved
+
+
+@pytest.fixture(scope="module")
+def default_index() -> Path:
+    if not (INDEX / "manifest.json").exists():
+        pytest.fail(f"{INDEX} is missing; build it with `make index` (make test does this first)")
+    return INDEX
+
+
+@pytest.fixture(scope="module")
+def qa(default_index):
+    import odqa
+
+    return odqa.load(PIPELINES / "frozen_reader.yml")
+
+
+def test_bundled_corpus_and_benchmark_sizes():
+    from odqa.corpus import read_corpus
+    from odqa.questions import load_questions
+
+    assert len(read_corpus("wiki-vital")) == 10_033
+    questions = load_questions("fanoutqa-wiki")
+    assert len(questions) == 363
+    assert len({q.id for q in questions}) == 351
+    assert sum(q.answer_in_evidence for q in questions) == 82
+    splits = [load_questions(f"fanoutqa-wiki:{s}") for s in ("train", "dev", "test")]
+    assert sum(len(s) for s in splits) == 363
+    roots = [{q.root_id for q in s} for s in splits]
+    assert not (roots[0] & roots[1] or roots[0] & roots[2] or roots[1] & roots[2])
+
+
+def test_default_index_manifest(default_index):
+    manifest = json.loads((default_index / "manifest.json").read_text())
+    assert manifest["count"] == 10_033
+    assert manifest["encoder"] == "minilm-l6" and manifest["dim"] == 384
+    assert manifest["faiss"]["metric"] == "inner_product"
+    assert manifest["corpus_hash"].startswith("sha256:")
+
+
+def test_default_pipeline_answers_shakespeare(qa):
+    result = qa.ask("Who wrote Romeo and Juliet?")
+    assert "shakespeare" in result.answer.lower()
+    assert "Romeo and Juliet" in [p.title for p in result.passages]
+    assert {"bm25", "dense", "join", "packer", "reader", "total"} <= set(result.timings)
+    assert 0.0 < result.score <= 1.0
+    budget = result.meta["budget"]
+    assert budget["prompt_tokens"] + budget["max_new_tokens"] <= budget["context_length"]
+
+
+def test_cli_ask_prints_answer_and_source(default_index):
+    proc = subprocess.run(
+        [sys.executable, "-m", "odqa.cli", "ask", "Who wrote Romeo and Juliet?"],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Shakespeare" in proc.stdout
+    assert "Romeo and Juliet" in proc.stdout  # the source title
+
+
+def test_cli_empty_question_is_one_line(default_index):
+    proc = subprocess.run([sys.executable, "-m", "odqa.cli", "ask", ""], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error:")
+
+
+@pytest.mark.parametrize("name", ["frozen_reader_bm25.yml", "frozen_reader_dense.yml"])
+def test_single_retriever_pipelines(name, default_index):
+    import odqa
+
+    result = odqa.load(PIPELINES / name).ask("In which city is the Eiffel Tower?")
+    assert "Eiffel Tower" in [p.title for p in result.passages]
+    assert "paris" in result.answer.lower()
+
+
+def test_question_longer_than_budget(qa):
+    from odqa.errors import QuestionTooLongError
+
+    with pytest.raises(QuestionTooLongError, match="shorten the question"):
+        qa.ask("Who wrote " + "the play that everybody knows " * 200 + "?")
+
+
+def test_answers_are_spans_not_sentences(qa):
+    """The zero-shot prompt's job: short answers. Measured in bench/results/reader_prompts.md."""
+    from odqa.questions import load_questions
+
+    questions = load_questions("fanoutqa-wiki:dev")[:8]
+    answers = qa.ask_many([q.question for q in questions], progress=False)
+    assert sum(len(a.answer.split()) <= 5 for a in answers) >= 6
