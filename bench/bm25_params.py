@@ -53,6 +53,7 @@ from tqdm.auto import tqdm
 from odqa.corpus import read_corpus
 from odqa.index import BM25Config
 from odqa.metrics import has_answer
+from odqa.questions import dedup as dedup_questions
 from odqa.questions import load_questions
 
 KS = (1, 5, 20, 100)
@@ -93,11 +94,7 @@ def cfg_label(cfg: BM25Config) -> str:
 def load_split(name: str, dedup: bool) -> Split:
     qs = load_questions(f"fanoutqa-wiki:{name}")
     if dedup:
-        seen, out = set(), []
-        for q in qs:
-            if (q.id, q.question) not in seen:
-                seen.add((q.id, q.question))
-                out.append(q)
+        out = dedup_questions(qs)
         return Split(name, out, len(qs))
     return Split(name, qs, len(qs))
 

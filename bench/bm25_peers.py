@@ -52,6 +52,7 @@ from tqdm.auto import tqdm
 from odqa.corpus import read_corpus
 from odqa.index import BM25Config
 from odqa.metrics import has_answer
+from odqa.questions import dedup as dedup_questions
 from odqa.questions import load_questions
 
 K = 20
@@ -61,12 +62,7 @@ def load_split(name: str, dedup: bool):
     qs = load_questions(f"fanoutqa-wiki:{name}")
     n_raw = len(qs)
     if dedup:
-        seen, out = set(), []
-        for q in qs:
-            if (q.id, q.question) not in seen:
-                seen.add((q.id, q.question))
-                out.append(q)
-        qs = out
+        qs = dedup_questions(qs)
     return name, qs, n_raw
 
 

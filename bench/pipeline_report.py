@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 import odqa
 from odqa.api import load_pipeline
 from odqa.metrics import has_answer
-from odqa.questions import load_questions
+from odqa.questions import dedup, load_questions
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -76,7 +76,7 @@ def main() -> None:
     args = ap.parse_args()
 
     items = load_questions("fanoutqa-wiki")
-    questions = list({(q.id, q.question): q for q in items}.values())
+    questions = dedup(items)
     t = time.time()
     retrieval = retrieval_table(questions)
     latency, peak_mb = latency_table(questions[: args.latency_questions])

@@ -98,10 +98,10 @@ def cmd_run(args) -> int:
         raise OdqaError("--questions needs --out FILE.jsonl for the answers")
     from tqdm.auto import tqdm
 
-    from odqa.questions import load_questions
+    from odqa.questions import dedup, load_questions
 
     questions = load_questions(args.questions)
-    unique = list({(q.id, q.question): q for q in questions}.values())
+    unique = dedup(questions)
     if len(unique) < len(questions):
         print(f"{len(questions) - len(unique)} repeated (id, question) items answered once", file=sys.stderr)
     questions = unique

@@ -45,6 +45,20 @@ def decode_lines(path: Path) -> Iterator[tuple[int, str]]:
                 ) from None
 
 
+def iter_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    """Yield ``(line_number, object)`` from a jsonl file; bad lines name the file and line."""
+    for lineno, line in decode_lines(path):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputFormatError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(rec, dict):
+            raise InputFormatError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+        yield lineno, rec
+
+
 def _read_wiki_vital() -> Iterator[Passage]:
     path = bundled_data_path("wiki-vital")
     data = json.loads(path.read_text(encoding="utf-8"))
@@ -82,15 +96,7 @@ def _read_tsv(path: Path) -> Iterator[Passage]:
 
 
 def _read_jsonl(path: Path) -> Iterator[Passage]:
-    for lineno, line in decode_lines(path):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputFormatError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(rec, dict):
-            raise InputFormatError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+    for lineno, rec in iter_jsonl(path):
         text = rec.get("text", rec.get("contents"))
         if not isinstance(text, str) or not text.strip():
             raise InputFormatError(f"{path}:{lineno}: missing or empty 'text' field")

@@ -17,7 +17,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from odqa.corpus import decode_lines, read_corpus
+from odqa.corpus import iter_jsonl, read_corpus
 from odqa.errors import InputFormatError, ResourceNotFoundError
 from odqa.metrics import contains_normalized
 from odqa.resources import bundled_data_path
@@ -80,20 +80,19 @@ def fanoutqa_wiki() -> list[Question]:
     return out
 
 
+def dedup(questions: list[Question]) -> list[Question]:
+    """Keep the first of each (id, question): FanOutQA repeats identical sub-questions under one id."""
+    return list({(q.id, q.question): q for q in questions}.values())
+
+
 def read_questions_file(path: str | Path) -> list[Question]:
     """Read a jsonl file of ``{"question": ..., "id"?: ..., "answers"?|"answer"?: [...]}``."""
     path = Path(path)
     if not path.exists():
         raise ResourceNotFoundError(f"questions file '{path}' does not exist")
     out = []
-    for lineno, line in decode_lines(path):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputFormatError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(rec, dict) or not isinstance(rec.get("question"), str):
+    for lineno, rec in iter_jsonl(path):
+        if not isinstance(rec.get("question"), str):
             raise InputFormatError(f"{path}:{lineno}: missing 'question' field (a string)")
         if not rec["question"].strip():
             raise InputFormatError(f"{path}:{lineno}: the 'question' field is empty")
