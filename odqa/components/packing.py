@@ -68,12 +68,12 @@ class ContextPacker:
     truncated) and a later, shorter one may still fit. Its id is reported in ``dropped_ids``.
 
     Usage:
-        >>> packer = ContextPacker(model="smollm2-135m-instruct", context_length=1024)
+        >>> packer = ContextPacker(model="smollm2-135m-instruct", context_length=384)
         >>> out = packer.run(query="Who wrote Hamlet?", documents=ranked_docs)
         >>> out["documents"], out["dropped_ids"], out["budget"]
     """
 
-    def __init__(self, model: str, template: str = "span-chat", context_length: int = 1024,
+    def __init__(self, model: str, template: str = "qa-completion", context_length: int = 384,
                  max_new_tokens: int = 16, soft_prompt: str | None = None):
         """
         :param model: The reader's backbone (its tokenizer measures the budget).

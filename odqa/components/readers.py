@@ -29,8 +29,8 @@ class FrozenLMReader:
         >>> reader.run(query="Who wrote Hamlet?", documents=packed)["answers"][0].data
     """
 
-    def __init__(self, model: str = "smollm2-135m-instruct", template: str = "span-chat",
-                 soft_prompt: str | None = None, context_length: int = 1024, max_new_tokens: int = 16,
+    def __init__(self, model: str = "smollm2-135m-instruct", template: str = "qa-completion",
+                 soft_prompt: str | None = None, context_length: int = 384, max_new_tokens: int = 16,
                  num_beams: int = 1, dtype: str = "float32"):
         """
         :param model: Backbone: a bundled name, local path or HF id.

@@ -5,12 +5,13 @@ budget is measured on exactly what the reader will see.
 
 Templates (chosen on the dev split, see bench/reader_prompts.py):
 
-``span-chat``      chat turns; a system instruction plus three worked examples whose
-                   answers are short spans. The default: it stops the instruct model
-                   from answering in sentences.
-``chat``           chat turns with the instruction only (no examples).
-``qa-completion``  plain "Question: ... Answer:" text with the same three examples,
-                   for base (non-chat) models.
+``qa-completion``  plain text: an instruction, three worked examples (passage, question,
+                   short answer), then the passages and "Question: ... Answer:". The
+                   default: on dev it makes SmolLM2-135M-Instruct answer with a span
+                   79.5% of the time (EM 10.2 at a 384-token window).
+``span-chat``      the same instruction and examples as chat turns; the instruct model
+                   still answers in sentences (span rate 8%, EM 0.0).
+``chat``           chat turns with the instruction only (span rate 10%, EM 0.0).
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ def docs(make_docs):
 def test_init_and_unknown_template(tiny_lm):
     packer = ContextPacker(model=tiny_lm)
     assert (packer.model, packer.template, packer.context_length, packer.max_new_tokens, packer.soft_prompt) == (
-        tiny_lm, "span-chat", 1024, 16, None)
+        tiny_lm, "qa-completion", 384, 16, None)
     with pytest.raises(PipelineConfigError) as e:
         ContextPacker(model=tiny_lm, template="nope")
     assert "nope" in str(e.value) and "span-chat" in str(e.value)
@@ -79,7 +79,7 @@ def test_skips_a_long_passage_and_fits_a_later_short_one(backbone, tiny_lm, docs
 
 
 def test_everything_fits(backbone, tiny_lm, docs):
-    out = ContextPacker(model=tiny_lm, context_length=4096).run(query=QUESTION, documents=docs)
+    out = ContextPacker(model=tiny_lm, template="span-chat", context_length=4096).run(query=QUESTION, documents=docs)
     assert [d.id for d in out["documents"]] == ["a", "b", "c", "d"]
     assert out["dropped_ids"] == []
     assert out["budget"]["prompt_tokens"] == _prompt_tokens(backbone.tokenizer, "span-chat", QUESTION, docs)
@@ -87,7 +87,7 @@ def test_everything_fits(backbone, tiny_lm, docs):
 
 def test_nothing_fits(backbone, tiny_lm, docs):
     base = _prompt_tokens(backbone.tokenizer, "span-chat", QUESTION, [])
-    out = ContextPacker(model=tiny_lm, context_length=base + 16 + 2).run(query=QUESTION, documents=docs)
+    out = ContextPacker(model=tiny_lm, template="span-chat", context_length=base + 16 + 2).run(query=QUESTION, documents=docs)
     assert out["documents"] == []
     assert out["dropped_ids"] == ["a", "b", "c", "d"]
     assert out["budget"]["prompt_tokens"] == base
@@ -95,7 +95,7 @@ def test_nothing_fits(backbone, tiny_lm, docs):
 
 
 def test_empty_documents(backbone, tiny_lm):
-    out = ContextPacker(model=tiny_lm).run(query=QUESTION, documents=[])
+    out = ContextPacker(model=tiny_lm, template="span-chat", context_length=1024).run(query=QUESTION, documents=[])
     assert out["documents"] == [] and out["dropped_ids"] == []
     assert out["budget"]["prompt_tokens"] == _prompt_tokens(backbone.tokenizer, "span-chat", QUESTION, [])
 
@@ -103,8 +103,8 @@ def test_empty_documents(backbone, tiny_lm):
 def test_soft_prompt_takes_context(tiny_lm, soft_prompt_dir, docs):
     assert soft_prompt_length(soft_prompt_dir) == 4
     assert soft_prompt_length(None) == 0
-    plain = ContextPacker(model=tiny_lm).run(query=QUESTION, documents=docs)["budget"]
-    with_soft = ContextPacker(model=tiny_lm, soft_prompt=soft_prompt_dir).run(query=QUESTION, documents=docs)["budget"]
+    plain = ContextPacker(model=tiny_lm, template="span-chat", context_length=1024).run(query=QUESTION, documents=docs)["budget"]
+    with_soft = ContextPacker(model=tiny_lm, template="span-chat", context_length=1024, soft_prompt=soft_prompt_dir).run(query=QUESTION, documents=docs)["budget"]
     assert with_soft["soft_prompt_tokens"] == 4
     assert with_soft["passage_budget"] == plain["passage_budget"] - 4
 
@@ -112,9 +112,9 @@ def test_soft_prompt_takes_context(tiny_lm, soft_prompt_dir, docs):
 def test_soft_prompt_tips_a_passage_out(backbone, tiny_lm, soft_prompt_dir, make_docs):
     docs = make_docs(SHORT_A, SHORT_C)
     exact = _prompt_tokens(backbone.tokenizer, "span-chat", QUESTION, docs) + 16  # A and C fit exactly
-    assert [d.id for d in ContextPacker(model=tiny_lm, context_length=exact).run(
+    assert [d.id for d in ContextPacker(model=tiny_lm, template="span-chat", context_length=exact).run(
         query=QUESTION, documents=docs)["documents"]] == ["a", "c"]
-    out = ContextPacker(model=tiny_lm, context_length=exact, soft_prompt=soft_prompt_dir).run(
+    out = ContextPacker(model=tiny_lm, template="span-chat", context_length=exact, soft_prompt=soft_prompt_dir).run(
         query=QUESTION, documents=docs)
     assert [d.id for d in out["documents"]] == ["a"]
     assert out["dropped_ids"] == ["c"]
@@ -124,7 +124,7 @@ def test_soft_prompt_tips_a_passage_out(backbone, tiny_lm, soft_prompt_dir, make
 def test_question_too_long(backbone, tiny_lm):
     question = "Who wrote " + " ".join(["Romeo and Juliet"] * 400) + "?"
     with pytest.raises(QuestionTooLongError) as e:
-        ContextPacker(model=tiny_lm, context_length=1024).run(query=question, documents=[])
+        ContextPacker(model=tiny_lm, template="span-chat", context_length=1024).run(query=question, documents=[])
     msg = str(e.value)
     assert "context_length=1024" in msg and "shorten the question" in msg
     with pytest.raises(QuestionTooLongError):
@@ -141,12 +141,12 @@ def test_question_exactly_at_the_limit(backbone):
 @pytest.mark.parametrize("query", ["", "  "])
 def test_empty_question(tiny_lm, query):
     with pytest.raises(EmptyQuestionError):
-        ContextPacker(model=tiny_lm).run(query=query, documents=[])
+        ContextPacker(model=tiny_lm, template="span-chat", context_length=1024).run(query=query, documents=[])
 
 
 def test_in_pipeline_round_trip(tiny_lm, docs):
     p = Pipeline()
-    p.add_component("packer", ContextPacker(model=tiny_lm, context_length=2048, max_new_tokens=4))
+    p.add_component("packer", ContextPacker(model=tiny_lm, template="span-chat", context_length=2048, max_new_tokens=4))
     text = p.dumps()
     again = Pipeline.loads(text, allowed_modules=["odqa.*"])
     assert again.dumps() == text
@@ -159,7 +159,7 @@ def test_tokenizer_without_chat_template(tiny_lm_plain, docs):
 
     tok = load_backbone(tiny_lm_plain).tokenizer
     fits = _prompt_tokens(tok, "span-chat", QUESTION, [docs[0], docs[2]])
-    out = ContextPacker(model=tiny_lm_plain, context_length=fits + 16 + 3).run(query=QUESTION, documents=docs)
+    out = ContextPacker(model=tiny_lm_plain, template="span-chat", context_length=fits + 16 + 3).run(query=QUESTION, documents=docs)
     assert [d.id for d in out["documents"]] == ["a", "c"] and out["dropped_ids"] == ["b", "d"]
     assert out["budget"]["prompt_tokens"] == _prompt_tokens(tok, "span-chat", QUESTION, out["documents"])
 

@@ -52,13 +52,13 @@ def test_init_stores_params_and_validates(tiny_lm):
     assert (r.model, r.template, r.soft_prompt, r.context_length, r.max_new_tokens, r.num_beams, r.dtype) == (
         tiny_lm, "chat", None, 256, 4, 3, "float32")
     with pytest.raises(PipelineConfigError, match="num_beams"):
-        FrozenLMReader(model=tiny_lm, num_beams=0)
+        FrozenLMReader(model=tiny_lm, num_beams=0, template="span-chat", context_length=1024)
     with pytest.raises(PipelineConfigError, match="unknown reader template 'x'"):
         FrozenLMReader(model=tiny_lm, template="x")
 
 
 def test_to_dict_from_dict(tiny_lm, soft_prompt_dir):
-    r = FrozenLMReader(model=tiny_lm, soft_prompt=soft_prompt_dir, max_new_tokens=5, num_beams=2)
+    r = FrozenLMReader(model=tiny_lm, soft_prompt=soft_prompt_dir, max_new_tokens=5, num_beams=2, template="span-chat", context_length=1024)
     data = r.to_dict()
     assert data == {
         "type": "odqa.components.readers.FrozenLMReader",
@@ -69,7 +69,7 @@ def test_to_dict_from_dict(tiny_lm, soft_prompt_dir):
 
 
 def test_greedy(tiny_lm, backbone, docs):
-    r = FrozenLMReader(model=tiny_lm, max_new_tokens=6)
+    r = FrozenLMReader(model=tiny_lm, max_new_tokens=6, template="span-chat", context_length=1024)
     out = r.run(query=QUESTION, documents=docs)
     a = _check_answer(out, QUESTION, docs, 6)
     template = get_template("span-chat")
@@ -83,14 +83,14 @@ def test_greedy(tiny_lm, backbone, docs):
 
 
 def test_beam_search(tiny_lm, backbone, docs):
-    out = FrozenLMReader(model=tiny_lm, max_new_tokens=5, num_beams=2).run(query=QUESTION, documents=docs)
+    out = FrozenLMReader(model=tiny_lm, max_new_tokens=5, num_beams=2, template="span-chat", context_length=1024).run(query=QUESTION, documents=docs)
     _check_answer(out, QUESTION, docs, 5)
     _assert_frozen(backbone.model)
 
 
 @pytest.mark.parametrize("documents", [None, []])
 def test_closed_book(tiny_lm, documents):
-    out = FrozenLMReader(model=tiny_lm, max_new_tokens=3).run(query=QUESTION, documents=documents)
+    out = FrozenLMReader(model=tiny_lm, max_new_tokens=3, template="span-chat", context_length=1024).run(query=QUESTION, documents=documents)
     _check_answer(out, QUESTION, [], 3)
 
 
@@ -100,19 +100,20 @@ def test_tokenizer_without_chat_template(tiny_lm_plain, docs, template):
     assert not getattr(bb.tokenizer, "chat_template", None)
     rendered = get_template(template).render(bb.tokenizer, QUESTION, [("T", "x")])
     assert rendered.endswith("assistant:" if template == "span-chat" else "Answer:")
-    out = FrozenLMReader(model=tiny_lm_plain, template=template, max_new_tokens=3).run(query=QUESTION, documents=docs)
+    out = FrozenLMReader(model=tiny_lm_plain, template=template, context_length=1024, max_new_tokens=3).run(query=QUESTION, documents=docs)
     _check_answer(out, QUESTION, docs, 3)
 
 
 def test_soft_prompt(tiny_lm, soft_prompt_dir, docs):
-    r = FrozenLMReader(model=tiny_lm, soft_prompt=soft_prompt_dir, max_new_tokens=4)
-    plain = FrozenLMReader(model=tiny_lm, max_new_tokens=4).run(query=QUESTION, documents=docs)["answers"][0]
+    settings = dict(max_new_tokens=4, template="span-chat", context_length=1024)
+    r = FrozenLMReader(model=tiny_lm, soft_prompt=soft_prompt_dir, **settings)
+    plain = FrozenLMReader(model=tiny_lm, **settings).run(query=QUESTION, documents=docs)["answers"][0]
     a = _check_answer(r.run(query=QUESTION, documents=docs), QUESTION, docs, 4)
     assert r._soft.length == 4
     assert not r._soft.prompt.requires_grad
     assert a.meta["prompt_tokens"] == plain.meta["prompt_tokens"] + 4
     _assert_frozen(r._backbone.model)
-    beam = FrozenLMReader(model=tiny_lm, soft_prompt=soft_prompt_dir, max_new_tokens=4, num_beams=2)
+    beam = FrozenLMReader(model=tiny_lm, soft_prompt=soft_prompt_dir, max_new_tokens=4, num_beams=2, template="span-chat", context_length=1024)
     _check_answer(beam.run(query=QUESTION, documents=docs), QUESTION, docs, 4)
 
 
@@ -137,20 +138,20 @@ def test_prompt_over_the_limit_without_packer(tiny_lm, backbone, make_docs):
     template = get_template("span-chat")
     base = len(encode(backbone.tokenizer, template, template.render(backbone.tokenizer, QUESTION, [])))
     docs = make_docs(("x", "Long", " ".join(["The Pacific Ocean is the largest ocean."] * 10)))
-    r = FrozenLMReader(model=tiny_lm, context_length=base + 16 + 5)
+    r = FrozenLMReader(model=tiny_lm, context_length=base + 16 + 5, template="span-chat")
     with pytest.raises(PipelineConfigError, match="ContextPacker"):
         r.run(query=QUESTION, documents=docs)
 
 
 def test_question_too_long(tiny_lm):
     with pytest.raises(QuestionTooLongError):
-        FrozenLMReader(model=tiny_lm, context_length=1024).run(query="Why " * 2000 + "?")
+        FrozenLMReader(model=tiny_lm, context_length=1024, template="span-chat").run(query="Why " * 2000 + "?")
 
 
 @pytest.mark.parametrize("query", ["", " \n "])
 def test_empty_question(tiny_lm, query):
     with pytest.raises(EmptyQuestionError):
-        FrozenLMReader(model=tiny_lm).run(query=query, documents=[])
+        FrozenLMReader(model=tiny_lm, template="span-chat", context_length=1024).run(query=query, documents=[])
 
 
 def test_packer_and_reader_pipeline_round_trip(tiny_lm, docs):
