@@ -119,6 +119,7 @@ def test_answers_are_spans_not_sentences(qa):
     """The zero-shot prompt's job: short answers. Measured in bench/results/reader_prompts.md."""
     from odqa.questions import load_questions
 
-    questions = load_questions("fanoutqa-wiki:dev")[:8]
+    questions = load_questions("fanoutqa-wiki:dev")[:24]
     answers = qa.ask_many([q.question for q in questions], progress=False)
-    assert sum(len(a.answer.split()) <= 5 for a in answers) >= 6
+    # 17 of these 24 are spans with the default prompt; the chat templates manage 8-10% on dev
+    assert sum(len(a.answer.split()) <= 5 for a in answers) >= 15
