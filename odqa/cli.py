@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 import odqa  # noqa: F401 - sets the offline defaults before anything else loads
-from odqa.errors import OdqaError
+from odqa.errors import BadQuestionError, OdqaError
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_PIPELINE = REPO / "pipelines" / "frozen_reader.yml"
@@ -115,13 +115,19 @@ def cmd_run(args) -> int:
     todo = [q for q in questions if q.id not in done]
     if done:
         print(f"resuming: {len(done)} of {len(questions)} already answered in {out}", file=sys.stderr)
+    failed = 0
     with open(out, "a", encoding="utf-8") as fh:
         for q in tqdm(todo, desc="answering", unit="q"):
-            a = qa.ask(q.question)
-            fh.write(json.dumps({"id": q.id, "answers": q.answers, **a.to_dict()}, ensure_ascii=False) + "\n")
+            try:
+                record = {"id": q.id, "answers": q.answers, **qa.ask(q.question).to_dict()}
+            except BadQuestionError as e:  # one bad question does not stop the batch
+                failed += 1
+                record = {"id": q.id, "answers": q.answers, "question": q.question, "error": str(e)}
+            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
-    print(f"wrote {len(questions)} answers to {out}", file=sys.stderr)
+    note = f" ({failed} could not be answered; see their 'error' field)" if failed else ""
+    print(f"wrote {len(questions)} answers to {out}{note}", file=sys.stderr)
     return 0
 
 

@@ -36,8 +36,8 @@ def warm(pipeline_yaml):
 
 @pytest.fixture
 def quiet_loading():
-    """No transformers weight-loading bars (a known bug, tested on its own below), so a test that
-    loads a model sees only odqa's own output on stderr."""
+    """No transformers weight-loading bars, so a test that loads a model sees only odqa's own
+    output on stderr."""
     from transformers.utils import logging as hf_logging
 
     was = hf_logging.is_progress_bar_enabled()
@@ -272,6 +272,19 @@ def test_run_questions_and_resume_after_kill(capsys, tmp_path, warm, questions_f
     assert main(["run", warm, "--questions", str(questions_file), "--out", str(out)]) == 0
     assert asked == []
     assert len(out.read_text(encoding="utf-8").splitlines()) == 4
+
+
+def test_run_batch_records_a_bad_question_and_goes_on(capsys, tmp_path, warm):
+    path = tmp_path / "q.jsonl"
+    rows = [QUESTIONS[0], {"id": "long", "question": LONG_QUESTION}, QUESTIONS[1]]
+    path.write_text("".join(json.dumps(q) + "\n" for q in rows), encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    assert main(["run", warm, "--questions", str(path), "--out", str(out)]) == 0
+    records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [r["id"] for r in records] == ["q1", "long", "q2"]
+    assert "shorten the question" in records[1]["error"] and "answer" not in records[1]
+    assert isinstance(records[2]["answer"], str)
+    assert "1 could not be answered" in capsys.readouterr().err
 
 
 def test_resume_when_kill_left_a_complete_record_without_newline(tmp_path, warm, questions_file, monkeypatch):
