@@ -54,7 +54,11 @@ def cmd_index_build(args) -> int:
                       stopwords=None if args.bm25_stopwords == "none" else args.bm25_stopwords)
     out = build_index(args.corpus, args.out, encoder=args.encoder, query_encoder=args.query_encoder,
                       faiss_type=args.faiss, bm25=bm25, force=args.force, limit=args.limit,
-                      batch_size=args.batch_size)
+                      batch_size=args.batch_size, shard=args.shard, shards=args.shards)
+    if args.shard is not None:
+        print(f"shard {args.shard} of {args.shards} encoded into {out}; when every shard is done, run the "
+              "same command without --shard/--shards to merge and finish the index")
+        return 0
     manifest = json.loads((out / "manifest.json").read_text())
     print(f"built {out}: {manifest['count']} passages, encoder {manifest['encoder']} (dim {manifest['dim']}), "
           f"faiss {manifest['faiss']['type']}")
@@ -165,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch-size", type=int, default=16)
     b.add_argument("--limit", type=int, default=None, help="index only the first N passages")
     b.add_argument("--force", action="store_true", help="replace an existing index")
+    b.add_argument("--shards", type=int, default=1, help="split embedding over N processes (with --shard)")
+    b.add_argument("--shard", type=int, default=None,
+                   help="encode only this shard (0..N-1); a final run without it merges")
     b.set_defaults(func=cmd_index_build)
 
     a = sub.add_parser("ask", help="answer one question with the default pipeline")

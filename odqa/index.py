@@ -84,7 +84,7 @@ def _sha256(path: Path) -> str:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: shard runs may race
     with open(tmp, "wb") as fh:
         fh.write(data)
         fh.flush()
@@ -125,12 +125,23 @@ def build_index(
     force: bool = False,
     limit: int | None = None,
     progress: bool = True,
+    shard: int | None = None,
+    shards: int = 1,
 ) -> Path:
-    """Build ``out`` from ``corpus`` (``wiki-vital``, a DPR ``.tsv`` or a ``.jsonl``)."""
+    """Build ``out`` from ``corpus`` (``wiki-vital``, a DPR ``.tsv`` or a ``.jsonl``).
+
+    With ``shard=i, shards=N`` only every N-th embedding chunk (offset i) is encoded into
+    the shared ``.NAME.partial`` dir and nothing is finalized, so N processes (or machines
+    sharing the directory) can split the slow part; a final call without ``shard`` merges
+    the chunks, encodes any still missing, and writes the index. Returns the index dir,
+    or the partial dir for a shard run.
+    """
     from odqa.encoders import load_encoder, probe_embedding
 
     if faiss_type not in FAISS_TYPES:
         raise OdqaError(f"unknown FAISS index type '{faiss_type}'; use one of {list(FAISS_TYPES)}")
+    if shards < 1 or (shard is not None and not 0 <= shard < shards):
+        raise OdqaError(f"--shard must be in 0..{shards - 1} for --shards {shards}, got {shard}")
     out = Path(out)
     if out.exists() and not force:
         raise OdqaError(f"index '{out}' already exists; pass --force to rebuild it, or choose another --out")
@@ -152,6 +163,12 @@ def build_index(
             shutil.rmtree(partial)
     (partial / "emb").mkdir(parents=True, exist_ok=True)
     _atomic_write_bytes(build_file, json.dumps(spec).encode())
+    n_chunks = math.ceil(len(passages) / CHUNK)
+    enc = load_encoder(encoder, query_encoder)
+    if shard is not None:
+        mine = [i for i in range(n_chunks) if i % shards == shard]
+        _encode_chunks(enc, passages, partial, mine, batch_size, progress, f"shard {shard}/{shards}")
+        return partial
 
     # passages
     lines = "".join(json.dumps({"id": p.id, "title": p.title, "text": p.text}, ensure_ascii=False) + "\n"
@@ -165,38 +182,25 @@ def build_index(
         tokens = bm25.tokenize([p.retrieval_text() for p in passages])
         retriever = bm25s.BM25(method=bm25.method, k1=bm25.k1, b=bm25.b)
         retriever.index(tokens, show_progress=progress)
-        tmp_bm25 = partial / "bm25.tmp"
+        tmp_bm25 = partial / f"bm25.{os.getpid()}.tmp"
         shutil.rmtree(tmp_bm25, ignore_errors=True)
         retriever.save(str(tmp_bm25), show_progress=False)
         os.replace(tmp_bm25, partial / "bm25")
 
-    # dense embeddings, chunk by chunk (resumable)
-    enc = load_encoder(encoder, query_encoder)
-    n_chunks = math.ceil(len(passages) / CHUNK)
-    done = [i for i in range(n_chunks) if (partial / "emb" / f"{i:05d}.npy").exists()]
-    bar = tqdm(total=len(passages), desc="embedding passages", unit="psg", disable=not progress,
-               initial=sum(min(CHUNK, len(passages) - i * CHUNK) for i in done))
-    for i in range(n_chunks):
-        path = partial / "emb" / f"{i:05d}.npy"
-        if path.exists():
-            continue
-        chunk = passages[i * CHUNK : (i + 1) * CHUNK]
-        # one call per chunk: the encoder sorts by length inside it, so batches pad little
-        emb = enc.encode_passages([p.title for p in chunk], [p.text for p in chunk], batch_size)
-        bar.update(len(chunk))
-        tmp = path.with_name(path.stem + ".tmp.npy")
-        np.save(tmp, emb)
-        os.replace(tmp, path)
-    bar.close()
+    # dense embeddings, chunk by chunk (resumable; chunks from shard runs are reused)
+    _encode_chunks(enc, passages, partial, range(n_chunks), batch_size, progress, "embedding passages")
     emb = np.concatenate([np.load(partial / "emb" / f"{i:05d}.npy") for i in range(n_chunks)])
 
     faiss = _faiss()
     index, faiss_params = _make_faiss(faiss_type, emb)
-    faiss.write_index(index, str(partial / "dense.faiss.tmp"))
-    os.replace(partial / "dense.faiss.tmp", partial / "dense.faiss")
+    tmp_faiss = partial / f"dense.faiss.{os.getpid()}.tmp"
+    faiss.write_index(index, str(tmp_faiss))
+    os.replace(tmp_faiss, partial / "dense.faiss")
 
     shutil.rmtree(partial / "emb")
     build_file.unlink()
+    for stale in partial.glob("*.tmp"):  # left by a killed run
+        shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
     files = {}
     for f in sorted(partial.rglob("*")):
         if f.is_file():
@@ -229,6 +233,25 @@ def build_index(
     else:
         os.replace(partial, out)
     return out
+
+
+def _encode_chunks(enc, passages: list[Passage], partial: Path, chunks, batch_size: int, progress: bool,
+                   desc: str) -> None:
+    """Encode and save each listed chunk that is not saved yet (atomic per chunk)."""
+    todo = [i for i in chunks if not (partial / "emb" / f"{i:05d}.npy").exists()]
+    size = lambda i: min(CHUNK, len(passages) - i * CHUNK)  # noqa: E731
+    bar = tqdm(total=sum(size(i) for i in chunks), initial=sum(size(i) for i in chunks) - sum(size(i) for i in todo),
+               desc=desc, unit="psg", disable=not progress)
+    for i in todo:
+        path = partial / "emb" / f"{i:05d}.npy"
+        chunk = passages[i * CHUNK : (i + 1) * CHUNK]
+        # one call per chunk: the encoder sorts by length inside it, so batches pad little
+        emb = enc.encode_passages([p.title for p in chunk], [p.text for p in chunk], batch_size)
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
+        np.save(tmp, emb)
+        os.replace(tmp, path)
+        bar.update(len(chunk))
+    bar.close()
 
 
 class SearchIndex:

@@ -187,6 +187,28 @@ def test_partial_from_another_build_is_discarded(tmp_path, monkeypatch, corpus_j
     assert json.loads((out / "manifest.json").read_text())["count"] == len(CORPUS)
 
 
+def test_sharded_build_then_merge(tmp_path, monkeypatch, corpus_jsonl, st_encoder, flat_index):
+    monkeypatch.setattr(odqa.index, "CHUNK", 8)  # 30 passages -> 4 chunks
+    counting = _FlakyEncoder(load_encoder(st_encoder), fail_at=None)
+    monkeypatch.setattr(odqa.encoders, "load_encoder", lambda name, query_name=None: counting)
+    out = tmp_path / "idx"
+    partial = build_index(corpus_jsonl, out, encoder=st_encoder, progress=False, shard=1, shards=2)
+    assert partial == tmp_path / ".idx.partial" and not out.exists()
+    assert sorted(p.name for p in (partial / "emb").iterdir()) == ["00001.npy", "00003.npy"]
+    build_index(corpus_jsonl, out, encoder=st_encoder, progress=False, shard=0, shards=2)
+    assert counting.calls == 4
+    build_index(corpus_jsonl, out, encoder=st_encoder, progress=False)  # merge: nothing left to encode
+    assert counting.calls == 4
+    assert not partial.exists()
+    assert np.allclose(_vectors(out), _vectors(flat_index), atol=1e-5)
+    assert not [f for f in json.loads((out / "manifest.json").read_text())["files"] if "tmp" in f]
+
+
+def test_bad_shard_arguments(tmp_path, corpus_jsonl, st_encoder):
+    with pytest.raises(OdqaError, match="--shard must be in 0..1"):
+        build_index(corpus_jsonl, tmp_path / "idx", encoder=st_encoder, shard=2, shards=2)
+
+
 # --- opening ---------------------------------------------------------------------------------
 def test_open_missing_index(tmp_path):
     with pytest.raises(IndexNotFoundError) as e:
