@@ -154,6 +154,17 @@ def _unwrap(e: PipelineRuntimeError) -> Exception:
     return cause if isinstance(cause, OdqaError) else e
 
 
+SHARED_SETTINGS = ("model", "template", "context_length", "max_new_tokens", "soft_prompt")
+
+
+def _check_in_step(packer, reader, source: str) -> None:
+    """The packer budgets for the reader, so the settings that shape the prompt must agree."""
+    differ = [k for k in SHARED_SETTINGS if getattr(packer, k) != getattr(reader, k)]
+    if differ:
+        detail = ", ".join(f"{k}: packer {getattr(packer, k)!r} vs reader {getattr(reader, k)!r}" for k in differ)
+        raise PipelineConfigError(f"{source}: the packer and the reader disagree ({detail}); set them to the same values")
+
+
 class QA:
     """A loaded pipeline that answers questions."""
 
@@ -168,6 +179,8 @@ class QA:
         self.reader = readers[0]
         packers = [n for n, c in pipeline.walk() if isinstance(c, ContextPacker)]
         self.packer = packers[0] if packers else None
+        if self.packer:
+            _check_in_step(pipeline.get_component(self.packer), pipeline.get_component(self.reader), source)
         _install_timer()
 
     @classmethod

@@ -103,6 +103,16 @@ def test_ask_many(qa):
     assert qa.ask_many([], progress=False) == []
 
 
+def test_packer_and_reader_must_agree(tmp_path, pipeline_yaml):
+    data = yaml.safe_load(pipeline_yaml.read_text())
+    data["components"]["packer"]["init_parameters"]["context_length"] = 999
+    path = pipeline_yaml.parent / "disagree.yml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(PipelineConfigError) as e:
+        odqa.load(str(path))
+    assert "context_length: packer 999 vs reader" in str(e.value) and "disagree.yml" in str(e.value)
+
+
 def test_pipeline_with_ranker(tmp_path, write_pipeline, cross_encoder):
     path = write_pipeline(tmp_path, ranker=cross_encoder, top_k=4)
     a = odqa.load(str(path)).ask("Who wrote Romeo and Juliet?")
