@@ -17,7 +17,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from odqa.corpus import iter_jsonl, read_corpus
+from odqa.corpus import decode_lines, iter_jsonl, read_corpus
 from odqa.errors import InputFormatError, ResourceNotFoundError
 from odqa.metrics import contains_normalized
 from odqa.resources import bundled_data_path
@@ -85,26 +85,75 @@ def dedup(questions: list[Question]) -> list[Question]:
     return list({(q.id, q.question): q for q in questions}.values())
 
 
-def read_questions_file(path: str | Path) -> list[Question]:
-    """Read a jsonl file of ``{"question": ..., "id"?: ..., "answers"?|"answer"?: [...]}``."""
-    path = Path(path)
-    if not path.exists():
-        raise ResourceNotFoundError(f"questions file '{path}' does not exist")
+def _answer_list(value, where: str, required: bool) -> list[str]:
+    if value is None:
+        if required:
+            raise InputFormatError(f"{where}: missing 'answer' field (a list of gold answer strings)")
+        return []
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
+        raise InputFormatError(f"{where}: 'answer' must be a list of strings, got {value!r}")
+    if required and not [a for a in value if a.strip()]:
+        raise InputFormatError(f"{where}: empty answer list; every question needs at least one gold answer")
+    return value
+
+
+def _read_jsonl_questions(path: Path, require_answers: bool) -> list[Question]:
     out = []
     for lineno, rec in iter_jsonl(path):
+        where = f"{path}:{lineno}"
         if not isinstance(rec.get("question"), str):
-            raise InputFormatError(f"{path}:{lineno}: missing 'question' field (a string)")
+            raise InputFormatError(f"{where}: missing 'question' field (a string)")
         if not rec["question"].strip():
-            raise InputFormatError(f"{path}:{lineno}: the 'question' field is empty")
-        answers = rec.get("answers", rec.get("answer", []))
-        if isinstance(answers, str):
-            answers = [answers]
-        out.append(Question(id=str(rec.get("id", lineno)), question=rec["question"], answers=list(answers)))
+            raise InputFormatError(f"{where}: the 'question' field is empty")
+        answers = _answer_list(rec.get("answers", rec.get("answer")), where, require_answers)
+        out.append(Question(id=str(rec.get("id", lineno)), question=rec["question"], answers=answers))
     return out
 
 
-def load_questions(spec: str) -> list[Question]:
-    """``fanoutqa-wiki``, ``fanoutqa-wiki:SPLIT`` or a jsonl path."""
+def _read_dpr_csv(path: Path, require_answers: bool) -> list[Question]:
+    """DPR's ``nq-test.csv``: ``question<TAB>["answer", ...]`` per line, no header."""
+    import ast
+
+    out = []
+    for lineno, line in decode_lines(path):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        question, sep, raw = line.partition("\t")
+        if not sep:
+            raise InputFormatError(f"{where}: expected `question<TAB>[answers]`, found no tab")
+        if not question.strip():
+            raise InputFormatError(f"{where}: the question is empty")
+        try:
+            answers = json.loads(raw)
+        except json.JSONDecodeError:
+            try:  # DPR's files write some lists as Python literals (single quotes)
+                answers = ast.literal_eval(raw)
+            except (ValueError, SyntaxError):
+                raise InputFormatError(f"{where}: the answers {raw[:60]!r} are not a JSON list") from None
+        out.append(Question(id=str(lineno), question=question, answers=_answer_list(answers, where, require_answers)))
+    return out
+
+
+def read_questions_file(path: str | Path, require_answers: bool = False) -> list[Question]:
+    """Read questions from a file, naming the line of any malformed record.
+
+    ``.jsonl``: one ``{"question": ..., "id"?: ..., "answer"|"answers"?: [...]}`` per line
+    (NQ-open's format). ``.csv``/``.tsv``: DPR's ``nq-test.csv``. With ``require_answers``
+    (evaluation), every question needs a non-empty answer list.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ResourceNotFoundError(f"questions file '{path}' does not exist")
+    if path.suffix in (".csv", ".tsv"):
+        return _read_dpr_csv(path, require_answers)
+    return _read_jsonl_questions(path, require_answers)
+
+
+def load_questions(spec: str, require_answers: bool = False) -> list[Question]:
+    """``fanoutqa-wiki``, ``fanoutqa-wiki:SPLIT``, or a questions file (see :func:`read_questions_file`)."""
     name, _, split = spec.partition(":")
     if name == "fanoutqa-wiki":
         if split and split not in SPLITS:
@@ -113,4 +162,4 @@ def load_questions(spec: str) -> list[Question]:
         if split:
             qs = [q for q in qs if split_of(q.root_id) == split]
         return qs
-    return read_questions_file(spec)
+    return read_questions_file(spec, require_answers)

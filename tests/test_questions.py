@@ -57,6 +57,51 @@ def test_empty_question_in_file_names_the_line(tmp_path):
         read_questions_file(path)
 
 
+def test_dpr_csv(tmp_path):
+    path = tmp_path / "nq-test.csv"
+    path.write_text('who wrote hamlet\t["William Shakespeare", "Shakespeare"]\n'
+                    "where is paris\t['France']\n", encoding="utf-8")
+    qs = read_questions_file(path, require_answers=True)
+    assert [(q.id, q.question, q.answers) for q in qs] == [
+        ("1", "who wrote hamlet", ["William Shakespeare", "Shakespeare"]), ("2", "where is paris", ["France"])]
+
+
+@pytest.mark.parametrize("line, message", [
+    ("who wrote hamlet", "no tab"),
+    ("who wrote hamlet\t[oops", "not a JSON list"),
+    ("who wrote hamlet\t[]", "empty answer list"),
+    ("\t[\"x\"]", "question is empty"),
+])
+def test_dpr_csv_bad_line(tmp_path, line, message):
+    path = tmp_path / "nq-test.csv"
+    path.write_text('ok question\t["x"]\n' + line + "\n", encoding="utf-8")
+    with pytest.raises(InputFormatError) as e:
+        read_questions_file(path, require_answers=True)
+    assert ":2:" in str(e.value) and message in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"answer": ["x"]}', "missing 'question'"),
+    ('{"question": "q?", "answer": ["x"]', "invalid JSON"),
+    ('{"question": "q?", "answer": []}', "empty answer list"),
+    ('{"question": "q?"}', "missing 'answer'"),
+    ('{"question": "q?", "answer": [1, 2]}', "list of strings"),
+])
+def test_nq_open_jsonl_for_evaluation_names_the_line(tmp_path, line, message):
+    path = tmp_path / "nq-open.jsonl"
+    path.write_text('{"question": "ok?", "answer": ["y"]}\n' + line + "\n", encoding="utf-8")
+    with pytest.raises(InputFormatError) as e:
+        load_questions(str(path), require_answers=True)
+    assert ":2:" in str(e.value) and message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_non_utf8_csv_names_the_line(tmp_path):
+    path = tmp_path / "nq-test.csv"
+    path.write_bytes(b'ok\t["x"]\nw\xe9rd\t["y"]\n')
+    with pytest.raises(TextEncodingError, match=":2:"):
+        read_questions_file(path, require_answers=True)
+
+
 def test_split_of_is_stable_and_balanced():
     assert split_of("root-1") == split_of("root-1")
     splits = [split_of(f"root-{i}") for i in range(2000)]
