@@ -195,6 +195,10 @@ class QA:
 
     def ask(self, question: str) -> Answer:
         """Answer one question. Raises :class:`~odqa.errors.OdqaError` subclasses on bad input."""
+        return self.ask_with_outputs(question, every_stage=False)[0]
+
+    def ask_with_outputs(self, question: str, every_stage: bool = True) -> tuple[Answer, dict[str, dict]]:
+        """Answer one question and also return each stage's raw outputs (for evaluation)."""
         question = check_question(question)
         self.warm_up()
         record: dict[str, float] = {}
@@ -202,6 +206,8 @@ class QA:
         start = time.perf_counter()
         try:
             include = {self.reader} | ({self.packer} if self.packer else set())
+            if every_stage:
+                include = {name for name, _ in self.pipeline.walk()}
             out = self.pipeline.run({"query": question}, include_outputs_from=include)
         except PipelineRuntimeError as e:
             raise _unwrap(e) from None
@@ -210,7 +216,7 @@ class QA:
         record["total"] = time.perf_counter() - start
         generated = out[self.reader]["answers"][0]
         packed = out.get(self.packer, {}) if self.packer else {}
-        return Answer(
+        answer = Answer(
             question=question,
             answer=generated.data or "",
             score=float(generated.meta.get("score", 0.0)),
@@ -220,6 +226,7 @@ class QA:
             meta={k: v for k, v in generated.meta.items() if k != "score"} | (
                 {"budget": packed["budget"]} if "budget" in packed else {}),
         )
+        return answer, out
 
     def ask_many(self, questions: list[str], progress: bool = True) -> list[Answer]:
         """Answer a list of questions in order, with a progress bar."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -73,26 +72,6 @@ def cmd_ask(args) -> int:
     return 0
 
 
-def _read_done(out: Path) -> set[str]:
-    """Ids already answered in ``out``; a half-written last line (a kill mid-write) is dropped."""
-    if not out.exists():
-        return set()
-    done, good = set(), []
-    raw = out.read_bytes()
-    for line in raw.splitlines(keepends=True):
-        try:
-            rec = json.loads(line)
-            done.add(str(rec["id"]))
-            good.append(line if line.endswith(b"\n") else line + b"\n")
-        except (json.JSONDecodeError, KeyError, UnicodeDecodeError):
-            break
-    if b"".join(good) != raw:
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_bytes(b"".join(good))
-        os.replace(tmp, out)
-    return done
-
-
 def cmd_run(args) -> int:
     import odqa as api
 
@@ -107,6 +86,7 @@ def cmd_run(args) -> int:
     from tqdm.auto import tqdm
 
     from odqa.questions import dedup, load_questions
+    from odqa.runs import RunWriter, read_records
 
     questions = load_questions(args.questions)
     unique = dedup(questions)
@@ -115,21 +95,19 @@ def cmd_run(args) -> int:
     questions = unique
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    done = _read_done(out)
+    done = {str(r["id"]) for r in read_records(out)}
     todo = [q for q in questions if q.id not in done]
     if done:
         print(f"resuming: {len(done)} of {len(questions)} already answered in {out}", file=sys.stderr)
     failed = 0
-    with open(out, "a", encoding="utf-8") as fh:
+    with RunWriter(out) as writer:
         for q in tqdm(todo, desc="answering", unit="q"):
             try:
                 record = {"id": q.id, "answers": q.answers, **qa.ask(q.question).to_dict()}
             except BadQuestionError as e:  # one bad question does not stop the batch
                 failed += 1
                 record = {"id": q.id, "answers": q.answers, "question": q.question, "error": str(e)}
-            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+            writer.write(record)
     note = f" ({failed} could not be answered; see their 'error' field)" if failed else ""
     print(f"wrote {len(questions)} answers to {out}{note}", file=sys.stderr)
     return 0

@@ -1,0 +1,52 @@
+"""Append-only jsonl run files that survive a kill: each record is flushed and fsynced, and a
+half-written last line is dropped on the next start, so a rerun resumes without recomputing."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+def read_records(path: Path) -> list[dict]:
+    """Complete records of a run file; a torn last line (a kill mid-write) is cut off the file."""
+    if not path.exists():
+        return []
+    records, good = [], []
+    raw = path.read_bytes()
+    for line in raw.splitlines(keepends=True):
+        try:
+            rec = json.loads(line)
+            if not isinstance(rec, dict) or "id" not in rec:
+                raise ValueError
+        except (ValueError, UnicodeDecodeError):
+            break
+        records.append(rec)
+        good.append(line if line.endswith(b"\n") else line + b"\n")
+    if b"".join(good) != raw:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(b"".join(good))
+        os.replace(tmp, path)
+    return records
+
+
+class RunWriter:
+    """Appends one JSON record per line, durably."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(path, "a", encoding="utf-8")
+
+    def write(self, record: dict) -> None:
+        self._fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self) -> "RunWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
