@@ -113,6 +113,35 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from odqa import evaluation
+    from odqa.report import write_report
+
+    command = "odqa " + " ".join(sys.argv[1:]) if sys.argv and "odqa" in sys.argv[0] else "odqa eval ..."
+    out = Path(args.out)
+    if args.rest and args.rest[0] == "merge":
+        if len(args.rest) < 2:
+            raise OdqaError("odqa eval merge needs the shard run directories: odqa eval merge DIR... --out DIR")
+        metrics = evaluation.merge([Path(d) for d in args.rest[1:]], out)
+    elif args.rest:
+        raise OdqaError(f"unknown eval action '{args.rest[0]}'; use `odqa eval --pipeline ...` or `odqa eval merge`")
+    else:
+        if not args.pipeline or not args.questions:
+            raise OdqaError("odqa eval needs --pipeline and --questions")
+        import odqa as api
+        from odqa.questions import load_questions
+
+        questions = load_questions(args.questions, require_answers=True)[: args.limit]
+        qa = api.load(args.pipeline)
+        metrics = evaluation.evaluate(qa, questions, out, shard=args.shard, shards=args.shards)
+    report = write_report(out, f"odqa evaluation: {args.pipeline or 'merged shards'} on {args.questions or ''}",
+                          command)
+    print(json.dumps(metrics) if args.json else
+          f"EM {metrics['em']:.1f}  F1 {metrics['f1']:.1f}  LM-input recall {metrics['lm_input_recall']:.1f}  "
+          f"({metrics['questions']} questions); report: {report}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     import odqa as api
 
@@ -165,6 +194,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="answers jsonl (appended to; a rerun resumes)")
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_run)
+
+    e = sub.add_parser("eval", help="evaluate a pipeline on a question set (NQ metrics, per stage)")
+    e.add_argument("rest", nargs="*", help="`merge DIR...` joins shard runs")
+    e.add_argument("--pipeline")
+    e.add_argument("--questions", help="fanoutqa-wiki[:split], NQ-open .jsonl, or DPR nq-test .csv")
+    e.add_argument("--limit", type=int, default=None)
+    e.add_argument("--out", required=True, help="run directory, e.g. eval/runs/NAME (a rerun resumes)")
+    e.add_argument("--shards", type=int, default=1)
+    e.add_argument("--shard", type=int, default=None)
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_eval)
 
     d = sub.add_parser("demo", help="answer a few sample questions")
     d.add_argument("--pipeline", default=str(DEFAULT_PIPELINE))

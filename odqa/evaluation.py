@@ -1,0 +1,173 @@
+"""The evaluation harness: run a pipeline over a question set and score every stage, NQ-style.
+
+Per question it records the prediction, EM and F1, DPR ``has_answer`` for every document
+each stage returned (retrievers, join, ranker), the passages the reader read, what the
+packer cut, and the timings. From those records it computes:
+
+- top-k retrieval accuracy (k = 1, 5, 20, 100) after each document stage;
+- LM-input recall: the answer is in a passage the reader actually read (paper, Table 2);
+- answer lost to packing: the packer's input held the answer, its output did not;
+- EM and F1 (SQuAD normalization, best over aliases).
+
+Records go to ``predictions.jsonl`` one by one, durably, so a killed run resumes where it
+stopped; metrics are computed from the records alone, so a resumed run's ``metrics.json``
+equals an uninterrupted one's. Timings, which differ run to run, go to ``timings.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from odqa.errors import OdqaError
+from odqa.metrics import exact_match, f1, has_answer
+from odqa.questions import Question, dedup
+from odqa.runs import RunWriter, read_records
+
+KS = (1, 5, 20, 100)
+
+
+def _flags(documents, answers) -> list[bool]:
+    return [has_answer(f"{d.meta.get('title', '')}\n{d.content}", answers) for d in documents]
+
+
+def _document_stages(qa, outputs: dict) -> list[str]:
+    """Stages that output documents (retrievers, join, ranker; not the packer), in pipeline order."""
+    import networkx
+
+    order = networkx.topological_sort(qa.pipeline.graph)
+    return [n for n in order if n != qa.packer and "documents" in outputs.get(n, {})]
+
+
+def _packer_input(qa) -> str | None:
+    if not qa.packer:
+        return None
+    senders = [u for u, _, data in qa.pipeline.graph.in_edges(qa.packer, data=True)
+               if data.get("to_socket") is not None and data["to_socket"].name == "documents"]
+    return senders[0] if senders else None
+
+
+def score_question(qa, q: Question) -> dict:
+    """Run one question through the pipeline and score every stage."""
+    answer, outputs = qa.ask_with_outputs(q.question)
+    stages = {name: _flags(outputs[name]["documents"], q.answers) for name in _document_stages(qa, outputs)}
+    read = [{"id": p.id, "title": p.title, "has_answer": has_answer(f"{p.title}\n{p.text}", q.answers)}
+            for p in answer.passages]
+    source = _packer_input(qa)
+    packer_input_has = bool(source and any(stages.get(source, [])))
+    return {
+        "id": q.id,
+        "question": q.question,
+        "answers": q.answers,
+        "prediction": answer.answer,
+        "em": exact_match(answer.answer, q.answers),
+        "f1": f1(answer.answer, q.answers),
+        "score": answer.score,
+        "stages": stages,
+        "read": read,
+        "dropped_ids": answer.dropped_ids,
+        "lm_input_recall": any(r["has_answer"] for r in read),
+        "answer_lost_to_packing": packer_input_has and not any(r["has_answer"] for r in read),
+        "answer_in_evidence": q.answer_in_evidence,
+        "timings": answer.timings,
+    }
+
+
+def aggregate(records: list[dict]) -> dict:
+    """Metrics (in percent) from per-question records; deterministic in the records."""
+    if not records:
+        raise OdqaError("no predictions to score; the question set is empty")
+    n = len(records)
+    pct = lambda xs: round(100 * sum(xs) / len(xs), 2) if xs else None  # noqa: E731
+    stages: dict[str, dict] = {}
+    for name in records[0]["stages"]:
+        depth = max(len(r["stages"].get(name, [])) for r in records)
+        stages[name] = {f"top{k}": pct([any(r["stages"][name][:k]) for r in records])
+                        for k in KS if k <= max(depth, 1)}
+    metrics = {
+        "questions": n,
+        "em": pct([r["em"] for r in records]),
+        "f1": pct([r["f1"] for r in records]),
+        "lm_input_recall": pct([r["lm_input_recall"] for r in records]),
+        "answer_lost_to_packing": pct([r["answer_lost_to_packing"] for r in records]),
+        "stages": stages,
+    }
+    answerable = [r for r in records if r.get("answer_in_evidence")]
+    if answerable:
+        metrics["answerable"] = {"questions": len(answerable), "em": pct([r["em"] for r in answerable]),
+                                 "lm_input_recall": pct([r["lm_input_recall"] for r in answerable])}
+    return metrics
+
+
+def timing_summary(records: list[dict]) -> dict:
+    stages: dict[str, list[float]] = {}
+    for r in records:
+        for k, v in r["timings"].items():
+            stages.setdefault(k, []).append(v)
+    return {k: {"median_ms": round(1000 * statistics.median(v), 2), "mean_ms": round(1000 * statistics.mean(v), 2)}
+            for k, v in stages.items()}
+
+
+def evaluate(qa, questions: list[Question], out: Path, shard: int | None = None, shards: int = 1,
+             progress: bool = True) -> dict:
+    """Score ``questions`` (deduplicated by (id, question)) into ``out``; resumes a killed run."""
+    questions = dedup(questions)
+    if shards < 1 or (shard is not None and not 0 <= shard < shards):
+        raise OdqaError(f"--shard must be in 0..{shards - 1} for --shards {shards}, got {shard}")
+    if shard is not None:
+        questions = questions[shard::shards]
+    out = Path(out)
+    path = out / "predictions.jsonl"
+    done = {str(r["id"]) for r in read_records(path)}
+    todo = [q for q in questions if q.id not in done]
+    ems = [r["em"] for r in read_records(path)]
+    with RunWriter(path) as writer:
+        bar = tqdm(todo, desc="evaluating", unit="q", disable=not progress, initial=len(done),
+                   total=len(questions))
+        for q in bar:
+            record = score_question(qa, q)
+            writer.write(record)
+            ems.append(record["em"])
+            bar.set_postfix(EM=f"{100 * sum(ems) / len(ems):.1f}")
+        bar.close()
+    return finish(out, [q.id for q in questions])
+
+
+def finish(out: Path, order: list[str] | None = None) -> dict:
+    """Write ``metrics.json`` and ``timings.json`` from ``out/predictions.jsonl``."""
+    records = read_records(out / "predictions.jsonl")
+    if order is not None:
+        by_id = {str(r["id"]): r for r in records}
+        records = [by_id[i] for i in order if i in by_id]
+    metrics = aggregate(records)
+    _write_json(out / "metrics.json", metrics)
+    _write_json(out / "timings.json", timing_summary(records))
+    return metrics
+
+
+def merge(shard_dirs: list[Path], out: Path) -> dict:
+    """Join shard runs' predictions into ``out`` and score them together."""
+    out.mkdir(parents=True, exist_ok=True)
+    seen, merged = set(), []
+    for d in shard_dirs:
+        path = Path(d) / "predictions.jsonl"
+        if not path.exists():
+            raise OdqaError(f"shard dir '{d}' has no predictions.jsonl; run `odqa eval ... --shard i` into it first")
+        for r in read_records(path):
+            if str(r["id"]) not in seen:
+                seen.add(str(r["id"]))
+                merged.append(r)
+    path = out / "predictions.jsonl"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in merged), encoding="utf-8")
+    tmp.replace(path)
+    return finish(out)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
+    tmp.replace(path)
