@@ -6,8 +6,12 @@ string (or a one-item list, i.e. an alias list) and whose evidence page is in
 the bundled ``wiki-vital`` corpus: 363 items, 351 unique ids (identical
 sub-questions share an id, e.g. "capital of China" appears 5 times).
 
+``fanoutqa-closedbook`` is the larger closed-book set: every dev single-hop sub-question
+with a single scorable answer (1,822 items; 1,807 unique), whatever its evidence page.
+
 Splits are fixed by hashing the *root* question id, so sub-questions of one
-multi-hop question never cross splits: ``fanoutqa-wiki:train|dev|test``.
+multi-hop question never cross splits: ``fanoutqa-wiki:train|dev|test`` (same for
+``fanoutqa-closedbook``).
 """
 
 from __future__ import annotations
@@ -50,6 +54,38 @@ def _leaves(node: dict, root_id: str):
             yield from _leaves(child, root_id)
         else:
             yield child, root_id
+
+
+def _closed_book_answer(ans) -> str | None:
+    """A gold answer as text, or None when it is not one EM can score.
+
+    Strings and one-item (alias) lists pass; numbers become their text; booleans become
+    yes/no. Multi-item lists are *sets* (every item needed) and dicts are tables: left out.
+    """
+    if isinstance(ans, list) and len(ans) == 1:
+        ans = ans[0]
+    if isinstance(ans, bool):
+        return "yes" if ans else "no"
+    if isinstance(ans, (int, float)):
+        return str(ans)
+    return ans if isinstance(ans, str) and ans.strip() else None
+
+
+def fanoutqa_closedbook() -> list[Question]:
+    """Every FanOutQA dev single-hop sub-question with a scorable single answer (1,822 items).
+
+    For closed-book work: no corpus filter. Of the 2,142 leaves, 306 with multi-item set
+    answers, 13 with table (dict) answers and 1 with an empty answer are left out of EM scoring.
+    """
+    data = json.loads(bundled_data_path("fanoutqa-dev").read_text(encoding="utf-8"))
+    out = []
+    for root in data:
+        for leaf, root_id in _leaves(root, root["id"]):
+            ans = _closed_book_answer(leaf.get("answer"))
+            if ans is not None:
+                out.append(Question(id=leaf["id"], question=leaf["question"], answers=[ans], root_id=root_id,
+                                    evidence_title=(leaf.get("evidence") or {}).get("title")))
+    return out
 
 
 def fanoutqa_wiki() -> list[Question]:
@@ -153,12 +189,14 @@ def read_questions_file(path: str | Path, require_answers: bool = False) -> list
 
 
 def load_questions(spec: str, require_answers: bool = False) -> list[Question]:
-    """``fanoutqa-wiki``, ``fanoutqa-wiki:SPLIT``, or a questions file (see :func:`read_questions_file`)."""
+    """``fanoutqa-wiki[:SPLIT]``, ``fanoutqa-closedbook[:SPLIT]``, or a questions file
+    (see :func:`read_questions_file`)."""
     name, _, split = spec.partition(":")
-    if name == "fanoutqa-wiki":
+    builders = {"fanoutqa-wiki": fanoutqa_wiki, "fanoutqa-closedbook": fanoutqa_closedbook}
+    if name in builders:
         if split and split not in SPLITS:
-            raise ResourceNotFoundError(f"unknown split '{split}' of fanoutqa-wiki; use one of {SPLITS}")
-        qs = fanoutqa_wiki()
+            raise ResourceNotFoundError(f"unknown split '{split}' of {name}; use one of {SPLITS}")
+        qs = builders[name]()
         if split:
             qs = [q for q in qs if split_of(q.root_id) == split]
         return qs

@@ -64,6 +64,14 @@ def test_bundled_corpus_and_benchmark_sizes():
     roots = [{q.root_id for q in s} for s in splits]
     assert not (roots[0] & roots[1] or roots[0] & roots[2] or roots[1] & roots[2])
 
+    closed = load_questions("fanoutqa-closedbook")
+    assert len(closed) == 1822 and all(q.answers and q.answers[0].strip() for q in closed)
+    closed_splits = [load_questions(f"fanoutqa-closedbook:{s}") for s in ("train", "dev", "test")]
+    assert sum(len(s) for s in closed_splits) == 1822
+    # a root question's sub-questions land in the same split in both sets
+    wiki_split = {q.root_id: i for i, s in enumerate(splits) for q in s}
+    assert all(wiki_split.get(q.root_id, i) == i for i, s in enumerate(closed_splits) for q in s)
+
 
 def test_default_index_manifest(default_index):
     manifest = json.loads((default_index / "manifest.json").read_text())
