@@ -66,33 +66,27 @@ def test_dpr_csv(tmp_path):
         ("1", "who wrote hamlet", ["William Shakespeare", "Shakespeare"]), ("2", "where is paris", ["France"])]
 
 
-@pytest.mark.parametrize("line, message", [
-    ("who wrote hamlet", "no tab"),
-    ("who wrote hamlet\t[oops", "not a JSON list"),
-    ("who wrote hamlet\t[]", "empty answer list"),
-    ("\t[\"x\"]", "question is empty"),
-])
-def test_dpr_csv_bad_line(tmp_path, line, message):
-    path = tmp_path / "nq-test.csv"
-    path.write_text('ok question\t["x"]\n' + line + "\n", encoding="utf-8")
-    with pytest.raises(InputFormatError) as e:
-        read_questions_file(path, require_answers=True)
-    assert ":2:" in str(e.value) and message in str(e.value) and "\n" not in str(e.value)
+CSV_OK = 'ok question\t["x"]'
+JSONL_OK = '{"question": "ok?", "answer": ["y"]}'
 
 
-@pytest.mark.parametrize("line, message", [
-    ('{"answer": ["x"]}', "missing 'question'"),
-    ('{"question": "q?", "answer": ["x"]', "invalid JSON"),
-    ('{"question": "q?", "answer": []}', "empty answer list"),
-    ('{"question": "q?"}', "missing 'answer'"),
-    ('{"question": "q?", "answer": [1, 2]}', "list of strings"),
+@pytest.mark.parametrize("name, first, line, message", [
+    ("nq-test.csv", CSV_OK, "who wrote hamlet", "no tab"),
+    ("nq-test.csv", CSV_OK, "who wrote hamlet\t[oops", "not a JSON list"),
+    ("nq-test.csv", CSV_OK, "who wrote hamlet\t[]", "empty answer list"),
+    ("nq-test.csv", CSV_OK, "\t[\"x\"]", "question is empty"),
+    ("nq-open.jsonl", JSONL_OK, '{"answer": ["x"]}', "missing 'question'"),
+    ("nq-open.jsonl", JSONL_OK, '{"question": "q?", "answer": ["x"]', "invalid JSON"),
+    ("nq-open.jsonl", JSONL_OK, '{"question": "q?", "answer": []}', "empty answer list"),
+    ("nq-open.jsonl", JSONL_OK, '{"question": "q?"}', "missing 'answer'"),
+    ("nq-open.jsonl", JSONL_OK, '{"question": "q?", "answer": [1, 2]}', "list of strings"),
 ])
-def test_nq_open_jsonl_for_evaluation_names_the_line(tmp_path, line, message):
-    path = tmp_path / "nq-open.jsonl"
-    path.write_text('{"question": "ok?", "answer": ["y"]}\n' + line + "\n", encoding="utf-8")
+def test_bad_line_for_evaluation_is_named(tmp_path, name, first, line, message):
+    path = tmp_path / name
+    path.write_text(first + "\n" + line + "\n", encoding="utf-8")
     with pytest.raises(InputFormatError) as e:
         load_questions(str(path), require_answers=True)
-    assert ":2:" in str(e.value) and message in str(e.value) and "\n" not in str(e.value)
+    assert f"{name}:2:" in str(e.value) and message in str(e.value) and "\n" not in str(e.value)
 
 
 def test_non_utf8_csv_names_the_line(tmp_path):
