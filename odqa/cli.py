@@ -134,6 +134,17 @@ def cmd_eval(args) -> int:
         questions = load_questions(args.questions, require_answers=True)[: args.limit]
         qa = api.load(args.pipeline)
         metrics = evaluation.evaluate(qa, questions, out, shard=args.shard, shards=args.shards)
+        if args.ablate:
+            rows = [("full pipeline", metrics)]
+            for name in [n.strip() for n in args.ablate.split(",") if n.strip()]:
+                ablated = evaluation.without_stage(qa, name)
+                sub_out = out / f"without-{name}"
+                rows.append((f"without {name}", None if ablated is None else
+                             evaluation.evaluate(ablated, questions, sub_out, shard=args.shard, shards=args.shards)))
+                if ablated is not None:
+                    write_report(sub_out, f"odqa evaluation: {args.pipeline} without {name}", command)
+            (out / "ablation.md").write_text(f"# Ablations\n\nCommand: `{command}`\n\n"
+                                             + evaluation.ablation_table(rows), encoding="utf-8")
     report = write_report(out, f"odqa evaluation: {args.pipeline or 'merged shards'} on {args.questions or ''}",
                           command)
     print(json.dumps(metrics) if args.json else
@@ -203,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, help="run directory, e.g. eval/runs/NAME (a rerun resumes)")
     e.add_argument("--shards", type=int, default=1)
     e.add_argument("--shard", type=int, default=None)
+    e.add_argument("--ablate", default="", help="comma-separated stages to rerun without, e.g. ranker,dense,bm25")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_eval)
 

@@ -171,3 +171,44 @@ def _write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
     tmp.replace(path)
+
+
+def without_stage(qa, name: str):
+    """A copy of ``qa``'s pipeline with stage ``name`` removed and its document senders wired
+    straight to its receivers (e.g. join -> packer when the ranker goes). ``None`` if absent."""
+    from haystack import Pipeline
+
+    from odqa.api import QA
+
+    if name not in dict(qa.pipeline.walk()):
+        return None
+    if name in (qa.reader, qa.packer):
+        raise OdqaError(f"cannot ablate '{name}': the packer and the reader are needed to answer")
+    pipe = Pipeline.loads(qa.pipeline.dumps(), allowed_modules=["odqa.*"])
+    senders = [(u, d["from_socket"].name) for u, _, d in pipe.graph.in_edges(name, data=True)
+               if d["to_socket"].name == "documents"]
+    receivers = [(v, d["to_socket"].name) for _, v, d in pipe.graph.out_edges(name, data=True)
+                 if d["from_socket"].name == "documents"]
+    pipe.remove_component(name)
+    for receiver, socket in receivers:
+        # a receiver left with no document source can't run (e.g. the only retriever removed)
+        if not senders and not any(d["to_socket"].name == socket
+                                   for _, _, d in pipe.graph.in_edges(receiver, data=True)):
+            raise OdqaError(f"cannot ablate '{name}': '{receiver}' would have no documents left")
+        for sender, out_socket in senders:
+            pipe.connect(f"{sender}.{out_socket}", f"{receiver}.{socket}")
+    return QA(pipe, f"{qa.source} without {name}")
+
+
+def ablation_table(rows: list[tuple[str, dict | None]]) -> str:
+    """Side-by-side metrics of the full pipeline and each ablation (the paper's Table 2 layout)."""
+    lines = ["| pipeline | top-20 (last stage) | LM-input recall | answer lost to packing | EM | F1 |",
+             "|---|---|---|---|---|---|"]
+    for label, m in rows:
+        if m is None:
+            lines.append(f"| {label} | not in this pipeline | | | | |")
+            continue
+        last = list(m["stages"].values())[-1] if m["stages"] else {}
+        cells = [last.get("top20"), m["lm_input_recall"], m["answer_lost_to_packing"], m["em"], m["f1"]]
+        lines.append(f"| {label} | " + " | ".join("–" if c is None else f"{c:.1f}" for c in cells) + " |")
+    return "\n".join(lines) + "\n"

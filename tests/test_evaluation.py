@@ -118,3 +118,28 @@ def test_cli_eval_bad_questions_file(capsys, tmp_path, pipeline_yaml):
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0
     assert err.startswith("error: ") and "q.jsonl:2:" in err and "empty answer list" in err
+
+
+def test_without_stage(qa, tmp_path):
+    no_dense = evaluation.without_stage(qa, "dense")
+    assert "dense" not in dict(no_dense.pipeline.walk())
+    metrics = evaluation.evaluate(no_dense, QUESTIONS[:2], tmp_path / "nd", progress=False)
+    assert set(metrics["stages"]) == {"bm25", "join"}
+    assert evaluation.without_stage(qa, "ranker") is None  # not in this pipeline
+    with pytest.raises(odqa.errors.OdqaError, match="packer and the reader are needed"):
+        evaluation.without_stage(qa, "reader")
+    with pytest.raises(odqa.errors.OdqaError, match="'join' would have no documents left"):
+        evaluation.without_stage(no_dense, "bm25")
+
+
+def test_cli_ablate(capsys, tmp_path, pipeline_yaml):
+    qfile = tmp_path / "q.jsonl"
+    qfile.write_text("".join(json.dumps({"id": q.id, "question": q.question, "answer": q.answers}) + "\n"
+                             for q in QUESTIONS[:2]), encoding="utf-8")
+    out = tmp_path / "run"
+    assert main(["eval", "--pipeline", str(pipeline_yaml), "--questions", str(qfile), "--out", str(out),
+                 "--ablate", "dense,ranker"]) == 0
+    table = (out / "ablation.md").read_text()
+    assert "| full pipeline |" in table and "| without dense |" in table
+    assert "| without ranker | not in this pipeline |" in table
+    assert (out / "without-dense" / "metrics.json").exists() and (out / "without-dense" / "report.md").exists()
