@@ -4,6 +4,8 @@
     odqa ask "Who wrote Romeo and Juliet?"
     odqa run pipelines/frozen_reader.yml --question "..." [--json]
     odqa run pipelines/frozen_reader.yml --questions FILE.jsonl --out answers.jsonl
+    odqa eval --pipeline pipelines/frozen_reader.yml --questions fanoutqa-wiki:test --out eval/runs/NAME
+    odqa eval merge RUN_DIR... --out RUN_DIR
     odqa demo
 
 Errors print one line (``error: ...``) and exit with status 2; ``--debug`` shows the traceback.
