@@ -9,29 +9,7 @@ from haystack import Document, component, default_from_dict, default_to_dict
 from odqa.components._common import check_question
 from odqa.errors import QuestionTooLongError
 from odqa.lm.prompting import encode, format_passages, get_template
-
-
-def soft_prompt_length(path: str | None) -> int:
-    """Number of vectors in a soft prompt artifact (0 when there is none)."""
-    if not path:
-        return 0
-    from pathlib import Path
-
-    from safetensors import safe_open
-
-    from odqa.lm.soft_prompt import WEIGHTS
-
-    from odqa.errors import ArtifactMismatchError, ResourceNotFoundError
-
-    p = Path(path)
-    weights = p / WEIGHTS if p.is_dir() else p
-    if not weights.exists():
-        raise ResourceNotFoundError(f"soft prompt '{path}' not found (expected a dir with {WEIGHTS} or a .safetensors file)")
-    try:
-        with safe_open(str(weights), framework="pt") as fh:
-            return int(fh.get_slice("prompt").get_shape()[0])
-    except Exception as e:  # noqa: BLE001 - safetensors raises several types for a bad file
-        raise ArtifactMismatchError(f"soft prompt '{weights}' is unreadable ({e}); re-create it") from None
+from odqa.lm.soft_prompt import soft_prompt_length
 
 
 def reader_budget(tokenizer, template_name: str, question: str, context_length: int, max_new_tokens: int,

@@ -18,6 +18,29 @@ from odqa.errors import ArtifactMismatchError, ResourceNotFoundError
 WEIGHTS = "soft_prompt.safetensors"
 
 
+def weights_path(path: str | Path) -> Path:
+    """The safetensors file of a soft prompt artifact (a dir, or the file itself); it must exist."""
+    path = Path(path)
+    weights = path / WEIGHTS if path.is_dir() else path
+    if not weights.exists():
+        raise ResourceNotFoundError(f"soft prompt '{path}' not found (expected a dir with {WEIGHTS} or a .safetensors file)")
+    return weights
+
+
+def soft_prompt_length(path: str | None) -> int:
+    """Number of vectors in a soft prompt artifact (0 when there is none), read from its header."""
+    if not path:
+        return 0
+    from safetensors import safe_open
+
+    weights = weights_path(path)
+    try:
+        with safe_open(str(weights), framework="pt") as fh:
+            return int(fh.get_slice("prompt").get_shape()[0])
+    except Exception as e:  # noqa: BLE001 - safetensors raises several types for a bad file
+        raise ArtifactMismatchError(f"soft prompt '{weights}' is unreadable ({e}); re-create it") from None
+
+
 class SoftPrompt(nn.Module):
     def __init__(self, embeddings: torch.Tensor):
         super().__init__()
@@ -54,10 +77,7 @@ class SoftPrompt(nn.Module):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        path = Path(path)
-        weights = path / WEIGHTS if path.is_dir() else path
-        if not weights.exists():
-            raise ResourceNotFoundError(f"soft prompt '{path}' not found (expected a dir with {WEIGHTS} or a .safetensors file)")
+        weights = weights_path(path)
         manifest_path = weights.parent / "manifest.json"
         manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
         made_for = manifest.get("backbone")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from haystack import Pipeline
 
-from odqa.components.packing import ContextPacker, reader_budget, soft_prompt_length
+from odqa.components.packing import ContextPacker, reader_budget
+from odqa.lm.soft_prompt import soft_prompt_length
 from odqa.errors import EmptyQuestionError, PipelineConfigError, QuestionTooLongError
 from odqa.lm.prompting import encode, get_template
 
