@@ -80,11 +80,12 @@ class FrozenLMReader:
         tok, model = self._backbone.tokenizer, self._backbone.model
         template = get_template(self.template)
         soft_len = self._soft.length if self._soft is not None else 0
-        reader_budget(tok, self.template, query, self.context_length, self.max_new_tokens, soft_len)
         passages = [(d.meta.get("title", ""), d.content) for d in documents]
         ids = encode(tok, template, template.render(tok, query, passages))
         limit = self.context_length - self.max_new_tokens - soft_len
         if len(ids) > limit:
+            # only now is it worth rendering the bare prompt: raises if the question alone is too long
+            reader_budget(tok, self.template, query, self.context_length, self.max_new_tokens, soft_len)
             raise PipelineConfigError(
                 f"the reader's prompt is {len(ids)} tokens, over its limit of {limit}; put a ContextPacker "
                 "with the same model, template, context_length and max_new_tokens before the reader"
