@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from odqa.errors import OdqaError
 from odqa.metrics import exact_match, f1, has_answer
 from odqa.questions import Question, dedup
-from odqa.runs import RunWriter, read_records
+from odqa.runs import RunWriter, atomic_write_bytes, read_records
 
 KS = (1, 5, 20, 100)
 
@@ -121,9 +121,10 @@ def evaluate(qa, questions: list[Question], out: Path, shard: int | None = None,
         questions = questions[shard::shards]
     out = Path(out)
     path = out / "predictions.jsonl"
-    done = {str(r["id"]) for r in read_records(path)}
+    previous = read_records(path)
+    done = {str(r["id"]) for r in previous}
     todo = [q for q in questions if q.id not in done]
-    ems = [r["em"] for r in read_records(path)]
+    ems = [r["em"] for r in previous]
     with RunWriter(path) as writer:
         bar = tqdm(todo, desc="evaluating", unit="q", disable=not progress, initial=len(done),
                    total=len(questions))
@@ -160,17 +161,13 @@ def merge(shard_dirs: list[Path], out: Path) -> dict:
             if str(r["id"]) not in seen:
                 seen.add(str(r["id"]))
                 merged.append(r)
-    path = out / "predictions.jsonl"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in merged), encoding="utf-8")
-    tmp.replace(path)
+    lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in merged)
+    atomic_write_bytes(out / "predictions.jsonl", lines.encode("utf-8"))
     return finish(out)
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_bytes(path, json.dumps(data, indent=2, sort_keys=True).encode("utf-8"))
 
 
 def without_stage(qa, name: str):

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from odqa import __version__
 from odqa.corpus import Passage, corpus_hash, read_corpus
 from odqa.errors import IndexCorruptError, IndexMismatchError, IndexNotFoundError, OdqaError
+from odqa.runs import atomic_write_bytes
 
 FAISS_TYPES = ("flat", "ivf", "hnsw")
 HASH_LIMIT = 512 * 2**20  # bytes; bigger files are checked by size only on open
@@ -81,15 +82,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: shard runs may race
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def _make_faiss(kind: str, emb: np.ndarray) -> tuple[object, dict]:
@@ -162,7 +154,7 @@ def build_index(
         if not same:
             shutil.rmtree(partial)
     (partial / "emb").mkdir(parents=True, exist_ok=True)
-    _atomic_write_bytes(build_file, json.dumps(spec).encode())
+    atomic_write_bytes(build_file, json.dumps(spec).encode())
     n_chunks = math.ceil(len(passages) / CHUNK)
     enc = load_encoder(encoder, query_encoder)
     if shard is not None:
@@ -173,7 +165,7 @@ def build_index(
     # passages
     lines = "".join(json.dumps({"id": p.id, "title": p.title, "text": p.text}, ensure_ascii=False) + "\n"
                     for p in passages)
-    _atomic_write_bytes(partial / "passages.jsonl", lines.encode("utf-8"))
+    atomic_write_bytes(partial / "passages.jsonl", lines.encode("utf-8"))
 
     # BM25 (seconds, so not resumable)
     import bm25s
@@ -222,7 +214,7 @@ def build_index(
         "bm25": {**bm25.__dict__, "library": "bm25s", "text": "title\\ntext"},
         "files": files,
     }
-    _atomic_write_bytes(partial / "manifest.json", json.dumps(manifest, indent=2).encode())
+    atomic_write_bytes(partial / "manifest.json", json.dumps(manifest, indent=2).encode())
 
     if out.exists():  # --force: swap the old one out, then delete it
         old = out.parent / f".{out.name}.old"

@@ -8,6 +8,16 @@ import os
 from pathlib import Path
 
 
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``path`` all at once: a temp file beside it (per process), fsync, then rename."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
 def read_records(path: Path) -> list[dict]:
     """Complete records of a run file; a torn last line (a kill mid-write) is cut off the file."""
     if not path.exists():
@@ -24,9 +34,7 @@ def read_records(path: Path) -> list[dict]:
         records.append(rec)
         good.append(line if line.endswith(b"\n") else line + b"\n")
     if b"".join(good) != raw:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(b"".join(good))
-        os.replace(tmp, path)
+        atomic_write_bytes(path, b"".join(good))
     return records
 
 
