@@ -205,9 +205,10 @@ class QA:
         token = _timings.set(record)
         start = time.perf_counter()
         try:
-            include = {self.reader} | ({self.packer} if self.packer else set())
             if every_stage:
                 include = {name for name, _ in self.pipeline.walk()}
+            else:
+                include = {self.reader} | ({self.packer} if self.packer else set())
             out = self.pipeline.run({"query": question}, include_outputs_from=include)
         except PipelineRuntimeError as e:
             raise _unwrap(e) from None

@@ -232,8 +232,8 @@ def _encode_chunks(enc, passages: list[Passage], partial: Path, chunks, batch_si
     """Encode and save each listed chunk that is not saved yet (atomic per chunk)."""
     todo = [i for i in chunks if not (partial / "emb" / f"{i:05d}.npy").exists()]
     size = lambda i: min(CHUNK, len(passages) - i * CHUNK)  # noqa: E731
-    bar = tqdm(total=sum(size(i) for i in chunks), initial=sum(size(i) for i in chunks) - sum(size(i) for i in todo),
-               desc=desc, unit="psg", disable=not progress)
+    done = sum(size(i) for i in chunks if i not in todo)
+    bar = tqdm(total=done + sum(size(i) for i in todo), initial=done, desc=desc, unit="psg", disable=not progress)
     for i in todo:
         path = partial / "emb" / f"{i:05d}.npy"
         chunk = passages[i * CHUNK : (i + 1) * CHUNK]
