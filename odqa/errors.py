@@ -71,3 +71,11 @@ class ResourceNotFoundError(OdqaError):
 
 class ArtifactMismatchError(OdqaError):
     """A learned artifact (e.g. a soft prompt) made for another backbone."""
+
+
+class BackboneChangedError(OdqaError):
+    """Training changed (or could change) the frozen backbone's weights."""
+
+
+class TrainingDataError(InputFormatError):
+    """Training data that cannot be used (no examples, no positives, unknown format)."""
