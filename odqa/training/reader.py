@@ -1,0 +1,328 @@
+"""Prompt tuning of the frozen reader (Lester et al., 2021; paper Section 3).
+
+Only a soft prompt of P vectors is trained; the backbone stays frozen and in eval mode,
+and :class:`~odqa.training.frozen.FrozenCheck` proves its weights did not move.
+The reader learns from the contexts the pipeline's own retriever -> ranker -> packer
+produce for each training question, as the paper does, packed for the budget the tuned
+reader will have (its template, its soft prompt, its context length).
+
+The loop is written out: contexts (cached, resumable) -> batches -> AdamW on the prompt
+-> periodic dev EM with early stopping -> atomic checkpoints -> the artifact
+(``soft_prompt.safetensors`` + ``manifest.json`` + ``curves.png``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from odqa.errors import OdqaError, TrainingDataError
+from odqa.metrics import exact_match, f1, has_answer
+from odqa.runs import RunWriter, read_records
+from odqa.training.artifacts import ArtifactWriter, make_manifest
+from odqa.training.checkpoints import load_checkpoint, save_checkpoint
+from odqa.training.frozen import FrozenCheck
+
+
+@dataclass
+class ReaderTrainConfig:
+    """Settings of one prompt-tuning run (recorded in the checkpoint and the manifest)."""
+
+    prompt_length: int = 100  # Lester et al.'s default
+    template: str = "qa"  # the bare template: the soft prompt replaces instruction and examples
+    max_examples: int = 1000  # training questions used (contexts cost a pipeline run each)
+    epochs: int = 1
+    max_steps: int | None = None
+    batch_size: int = 8
+    lr: float = 0.03  # AdamW; the prompt's scale is the embedding table's (std ~0.14 for SmolLM2)
+    warmup_steps: int = 10
+    eval_every: int = 40
+    save_every: int = 10
+    patience: int = 3  # evaluations without a better dev EM before stopping
+    dev_limit: int | None = None
+    seed: int = 0
+
+
+# --- contexts ------------------------------------------------------------------------------
+def context_pipeline(qa, template: str, soft_prompt_dir: str):
+    """The QA pipeline up to its packer, which packs for the tuned reader's template and prompt."""
+    from haystack import Pipeline
+
+    pipe = Pipeline.loads(qa.pipeline.dumps(), allowed_modules=["odqa.*"])
+    pipe.remove_component(qa.reader)
+    packer = pipe.get_component(qa.packer)
+    packer.template = template
+    packer.soft_prompt = soft_prompt_dir
+    packer._tokenizer = None  # re-warm with the new soft prompt length
+    return pipe
+
+
+def build_contexts(pipe, packer_name: str, items: list[dict], path: Path, desc: str) -> list[dict]:
+    """Pack a context for every ``{"id", "question", "answers"}`` item, resumably (one jsonl line each)."""
+    from tqdm.auto import tqdm
+
+    from odqa.api import _unwrap
+    from haystack.core.errors import PipelineRuntimeError
+
+    done = {str(r["id"]): r for r in read_records(path)}
+    todo = [it for it in items if str(it["id"]) not in done]
+    with RunWriter(path) as writer:
+        for it in tqdm(todo, desc=desc, unit="q", disable=not todo):
+            try:
+                out = pipe.run({"query": it["question"]}, include_outputs_from={packer_name})
+            except PipelineRuntimeError as e:
+                raise _unwrap(e) from None
+            docs = out[packer_name]["documents"]
+            rec = {**it, "passages": [[d.meta.get("title", ""), d.content] for d in docs],
+                   "answer_in_context": any(has_answer(d.content, it["answers"]) for d in docs)}
+            writer.write(rec)
+            done[str(it["id"])] = rec
+    return [done[str(it["id"])] for it in items]
+
+
+# --- batches -------------------------------------------------------------------------------
+def encode_example(tok, template, rec: dict, answer: str | None, newline_id: int | None) -> tuple[list[int], int]:
+    """Token ids of prompt (+ answer + newline when training) and the prompt's length."""
+    from odqa.lm.prompting import encode
+
+    prompt = encode(tok, template, template.render(tok, rec["question"], [tuple(p) for p in rec["passages"]]))
+    if answer is None:
+        return prompt, len(prompt)
+    target = tok(" " + answer.strip(), add_special_tokens=False)["input_ids"]
+    if newline_id is not None:
+        target = target + [newline_id]
+    return prompt + target, len(prompt)
+
+
+def batch_loss(model, soft, batch: list[tuple[list[int], int]], pad_id: int) -> torch.Tensor:
+    """Mean cross-entropy of the answer tokens, the soft prompt prepended, right padding."""
+    width = max(len(ids) for ids, _ in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    for i, (seq, n_prompt) in enumerate(batch):
+        ids[i, : len(seq)] = torch.tensor(seq)
+        mask[i, : len(seq)] = 1
+        labels[i, n_prompt : len(seq)] = torch.tensor(seq[n_prompt:])
+    embeds = soft(model.get_input_embeddings()(ids))
+    p = soft.length
+    mask = torch.cat([torch.ones((len(batch), p), dtype=torch.long), mask], dim=1)
+    labels = torch.cat([torch.full((len(batch), p), -100, dtype=torch.long), labels], dim=1)
+    logits = model(inputs_embeds=embeds, attention_mask=mask).logits
+    # position t predicts token t+1
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=-100
+    )
+
+
+# --- dev evaluation --------------------------------------------------------------------------
+def dev_scores(reader_settings: dict, soft_dir: Path, contexts: list[dict]) -> dict:
+    """EM/F1 of the reader with the soft prompt in ``soft_dir`` on packed dev contexts."""
+    from haystack import Document
+
+    from odqa.components.readers import FrozenLMReader
+
+    reader = FrozenLMReader(**reader_settings, soft_prompt=str(soft_dir) if soft_dir else None)
+    ems, f1s = [], []
+    for rec in contexts:
+        docs = [Document(content=text, meta={"title": title}) for title, text in rec["passages"]]
+        pred = reader.run(query=rec["question"], documents=docs)["answers"][0].data
+        ems.append(exact_match(pred, rec["answers"]))
+        f1s.append(f1(pred, rec["answers"]))
+    n = max(len(ems), 1)
+    return {"em": 100.0 * sum(ems) / n, "f1": 100.0 * sum(f1s) / n, "questions": len(ems)}
+
+
+def plot_curves(history: dict, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax1 = plt.subplots(figsize=(7, 4))
+    if history["loss"]:
+        steps, losses = zip(*history["loss"])
+        ax1.plot(steps, losses, color="tab:blue", alpha=0.35, label="train loss (batch)")
+        k = max(1, len(losses) // 20)
+        smooth = [sum(losses[max(0, i - k + 1): i + 1]) / len(losses[max(0, i - k + 1): i + 1]) for i in range(len(losses))]
+        ax1.plot(steps, smooth, color="tab:blue", label=f"train loss (mean of {k})")
+    ax1.set_xlabel("step")
+    ax1.set_ylabel("loss")
+    ax2 = ax1.twinx()
+    if history["dev"]:
+        ax2.plot([d["step"] for d in history["dev"]], [d["em"] for d in history["dev"]], "o-", color="tab:red",
+                 label="dev EM")
+    ax2.set_ylabel("dev EM")
+    fig.legend(loc="upper right")
+    ax1.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --- the run -------------------------------------------------------------------------------
+def init_prompt(backbone, length: int):
+    """Lester et al. initialise from vocabulary embeddings; we use the instruction's tokens
+    (cycled to ``length``), a task description the frozen LM already reads well."""
+    from odqa.lm.prompting import INSTRUCTION
+    from odqa.lm.soft_prompt import SoftPrompt
+
+    ids = backbone.tokenizer(INSTRUCTION, add_special_tokens=False)["input_ids"]
+    ids = [ids[i % len(ids)] for i in range(length)]
+    with torch.no_grad():
+        return SoftPrompt.from_vocab(backbone.model.get_input_embeddings(), torch.tensor(ids))
+
+
+def train_reader(pipeline: str, train_items: list[dict], dev_items: list[dict], out: str | Path,
+                 config: ReaderTrainConfig, train_source: dict, resume: bool = False,
+                 progress: bool = True) -> dict:
+    """Prompt-tune the pipeline's reader. ``train_items``/``dev_items``: ``{"id", "question", "answers"}``.
+
+    Returns the artifact's manifest. The work dir ``<out>.work/`` holds contexts and the
+    checkpoint; rerun with ``resume=True`` after a kill to continue.
+    """
+    import odqa
+    from tqdm.auto import tqdm
+
+    from odqa.lm.backbone import load_backbone
+    from odqa.lm.prompting import get_template
+    from odqa.lm.soft_prompt import SoftPrompt
+
+    out = Path(out)
+    work = out.parent / f"{out.name}.work"
+    if work.exists() and not resume and load_checkpoint_exists(work):
+        raise OdqaError(f"'{work}' holds a checkpoint of an earlier run; pass --resume to continue it, "
+                        "or delete the directory to start over")
+    work.mkdir(parents=True, exist_ok=True)
+    if not train_items:
+        raise TrainingDataError("no training questions; pass a --train file with at least one question")
+    rng = random.Random(config.seed)
+    torch.manual_seed(config.seed)
+    train_items = rng.sample(train_items, min(config.max_examples, len(train_items)))
+    dev_items = dev_items[: config.dev_limit] if config.dev_limit else dev_items
+
+    qa = odqa.load(pipeline)
+    if qa.packer is None:
+        raise OdqaError(f"{pipeline}: the pipeline has no ContextPacker, so it cannot pack training contexts")
+    reader = qa.pipeline.get_component(qa.reader)
+    backbone = load_backbone(reader.model, reader.dtype)
+    model, tok = backbone.model, backbone.tokenizer
+    template = get_template(config.template)
+    t0 = time.perf_counter()
+    with FrozenCheck(model, reader.model) as frozen:
+        soft = init_prompt(backbone, config.prompt_length)
+        init_dir = work / "init-prompt"
+        if not (init_dir / "soft_prompt.safetensors").exists():
+            soft.save(init_dir, {"backbone": reader.model, "note": "initial prompt, for packing budgets"})
+        pipe = context_pipeline(qa, config.template, str(init_dir))
+        train_ctx = build_contexts(pipe, qa.packer, train_items, work / "contexts-train.jsonl", "packing train contexts")
+        dev_ctx = build_contexts(pipe, qa.packer, dev_items, work / "contexts-dev.jsonl", "packing dev contexts")
+        newline = tok.encode("\n", add_special_tokens=False)
+        newline_id = newline[0] if len(newline) == 1 else None
+        examples = [encode_example(tok, template, r, r["answers"][0], newline_id) for r in train_ctx]
+        limit = reader.context_length - config.prompt_length
+        too_long = sum(len(ids) > limit for ids, _ in examples)
+
+        steps_per_epoch = math.ceil(len(examples) / config.batch_size)
+        total = steps_per_epoch * config.epochs
+        if config.max_steps:
+            total = min(total, config.max_steps)
+        optim = torch.optim.AdamW(soft.parameters(), lr=config.lr, weight_decay=0.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            optim, lambda s: min(1.0, (s + 1) / max(1, config.warmup_steps)) * max(0.0, 1 - s / max(1, total)))
+        state = load_checkpoint(work) if resume else None
+        history = {"loss": [], "dev": []}
+        step, best, best_prompt, bad_evals, elapsed_before = 0, None, None, 0, 0.0
+        if state:
+            soft.prompt.data.copy_(state["prompt"])
+            optim.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            step, history, best, bad_evals = state["step"], state["history"], state["best"], state["bad_evals"]
+            best_prompt = state["best_prompt"]
+            elapsed_before = state.get("elapsed", 0.0)
+        reader_settings = dict(model=reader.model, template=config.template, context_length=reader.context_length,
+                               max_new_tokens=reader.max_new_tokens, dtype=reader.dtype)
+
+        def evaluate_now() -> dict:
+            tmp = work / f"eval-prompt-{step}"
+            soft.save(tmp, {"backbone": reader.model})
+            try:
+                scores = dev_scores(reader_settings, tmp, dev_ctx)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            return {"step": step, **scores}
+
+        def checkpoint() -> None:
+            save_checkpoint(work, {
+                "prompt": soft.prompt.detach().clone(), "optimizer": optim.state_dict(),
+                "scheduler": sched.state_dict(), "step": step, "history": history, "best": best,
+                "best_prompt": best_prompt, "bad_evals": bad_evals, "config": asdict(config),
+                "elapsed": elapsed_before + time.perf_counter() - t0,
+            })
+
+        stopped_early = False
+        bar = tqdm(total=total, initial=step, desc="prompt tuning", unit="step", disable=not progress)
+        soft.train()
+        while step < total and not stopped_early:
+            epoch, pos = divmod(step, steps_per_epoch)
+            order = list(range(len(examples)))
+            random.Random(config.seed + epoch).shuffle(order)
+            batch = [examples[i] for i in order[pos * config.batch_size: (pos + 1) * config.batch_size]]
+            loss = batch_loss(model, soft, batch, tok.pad_token_id)
+            optim.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(soft.parameters(), 1.0)
+            optim.step()
+            sched.step()
+            step += 1
+            history["loss"].append((step, loss.item()))
+            if step % config.eval_every == 0 or step == total:
+                scores = evaluate_now()
+                history["dev"].append(scores)
+                if best is None or scores["em"] > best["em"]:
+                    best, best_prompt, bad_evals = scores, soft.prompt.detach().clone(), 0
+                else:
+                    bad_evals += 1
+                    stopped_early = bad_evals >= config.patience
+            dev_em = f"{history['dev'][-1]['em']:.1f}" if history["dev"] else "-"
+            bar.set_postfix(loss=f"{loss.item():.3f}", dev_em=dev_em)
+            bar.update(1)
+            if step % config.save_every == 0 or step == total or stopped_early:
+                checkpoint()
+        bar.close()
+        if best_prompt is None:  # no evaluation ran (e.g. zero steps); keep the last prompt
+            best = evaluate_now()
+            best_prompt = soft.prompt.detach().clone()
+        soft.prompt.data.copy_(best_prompt)
+
+    train_seconds = elapsed_before + time.perf_counter() - t0
+    n_ctx = max(len(train_ctx), 1)
+    synthetic = train_source.get("synthetic", False)
+    manifest = make_manifest(
+        "soft_prompt", backbone=reader.model, backbone_hash=frozen.digest,
+        data={**train_source, "examples": len(examples), "answer_in_context": round(100.0 * sum(
+            r["answer_in_context"] for r in train_ctx) / n_ctx, 1), "over_budget": too_long,
+              "dev": f"{len(dev_ctx)} questions"},
+        dev_metrics={"best": best, "curve": history["dev"]},
+        template=config.template, context_length=reader.context_length, max_new_tokens=reader.max_new_tokens,
+        pipeline=str(pipeline), config=asdict(config), steps=step, stopped_early=stopped_early,
+        train_seconds=round(train_seconds, 1), synthetic=synthetic,
+    )
+    with ArtifactWriter(out) as tmp:
+        soft.save(tmp, manifest)
+        plot_curves(history, tmp / "curves.png",
+                    f"soft prompt ({config.prompt_length} vectors) on {'synthetic' if synthetic else 'real'} data")
+    return json.loads((out / "manifest.json").read_text())
+
+
+def load_checkpoint_exists(work: Path) -> bool:
+    from odqa.training.checkpoints import CHECKPOINT
+
+    return (work / CHECKPOINT).exists()
