@@ -1,8 +1,9 @@
 """The evaluation harness: run a pipeline over a question set and score every stage, NQ-style.
 
-Per question it records the prediction, EM and F1, DPR ``has_answer`` for every document
-each stage returned (retrievers, join, ranker), the passages the reader read, what the
-packer cut, and the timings. From those records it computes:
+Per question it records the prediction, EM and F1, DPR ``has_answer`` (on the passage text,
+not its title, as DPR does) for every document each stage returned (retrievers, join,
+ranker), the passages the reader read, what the packer cut, and the timings. From those
+records it computes:
 
 - top-k retrieval accuracy (k = 1, 5, 20, 100) after each document stage;
 - LM-input recall: the answer is in a passage the reader actually read (paper, Table 2);
@@ -31,7 +32,8 @@ KS = (1, 5, 20, 100)
 
 
 def _flags(documents, answers) -> list[bool]:
-    return [has_answer(f"{d.meta.get('title', '')}\n{d.content}", answers) for d in documents]
+    # DPR's convention: the answer must be in the passage text; the title does not count
+    return [has_answer(d.content or "", answers) for d in documents]
 
 
 def _document_stages(qa, outputs: dict) -> list[str]:
@@ -54,7 +56,7 @@ def score_question(qa, q: Question) -> dict:
     """Run one question through the pipeline and score every stage."""
     answer, outputs = qa.ask_with_outputs(q.question)
     stages = {name: _flags(outputs[name]["documents"], q.answers) for name in _document_stages(qa, outputs)}
-    read = [{"id": p.id, "title": p.title, "has_answer": has_answer(f"{p.title}\n{p.text}", q.answers)}
+    read = [{"id": p.id, "title": p.title, "has_answer": has_answer(p.text, q.answers)}
             for p in answer.passages]
     source = _packer_input(qa)
     packer_input_has = bool(source and any(stages.get(source, [])))

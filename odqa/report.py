@@ -39,28 +39,63 @@ def write_report(out: Path, title: str, command: str) -> Path:
     return path
 
 
-def _plots(out: Path, records: list[dict], timings: dict) -> None:
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _topk_plot(path: Path, curves: dict[str, list[float]], title: str) -> None:
+    """One answer-in-top-k curve (percent at k = 1, 2, ...) per name, k on a log axis."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name in records[0]["stages"] if records else []:
-        depth = max(len(r["stages"][name]) for r in records)
-        ks = list(range(1, depth + 1))
-        acc = [100 * sum(any(r["stages"][name][:k]) for r in records) / len(records) for k in ks]
-        ax.plot(ks, acc, label=name)
+    for name, acc in curves.items():
+        ax.plot(range(1, len(acc) + 1), acc, label=name)
     ax.set_xscale("log")
     ax.set_xlabel("k (passages)")
     ax.set_ylabel("answer in top-k (%)")
-    ax.set_title("Top-k retrieval accuracy per stage")
+    ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out / "topk.png", dpi=100)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
+
+def write_retrieval_report(out: Path, metrics: dict, curve: list[float], title: str, command: str,
+                           label: str = "retriever") -> Path:
+    """``report.md`` and ``topk.png`` (``curve`` labelled ``label``) for ``odqa eval retrieval``
+    (see :mod:`odqa.retrieval_eval`)."""
+    lines = [f"# {title}", "", f"Command: `{command}`", "",
+             f"Questions: {metrics['questions']}; ctxs per question: {metrics['mean_ctxs']:g} on average. "
+             "A ctx holds the answer when DPR's `has_answer` finds it in its text (not its title).", "",
+             "| k | answer in top-k (%) |", "|---|---|"]
+    lines += [f"| {key[3:]} | {_fmt(acc)} |" for key, acc in metrics["topk"].items()]
+    if metrics["skipped_k"]:
+        lines += ["", f"Skipped k = {', '.join(map(str, metrics['skipped_k']))}: no entry has that many ctxs."]
+    flags = metrics["has_answer_flags"]
+    if flags["checked"]:
+        lines += ["", f"odqa's `has_answer` disagrees with the file's own flag on {flags['disagree']} of "
+                  f"{flags['checked']} ctxs."]
+    lines += ["", "![top-k accuracy](topk.png)", ""]
+    _topk_plot(out / "topk.png", {label: curve} if curve else {}, "Top-k retrieval accuracy")
+    path = out / "report.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def _plots(out: Path, records: list[dict], timings: dict) -> None:
+    curves = {}
+    for name in records[0]["stages"] if records else []:
+        depth = max(len(r["stages"][name]) for r in records)
+        curves[name] = [100 * sum(any(r["stages"][name][:k]) for r in records) / len(records)
+                        for k in range(1, depth + 1)]
+    _topk_plot(out / "topk.png", curves, "Top-k retrieval accuracy per stage")
+
+    plt = _pyplot()
     stages = [k for k in timings if k != "total"]
     fig, ax = plt.subplots(figsize=(6, 3))
     ax.barh(stages, [timings[k]["median_ms"] for k in stages])

@@ -321,3 +321,98 @@ def test_run_deduplicates_repeated_questions(tmp_path, warm, monkeypatch):
     ids = [json.loads(line)["id"] for line in out.read_text(encoding="utf-8").splitlines()]
     assert sorted(ids) == ["q1", "q2"]
     assert len(asked) == 2
+
+
+# --- odqa eval retrieval: DPR retriever-output files ------------------------------------------
+def _dpr_entry(question, answers, texts):
+    return {"question": question, "answers": answers,
+            "ctxs": [{"id": str(i), "title": "t", "text": t, "score": 1.0, "has_answer": False}
+                     for i, t in enumerate(texts)]}
+
+
+# answers at rank 1, rank 3 and nowhere
+DPR_RESULTS = [_dpr_entry("q1", ["Paris"], ["Paris is big.", "no", "no", "no", "no"]),
+               _dpr_entry("q2", ["Mars"], ["no", "no", "Mars is red.", "no", "no"]),
+               _dpr_entry("q3", ["Bob"], ["no", "no", "no", "no", "no"])]
+
+
+@pytest.fixture
+def dpr_results(tmp_path) -> Path:
+    path = tmp_path / "dpr_results.json"
+    path.write_text(json.dumps(DPR_RESULTS), encoding="utf-8")
+    return path
+
+
+def test_eval_retrieval_table(capsys, dpr_results):
+    assert main(["eval", "retrieval", "--results", str(dpr_results), "--k", "1,5,20,100"]) == 0
+    out = capsys.readouterr().out
+    assert "3 questions, 5 ctxs per question on average" in out
+    assert "    1   33.3%" in out and "    5   66.7%" in out
+    assert "skipped k = 20, 100" in out
+    # the file flags every ctx False; odqa finds the two answers
+    assert "disagrees with the file's has_answer flag on 2 of 15 ctxs" in out
+    assert not (dpr_results.parent / "metrics.json").exists()
+
+
+def test_eval_retrieval_json_and_out(capsys, tmp_path, dpr_results):
+    out = tmp_path / "run"
+    assert main(["eval", "retrieval", "--results", str(dpr_results), "--out", str(out), "--k", "1,3",
+                 "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["topk"] == {"top1": 33.33, "top3": 66.67} and metrics["questions"] == 3
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    assert "| 3 | 66.7 |" in (out / "report.md").read_text()
+    assert (out / "topk.png").exists()
+
+
+def _bad(drop=(), ctx_drop=(), ctx=None, **fields) -> bytes:
+    """A results file whose second entry (index 1) lacks ``drop`` fields, has ``fields`` replaced,
+    and whose first ctx lacks ``ctx_drop`` fields and has ``ctx`` replaced."""
+    entry = _dpr_entry("q", ["a"], ["a text"])
+    entry["ctxs"][0].update(ctx or {})
+    for key in ctx_drop:
+        del entry["ctxs"][0][key]
+    entry.update(fields)
+    for key in drop:
+        del entry[key]
+    return json.dumps([_dpr_entry("ok", ["a"], ["a"]), entry]).encode()
+
+
+@pytest.mark.parametrize("content, fragments", [
+    (b'[{"question": "q", "answers": ["a"], "ctxs": [}]', ["r.json:1: invalid JSON at column", "expected a JSON list"]),
+    (b'{"q1": {"question": "q", "answers": ["a"], "contexts": []}}', ["top level is a JSON object, not a list"]),
+    (b"[]", ["the list is empty"]),
+    (_bad(drop=["question"]), ["entry 1 (0-based): missing 'question' field"]),
+    (_bad(drop=["answers"]), ["entry 1 (0-based): missing 'answers' field"]),
+    (_bad(drop=["ctxs"]), ["entry 1 (0-based): missing 'ctxs' field"]),
+    (_bad(answers=[]), ["entry 1 (0-based): empty 'answers' list"]),
+    (_bad(answers="a"), ["entry 1 (0-based): 'answers' must be a list of strings"]),
+    (_bad(ctx_drop=["text", "has_answer"]),
+     ["entry 1 (0-based), ctx 0: has neither 'text' nor 'has_answer'"]),
+    (_bad(ctx={"has_answer": "yes"}), ["entry 1 (0-based), ctx 0: 'has_answer' must be true or false"]),
+    (b'[{"question": "caf\xe9", "answers": ["a"], "ctxs": []}]', ["r.json:1: not valid UTF-8 (byte 0xe9", "iconv"]),
+])
+def test_eval_retrieval_bad_input(capsys, tmp_path, content, fragments):
+    path = tmp_path / "r.json"
+    path.write_bytes(content)
+    line = assert_one_error_line(capsys, main(["eval", "retrieval", "--results", str(path)]))
+    assert str(path) in line
+    for fragment in fragments:
+        assert fragment in line
+
+
+def test_eval_retrieval_missing_file(capsys, tmp_path):
+    line = assert_one_error_line(capsys, main(["eval", "retrieval", "--results", str(tmp_path / "nope.json")]))
+    assert "nope.json" in line and "does not exist" in line
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["eval", "retrieval"], "takes its file as --results FILE"),
+    (["eval", "retrieval", "--results", "x.json", "--k", "1,five"], "--k '1,five'"),
+    (["eval", "merge", "a", "b"], "odqa eval needs --out"),
+    (["eval", "--pipeline", "p.yml", "--questions", "q.jsonl"], "odqa eval needs --out"),
+    (["eval", "merge", "a", "--out", "o", "--results", "x.json"], "belong to `odqa eval retrieval"),
+])
+def test_eval_retrieval_usage_errors(capsys, argv, fragment):
+    line = assert_one_error_line(capsys, main(argv))
+    assert fragment in line

@@ -143,3 +143,106 @@ def test_cli_ablate(capsys, tmp_path, pipeline_yaml):
     assert "| full pipeline |" in table and "| without dense |" in table
     assert "| without ranker | not in this pipeline |" in table
     assert (out / "without-dense" / "metrics.json").exists() and (out / "without-dense" / "report.md").exists()
+
+
+# --- has_answer follows DPR: the passage text, not its title ----------------------------------
+def test_answer_only_in_the_title_does_not_count(qa):
+    from haystack import Document
+
+    docs = [Document(content="Neil Armstrong walked on the Moon.", meta={"title": "Moon landing"}),
+            Document(content="The Moon landing was in 1969.", meta={"title": "Apollo 11"})]
+    assert evaluation._flags(docs, ["Moon landing"]) == [False, True]
+
+    # end to end: the passage titled "Moon landing" (p20) is retrieved, but its text lacks the answer
+    q = Question(id="m", question="Who was the first person to walk on the Moon?", answers=["Moon landing"])
+    _, outputs = qa.ask_with_outputs(q.question)
+    assert "p20" in [d.id for d in outputs["bm25"]["documents"]]
+    record = evaluation.score_question(qa, q)
+    assert not any(any(flags) for flags in record["stages"].values())
+    assert not any(p["has_answer"] for p in record["read"]) and record["lm_input_recall"] is False
+
+
+# --- odqa eval retrieval: DPR retriever-output files -------------------------------------------
+def ctx(text=None, title="t", flag=None):
+    c = {"id": "x", "title": title, "score": 1.0}
+    if text is not None:
+        c["text"] = text
+    if flag is not None:
+        c["has_answer"] = flag
+    return c
+
+
+# answers at rank 1, rank 3 and nowhere (q3's answer is only in a title, which does not count)
+DPR_RESULTS = [
+    {"question": "q1", "answers": ["Paris"], "ctxs": [ctx("Paris is in France.", flag=True), ctx("no", flag=False),
+                                                      ctx("no", flag=False), ctx("no", flag=False),
+                                                      ctx("no", flag=False), ctx("no", flag=False)]},
+    {"question": "q2", "answers": ["Red Planet", "Mars"], "ctxs": [ctx("Venus"), ctx("Jupiter"), ctx("Mars is red.")]},
+    {"question": "q3", "answers": ["Bob Dylan"], "ctxs": [ctx("a singer", title="Bob Dylan", flag=True), ctx("b")]},
+]
+
+
+def write_results(tmp_path, data, name="dpr_results.json"):
+    path = tmp_path / name
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return path
+
+
+def test_retrieval_eval_numbers(tmp_path):
+    from odqa import retrieval_eval
+
+    metrics = retrieval_eval.evaluate_file(write_results(tmp_path, DPR_RESULTS), progress=False)
+    assert metrics["questions"] == 3
+    assert metrics["mean_ctxs"] == round(11 / 3, 2)
+    assert metrics["topk"] == {"top1": 33.33, "top5": 66.67}
+    assert metrics["skipped_k"] == [20, 100]  # at most 6 ctxs per question
+    # 7 ctxs have both text and a flag; q3's title-only flag is the one odqa disagrees with
+    assert metrics["has_answer_flags"] == {"checked": 7, "disagree": 1}
+    assert not (tmp_path / "metrics.json").exists()  # nothing written without out
+
+
+def test_retrieval_eval_falls_back_to_the_flag_without_text(tmp_path):
+    from odqa import retrieval_eval
+
+    data = [{"question": "q", "answers": ["x"], "ctxs": [ctx(flag=False), ctx(flag=True)]},
+            {"question": "r", "answers": ["y"], "ctxs": [ctx(flag=False), ctx("y here", flag=False)]}]
+    metrics = retrieval_eval.evaluate_file(write_results(tmp_path, data), ks=(1, 2), progress=False)
+    assert metrics["topk"] == {"top1": 0.0, "top2": 100.0}
+    assert metrics["has_answer_flags"] == {"checked": 1, "disagree": 1}
+
+
+def test_retrieval_eval_writes_metrics_report_and_plot(tmp_path):
+    from odqa import retrieval_eval
+
+    out = tmp_path / "run"
+    metrics = retrieval_eval.evaluate_file(write_results(tmp_path, DPR_RESULTS), out, ks=(1, 3, 5),
+                                           command="odqa eval retrieval --results dpr_results.json", progress=False)
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    assert metrics["topk"] == {"top1": 33.33, "top3": 66.67, "top5": 66.67}
+    report = (out / "report.md").read_text()
+    assert "| 1 | 33.3 |" in report and "| 3 | 66.7 |" in report and "| 5 | 66.7 |" in report
+    assert "Command: `odqa eval retrieval --results dpr_results.json`" in report
+    assert "disagrees with the file's own flag on 1 of 7 ctxs" in report
+    assert (out / "topk.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(out.glob("*.tmp"))
+
+
+def test_retrieval_topk_curve():
+    from odqa.retrieval_eval import topk_curve
+
+    assert topk_curve([1, 3, None, 2], 4) == [25.0, 50.0, 75.0, 75.0]
+
+
+def test_retrieval_eval_error_types(tmp_path):
+    from odqa import retrieval_eval
+    from odqa.errors import ResourceNotFoundError, TextEncodingError
+
+    with pytest.raises(ResourceNotFoundError, match="nope.json"):
+        retrieval_eval.load_results(tmp_path / "nope.json")
+    bad = tmp_path / "latin1.json"
+    bad.write_bytes(b'[{"question": "caf\xe9"}]')
+    with pytest.raises(TextEncodingError, match="latin1.json:1: not valid UTF-8"):
+        retrieval_eval.load_results(bad)
+    with pytest.raises(odqa.errors.InputFormatError, match="--k"):
+        retrieval_eval.parse_ks("1,five")
+    assert retrieval_eval.parse_ks("20, 1") == (20, 1)
