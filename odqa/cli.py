@@ -6,6 +6,8 @@
     odqa run pipelines/frozen_reader.yml --questions FILE.jsonl --out answers.jsonl
     odqa eval --pipeline pipelines/frozen_reader.yml --questions fanoutqa-wiki:test --out eval/runs/NAME
     odqa eval merge RUN_DIR... --out RUN_DIR
+    odqa eval retrieval --results dpr_results.json [--out DIR] [--k 1,5,20,100] [--json]
+    odqa train reranker --train data/synthetic/cloze-wiki-vital.train.jsonl --out pipelines/artifacts/NAME
     odqa demo
 
 Errors print one line (``error: ...``) and exit with status 2; ``--debug`` shows the traceback.
@@ -120,13 +122,31 @@ def cmd_eval(args) -> int:
     from odqa.report import write_report
 
     command = "odqa " + " ".join(sys.argv[1:]) if sys.argv and "odqa" in sys.argv[0] else "odqa eval ..."
+    if args.rest and args.rest[0] == "retrieval":  # score a DPR retriever-output file; no pipeline runs
+        from odqa import retrieval_eval
+
+        if len(args.rest) > 1 or not args.results:
+            raise OdqaError("odqa eval retrieval takes its file as --results FILE: "
+                            "odqa eval retrieval --results dpr_results.json [--out DIR] [--k 1,5,20,100]")
+        if args.pipeline or args.questions:
+            raise OdqaError("odqa eval retrieval scores a results file; drop --pipeline/--questions")
+        ks = retrieval_eval.parse_ks(args.k) if args.k else evaluation.KS
+        metrics = retrieval_eval.evaluate_file(args.results, args.out, ks, command)
+        where = f"\nreport: {Path(args.out) / 'report.md'}" if args.out else ""
+        print(json.dumps(metrics) if args.json else f"{args.results}: {retrieval_eval.table(metrics)}{where}")
+        return 0
+    if args.results or args.k:
+        raise OdqaError("--results and --k belong to `odqa eval retrieval --results FILE`")
+    if not args.out:
+        raise OdqaError("odqa eval needs --out DIR, the run directory (e.g. --out eval/runs/NAME)")
     out = Path(args.out)
     if args.rest and args.rest[0] == "merge":
         if len(args.rest) < 2:
             raise OdqaError("odqa eval merge needs the shard run directories: odqa eval merge DIR... --out DIR")
         metrics = evaluation.merge([Path(d) for d in args.rest[1:]], out)
     elif args.rest:
-        raise OdqaError(f"unknown eval action '{args.rest[0]}'; use `odqa eval --pipeline ...` or `odqa eval merge`")
+        raise OdqaError(f"unknown eval action '{args.rest[0]}'; use `odqa eval --pipeline ...`, `odqa eval merge` "
+                        "or `odqa eval retrieval`")
     else:
         if not args.pipeline or not args.questions:
             raise OdqaError("odqa eval needs --pipeline and --questions")
@@ -155,6 +175,34 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_train_reader(args) -> int:
+    from odqa.questions import load_questions
+    from odqa.training.data import read_training_data
+    from odqa.training.reader import ReaderTrainConfig, train_reader
+
+    examples = read_training_data(args.train)
+    train = [{"id": e.id, "question": e.question, "answers": e.answers} for e in examples]
+    dev = [{"id": q.id, "question": q.question, "answers": q.answers}
+           for q in load_questions(args.dev, require_answers=True)]
+    synthetic = bool(examples) and all(e.synthetic for e in examples)
+    config = ReaderTrainConfig(
+        prompt_length=args.prompt_length, template=args.template, max_examples=args.max_examples,
+        epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
+        eval_every=args.eval_every, save_every=args.save_every, patience=args.patience,
+        dev_limit=args.dev_limit, seed=args.seed)
+    if args.quick:  # a smoke run: a few steps on a few questions (used by the slow test)
+        config.max_examples, config.max_steps, config.eval_every = 8, 2, 2
+        config.dev_limit = min(config.dev_limit or 4, 4)
+    source = {"train": str(args.train), "synthetic": synthetic,
+              "kind": "synthetic cloze QA from the corpus" if synthetic else "real questions"}
+    manifest = train_reader(args.pipeline, train, dev, args.out, config, source, resume=args.resume)
+    best = manifest["dev_metrics"]["best"]
+    print(f"soft prompt written to {args.out}: {manifest['length']} vectors, {manifest['steps']} steps in "
+          f"{manifest['train_seconds'] / 60:.1f} min; dev EM {best['em']:.1f} F1 {best['f1']:.1f} at step "
+          f"{best['step']} ({best['questions']} questions); backbone hash unchanged ({manifest['backbone_hash'][:12]})")
+    return 0
+
+
 def cmd_demo(args) -> int:
     import odqa as api
 
@@ -163,6 +211,32 @@ def cmd_demo(args) -> int:
     for question, expected in DEMO_QUESTIONS:
         _print_answer(qa.ask(question), False, expected)
         print()
+    return 0
+
+
+def cmd_train_reranker(args) -> int:
+    from odqa.training.reranker import RerankerTrainConfig, metrics_table, train_reranker
+
+    config = RerankerTrainConfig(
+        base=args.base, epochs=args.epochs, max_steps=args.max_steps, batch_questions=args.batch_questions,
+        negatives=args.negatives, lr=args.lr, lora_r=args.lora_r, lora_alpha=args.lora_alpha or 2 * args.lora_r,
+        max_examples=args.max_examples, eval_every=args.eval_every, save_every=args.save_every,
+        patience=args.patience, dev_limit=args.dev_limit, dev_candidates=args.dev_candidates, seed=args.seed)
+    if args.quick:  # a smoke run: a few steps, a few dev questions (used by the slow test)
+        config.max_steps = min(config.max_steps or 3, 3)
+        config.max_examples = min(config.max_examples or 12, 12)
+        config.dev_limit = min(config.dev_limit or 6, 6)
+    result = train_reranker(args.pipeline, args.train, args.dev, args.out, config, resume=args.resume)
+    m = result["manifest"]
+    if args.json:
+        print(json.dumps({k: m[k] for k in ("dev_metrics", "trainable_params", "train_seconds", "size_bytes")}))
+        return 0
+    dm = m["dev_metrics"]
+    print(f"re-ranker written to {args.out}: {m['trainable_params']:,} trainable parameters, "
+          f"{result['size_bytes'] / 2**20:.2f} MB, {m['data']['steps']} steps in {m['train_seconds'] / 60:.1f} min; "
+          f"base hash unchanged ({m['base_model_hash'][:12]})")
+    print(f"dev: {dm['questions']} questions x {dm['candidates_per_question']} candidates from "
+          f"'{dm['candidates_from']}', best step {dm['best_step']}\n{metrics_table(dm)}")
     return 0
 
 
@@ -208,17 +282,52 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_run)
 
-    e = sub.add_parser("eval", help="evaluate a pipeline on a question set (NQ metrics, per stage)")
-    e.add_argument("rest", nargs="*", help="`merge DIR...` joins shard runs")
+    e = sub.add_parser("eval", help="evaluate a pipeline on a question set (NQ metrics, per stage), "
+                                    "or score a DPR retrieval results file")
+    e.add_argument("rest", nargs="*",
+                   help="`merge DIR...` joins shard runs; `retrieval` scores a DPR results file (--results)")
     e.add_argument("--pipeline")
     e.add_argument("--questions", help="fanoutqa-wiki[:split], NQ-open .jsonl, or DPR nq-test .csv")
     e.add_argument("--limit", type=int, default=None)
-    e.add_argument("--out", required=True, help="run directory, e.g. eval/runs/NAME (a rerun resumes)")
+    e.add_argument("--out", help="run directory, e.g. eval/runs/NAME (a rerun resumes); "
+                                 "optional for `eval retrieval`")
+    e.add_argument("--results", help="for `eval retrieval`: DPR retriever output (JSON list of "
+                                     "question/answers/ctxs)")
+    e.add_argument("--k", default=None, help="for `eval retrieval`: comma-separated k, default 1,5,20,100")
     e.add_argument("--shards", type=int, default=1)
     e.add_argument("--shard", type=int, default=None)
     e.add_argument("--ablate", default="", help="comma-separated stages to rerun without, e.g. ranker,dense,bm25")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_eval)
+
+    # `odqa train MODULE`: one parser per trained module, each writing an artifact dir
+    train = sub.add_parser("train", help="train a small module around the frozen LM").add_subparsers(
+        dest="train_cmd", required=True)
+    t = train.add_parser("reranker", help="train the cross-encoder re-ranker (a LoRA adapter on a frozen encoder)")
+    t.add_argument("--pipeline", default=str(DEFAULT_PIPELINE),
+                   help="its retrieval stages give the dev candidates; its packer the LM-input recall")
+    t.add_argument("--train", required=True, help="jsonl of training examples with positives and hard negatives")
+    t.add_argument("--dev", default="fanoutqa-wiki:dev", help="dev questions: fanoutqa-wiki:dev or a .jsonl file")
+    t.add_argument("--out", required=True, help="artifact dir, e.g. pipelines/artifacts/reranker-minilm-synthetic")
+    t.add_argument("--base", default="minilm-l6", help="encoder or cross-encoder to adapt (name, path or HF id)")
+    t.add_argument("--epochs", type=int, default=1)
+    t.add_argument("--max-steps", type=int, default=None, help="stop after N steps (overrides --epochs)")
+    t.add_argument("--batch-questions", type=int, default=4, help="questions per step")
+    t.add_argument("--negatives", type=int, default=7, help="hard negatives per question")
+    t.add_argument("--lr", type=float, default=3e-4)
+    t.add_argument("--lora-r", type=int, default=16)
+    t.add_argument("--lora-alpha", type=int, default=None, help="default: 2 x --lora-r")
+    t.add_argument("--max-examples", type=int, default=None, help="train on a seeded random subset of N examples")
+    t.add_argument("--eval-every", type=int, default=None, help="steps between dev evaluations (default: per epoch)")
+    t.add_argument("--save-every", type=int, default=25, help="steps between checkpoints")
+    t.add_argument("--patience", type=int, default=2, help="dev evaluations without a better MRR before stopping")
+    t.add_argument("--dev-limit", type=int, default=None, help="use only the first N dev questions")
+    t.add_argument("--dev-candidates", type=int, default=None, help="re-rank only the first N candidates")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--resume", action="store_true", help="continue from the checkpoint in OUT.ckpt/")
+    t.add_argument("--quick", action="store_true", help="a smoke run: 3 steps, 6 dev questions")
+    t.add_argument("--json", action="store_true")
+    t.set_defaults(func=cmd_train_reranker)
 
     d = sub.add_parser("demo", help="answer a few sample questions")
     d.add_argument("--pipeline", default=str(DEFAULT_PIPELINE))
