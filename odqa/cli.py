@@ -8,6 +8,8 @@
     odqa eval merge RUN_DIR... --out RUN_DIR
     odqa eval retrieval --results dpr_results.json [--out DIR] [--k 1,5,20,100] [--json]
     odqa train reranker --train data/synthetic/cloze-wiki-vital.train.jsonl --out pipelines/artifacts/NAME
+    odqa data cloze --corpus wiki-vital --out data/synthetic/cloze-wiki-vital.jsonl --index indexes/wiki-vital
+    odqa data negatives --train nq-train.jsonl --index indexes/wiki-vital --out data/nq-train-mined.jsonl
     odqa demo
 
 Errors print one line (``error: ...``) and exit with status 2; ``--debug`` shows the traceback.
@@ -240,6 +242,75 @@ def cmd_train_reranker(args) -> int:
     return 0
 
 
+def _synthetic_name(out: Path) -> str:
+    """The file stem for synthetic data: ``out``'s, with "synthetic" added when it lacks it."""
+    if out.suffix != ".jsonl":
+        raise OdqaError(f"--out '{out}' must name a .jsonl file, e.g. data/synthetic/cloze-wiki-vital.jsonl")
+    return out.stem if "synthetic" in out.stem.lower() else f"{out.stem}-synthetic"
+
+
+def _print_mining(stats: dict) -> None:
+    print(f"hard negatives: {stats['kept']} of {stats['examples']} examples kept, "
+          f"{stats['mean_negatives']} negatives each on average ({stats['short_of_negatives']} with fewer than "
+          f"asked), {stats['positives_mined']} positives found by retrieval, "
+          f"{stats['dropped_no_positive']} dropped for want of a passage with the answer")
+
+
+def cmd_data_cloze(args) -> int:
+    import time
+    from collections import Counter
+
+    from odqa.corpus import read_corpus
+    from odqa.errors import TrainingDataError
+    from odqa.training.cloze import KINDS, cloze_split, make_cloze
+    from odqa.training.data import mine_hard_negatives, write_training_data
+
+    out = Path(args.out)
+    stem = _synthetic_name(out)
+    if args.index is None and args.negatives is not None:
+        raise OdqaError("--negatives needs --index DIR, the index to mine hard negatives from")
+    start = time.time()
+    passages = read_corpus(args.corpus)
+    corpus_name = args.corpus if args.corpus == "wiki-vital" else Path(args.corpus).stem
+    examples = make_cloze(passages, args.n, seed=args.seed, per_passage=args.per_passage, corpus_name=corpus_name)
+    if not examples:
+        raise TrainingDataError(f"corpus '{args.corpus}' gave no cloze questions; it needs sentences with dates, "
+                                "numbers or names")
+    stats = None
+    if args.index:
+        examples, stats = mine_hard_negatives(examples, args.index, n=args.negatives or 8, depth=args.depth)
+    counts: dict[str, Counter] = {}
+    for split in ("train", "dev"):
+        part = [e for e in examples if cloze_split(e) == split]
+        if not part:  # a tiny corpus can leave a split empty; an empty file would only fail later
+            print(f"{split}: 0 examples, no file written")
+            continue
+        path = write_training_data(out.with_name(f"{stem}.{split}.jsonl"), part)
+        counts[split] = Counter(e.kind for e in part)
+        print(f"{split}: {len(part)} synthetic examples -> {path}  ("
+              + ", ".join(f"{k} {counts[split][k]}" for k in KINDS) + ")")
+    if stats:
+        _print_mining(stats)
+    print(f"done in {time.time() - start:.0f} s")
+    return 0
+
+
+def cmd_data_negatives(args) -> int:
+    from odqa.training.data import mine_hard_negatives, read_training_data, write_training_data
+
+    examples = read_training_data(args.train)
+    out = Path(args.out)
+    if any(e.synthetic for e in examples) and "synthetic" not in out.name.lower():
+        raise OdqaError(f"'{args.train}' holds synthetic examples; put 'synthetic' in the --out file name "
+                        f"(e.g. {out.with_name(_synthetic_name(out) + '.jsonl')}) so it stays labelled")
+    mined, stats = mine_hard_negatives(examples, args.index, n=args.negatives, depth=args.depth,
+                                       encoder=args.encoder)
+    write_training_data(out, mined)
+    print(f"wrote {len(mined)} examples to {out}")
+    _print_mining(stats)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from odqa.index import BM25Config
 
@@ -328,6 +399,30 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quick", action="store_true", help="a smoke run: 3 steps, 6 dev questions")
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=cmd_train_reranker)
+
+    # `odqa data ...`: training data (synthetic cloze QA, hard negatives); written under data/, not committed
+    data = sub.add_parser("data", help="build training data: synthetic cloze QA, hard negatives").add_subparsers(
+        dest="data_cmd", required=True)
+    dc = data.add_parser("cloze", help="synthetic cloze QA from a corpus (Lewis et al., 2019), split train/dev")
+    dc.add_argument("--corpus", default="wiki-vital", help="wiki-vital, a DPR psgs_w100.tsv file, or a .jsonl file")
+    dc.add_argument("--out", required=True, help="e.g. data/synthetic/cloze-wiki-vital.jsonl: writes "
+                                                 "STEM.train.jsonl and STEM.dev.jsonl beside it ('synthetic' is "
+                                                 "added to STEM when it lacks it)")
+    dc.add_argument("--n", type=int, default=4000, help="examples to make, at most")
+    dc.add_argument("--seed", type=int, default=0)
+    dc.add_argument("--per-passage", type=int, default=2, help="examples from one passage, at most")
+    dc.add_argument("--index", default=None, help="mine hard negatives from this index (e.g. indexes/wiki-vital)")
+    dc.add_argument("--negatives", type=int, default=None, help="hard negatives per example (default 8; needs --index)")
+    dc.add_argument("--depth", type=int, default=50, help="BM25 and dense results read per question")
+    dc.set_defaults(func=cmd_data_cloze)
+    dn = data.add_parser("negatives", help="add positives and hard negatives to DPR / NQ-open / odqa training data")
+    dn.add_argument("--train", required=True, help="DPR training .json, NQ-open .jsonl, or odqa .jsonl")
+    dn.add_argument("--index", required=True, help="index to retrieve from, e.g. indexes/wiki-vital")
+    dn.add_argument("--out", required=True, help="odqa jsonl to write")
+    dn.add_argument("--negatives", type=int, default=8, help="hard negatives per example")
+    dn.add_argument("--depth", type=int, default=50, help="BM25 and dense results read per question")
+    dn.add_argument("--encoder", default=None, help="dense encoder (default: the index's own)")
+    dn.set_defaults(func=cmd_data_negatives)
 
     d = sub.add_parser("demo", help="answer a few sample questions")
     d.add_argument("--pipeline", default=str(DEFAULT_PIPELINE))
