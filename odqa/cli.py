@@ -400,6 +400,31 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=cmd_train_reranker)
 
+    from odqa.training.reader import ReaderTrainConfig
+
+    rd = ReaderTrainConfig()
+    t = train.add_parser("reader", help="prompt-tune the frozen reader: a soft prompt, the backbone frozen")
+    t.add_argument("--pipeline", default=str(DEFAULT_PIPELINE),
+                   help="its retrievers, re-ranker and packer make the training contexts; its reader is tuned")
+    t.add_argument("--train", required=True, help="training questions: odqa/DPR/NQ-open jsonl or DPR json")
+    t.add_argument("--dev", default="fanoutqa-wiki:dev", help="dev questions for EM and early stopping")
+    t.add_argument("--out", required=True, help="artifact dir, e.g. pipelines/artifacts/reader-prompt-smollm2-synthetic")
+    t.add_argument("--prompt-length", type=int, default=rd.prompt_length, help="soft prompt vectors")
+    t.add_argument("--template", default=rd.template, help="the tuned reader's template (default: bare 'qa')")
+    t.add_argument("--max-examples", type=int, default=rd.max_examples, help="seeded random subset of the train file")
+    t.add_argument("--epochs", type=int, default=rd.epochs)
+    t.add_argument("--max-steps", type=int, default=None)
+    t.add_argument("--batch-size", type=int, default=rd.batch_size)
+    t.add_argument("--lr", type=float, default=rd.lr, help="AdamW learning rate of the prompt")
+    t.add_argument("--eval-every", type=int, default=rd.eval_every, help="steps between dev evaluations")
+    t.add_argument("--save-every", type=int, default=rd.save_every, help="steps between checkpoints")
+    t.add_argument("--patience", type=int, default=rd.patience, help="dev evaluations without a better EM")
+    t.add_argument("--dev-limit", type=int, default=None, help="use only the first N dev questions")
+    t.add_argument("--seed", type=int, default=rd.seed)
+    t.add_argument("--resume", action="store_true", help="continue from the checkpoint in OUT.work/")
+    t.add_argument("--quick", action="store_true", help="a smoke run: 2 steps on 8 questions, 4 dev questions")
+    t.set_defaults(func=cmd_train_reader)
+
     # `odqa data ...`: training data (synthetic cloze QA, hard negatives); written under data/, not committed
     data = sub.add_parser("data", help="build training data: synthetic cloze QA, hard negatives").add_subparsers(
         dest="data_cmd", required=True)

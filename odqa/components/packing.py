@@ -8,7 +8,7 @@ from haystack import Document, component, default_from_dict, default_to_dict
 
 from odqa.components._common import check_question
 from odqa.errors import QuestionTooLongError
-from odqa.lm.prompting import encode, format_passages, get_template
+from odqa.lm.prompting import encode_parts, format_passages, get_template
 from odqa.lm.soft_prompt import soft_prompt_length
 
 
@@ -16,10 +16,11 @@ def reader_budget(tokenizer, template_name: str, question: str, context_length: 
                   soft_prompt_tokens: int) -> int:
     """Tokens left for passages once the prompt, question, soft prompt and answer room are counted.
 
-    Raises :class:`QuestionTooLongError` when the question alone does not fit.
+    Prompt tokens are counted as the reader counts them: ``prefix_ids + body_ids``
+    (:func:`~odqa.lm.prompting.encode_parts`). Raises :class:`QuestionTooLongError` when the
+    question alone does not fit.
     """
-    template = get_template(template_name)
-    base = len(encode(tokenizer, template, template.render(tokenizer, question, [])))
+    base = prompt_length(tokenizer, get_template(template_name), question, [])
     reserved = base + max_new_tokens + soft_prompt_tokens
     if reserved > context_length:
         limit = context_length - max_new_tokens - soft_prompt_tokens - (base - _question_tokens(tokenizer, question))
@@ -30,6 +31,11 @@ def reader_budget(tokenizer, template_name: str, question: str, context_length: 
             "or raise context_length"
         )
     return context_length - reserved
+
+
+def prompt_length(tokenizer, template, question: str, passages: list[tuple[str, str]]) -> int:
+    """The reader's prompt length in tokens (soft prompt not included)."""
+    return sum(len(ids) for ids in encode_parts(tokenizer, template, question, passages))
 
 
 def _question_tokens(tokenizer, question: str) -> int:
@@ -100,12 +106,12 @@ class ContextPacker:
         limit = self.context_length - self.max_new_tokens - self._soft_len
         while chosen:
             passages = [(documents[i].meta.get("title", ""), documents[i].content) for i in chosen]
-            prompt_tokens = len(encode(tok, template, template.render(tok, query, passages)))
+            prompt_tokens = prompt_length(tok, template, query, passages)
             if prompt_tokens <= limit:
                 break
             chosen.pop()
         else:
-            prompt_tokens = len(encode(tok, template, template.render(tok, query, [])))
+            prompt_tokens = prompt_length(tok, template, query, [])
         kept = set(chosen)
         return {
             "documents": [documents[i] for i in chosen],

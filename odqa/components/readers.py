@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import torch
@@ -11,7 +12,8 @@ from haystack.dataclasses import GeneratedAnswer
 from odqa.components._common import check_question
 from odqa.components.packing import reader_budget
 from odqa.errors import PipelineConfigError
-from odqa.lm.prompting import clean_answer, encode, get_template
+from odqa.lm.generation import cached_prefix, greedy_generate
+from odqa.lm.prompting import clean_answer, encode_parts, encode_prefix, get_template
 
 
 @component
@@ -24,6 +26,11 @@ class FrozenLMReader:
     reader never truncates: a prompt over ``context_length`` is an error, so put a
     :class:`~odqa.components.packing.ContextPacker` with the same settings before it.
 
+    With ``prefix_cache`` on (the default), greedy decoding computes the keys and values
+    of the input's fixed head -- the soft prompt and the template's prefix -- once per
+    process and reuses them for every question (:mod:`odqa.lm.generation`); answers are
+    the same as without it. Beam search always runs ``generate`` on the whole input.
+
     Usage:
         >>> reader = FrozenLMReader(model="smollm2-135m-instruct")
         >>> reader.run(query="Who wrote Hamlet?", documents=packed)["answers"][0].data
@@ -31,7 +38,7 @@ class FrozenLMReader:
 
     def __init__(self, model: str = "smollm2-135m-instruct", template: str = "qa-completion",
                  soft_prompt: str | None = None, context_length: int = 384, max_new_tokens: int = 16,
-                 num_beams: int = 1, dtype: str = "float32"):
+                 num_beams: int = 1, dtype: str = "float32", prefix_cache: bool = True):
         """
         :param model: Backbone: a bundled name, local path or HF id.
         :param template: Prompt template (see :mod:`odqa.lm.prompting`).
@@ -40,6 +47,8 @@ class FrozenLMReader:
         :param max_new_tokens: Longest answer, in tokens.
         :param num_beams: 1 for greedy decoding, more for beam search.
         :param dtype: ``float32`` (CPU default), ``bfloat16`` or ``float16``.
+        :param prefix_cache: Reuse the soft prompt's and the template prefix's keys and values
+            across questions (greedy decoding only; beam search ignores it).
         """
         get_template(template)
         if num_beams < 1:
@@ -51,8 +60,10 @@ class FrozenLMReader:
         self.max_new_tokens = max_new_tokens
         self.num_beams = num_beams
         self.dtype = dtype
+        self.prefix_cache = prefix_cache
         self._backbone = None
         self._soft = None
+        self._prefix_key: tuple | None = None
 
     def warm_up(self) -> None:
         if self._backbone is not None:
@@ -61,10 +72,22 @@ class FrozenLMReader:
         from odqa.lm.soft_prompt import SoftPrompt
 
         backbone = load_backbone(self.model, self.dtype)
+        soft = None
         if self.soft_prompt:
-            self._soft = SoftPrompt.load(self.soft_prompt, self.model, backbone.hidden_size).eval()
-            self._soft.requires_grad_(False)
+            soft = SoftPrompt.load(self.soft_prompt, self.model, backbone.hidden_size).eval()
+            soft.requires_grad_(False)
+        self._soft = soft
+        if self._cached:
+            # the digest keeps a prompt re-trained under the same path from reusing stale keys and values
+            digest = hashlib.sha1(soft.prompt.detach().float().numpy().tobytes()).hexdigest() if soft else None
+            self._prefix_key = (self.model, self.dtype, self.soft_prompt, digest, self.template)
+            cached_prefix(self._prefix_key, backbone.model, soft,  # build it now, not on the first question
+                          encode_prefix(backbone.tokenizer, get_template(self.template)))
         self._backbone = backbone
+
+    @property
+    def _cached(self) -> bool:
+        return self.prefix_cache and self.num_beams == 1
 
     @component.output_types(answers=list[GeneratedAnswer])
     def run(self, query: str, documents: list[Document] | None = None) -> dict[str, Any]:
@@ -77,11 +100,12 @@ class FrozenLMReader:
         query = check_question(query)
         documents = documents or []
         self.warm_up()
-        tok, model = self._backbone.tokenizer, self._backbone.model
+        tok = self._backbone.tokenizer
         template = get_template(self.template)
         soft_len = self._soft.length if self._soft is not None else 0
         passages = [(d.meta.get("title", ""), d.content) for d in documents]
-        ids = encode(tok, template, template.render(tok, query, passages))
+        prefix_ids, body_ids = encode_parts(tok, template, query, passages)
+        ids = prefix_ids + body_ids  # the reader's input, counted the same way by the packer
         limit = self.context_length - self.max_new_tokens - soft_len
         if len(ids) > limit:
             # only now is it worth rendering the bare prompt: raises if the question alone is too long
@@ -90,12 +114,22 @@ class FrozenLMReader:
                 f"the reader's prompt is {len(ids)} tokens, over its limit of {limit}; put a ContextPacker "
                 "with the same model, template, context_length and max_new_tokens before the reader"
             )
-        text, score, n_new = self._generate(torch.tensor([ids]))
+        if self._cached:
+            text, score, n_new = self._generate_cached(prefix_ids, body_ids)
+        else:
+            text, score, n_new = self._generate(torch.tensor([ids]))
         answer = GeneratedAnswer(
             data=clean_answer(text), query=query, documents=documents,
             meta={"score": score, "raw": text, "prompt_tokens": len(ids) + soft_len, "new_tokens": n_new},
         )
         return {"answers": [answer]}
+
+    def _generate_cached(self, prefix_ids: list[int], body_ids: list[int]) -> tuple[str, float, int]:
+        model = self._backbone.model
+        prefix = cached_prefix(self._prefix_key, model, self._soft, prefix_ids)  # a lookup after warm_up
+        inputs = torch.tensor([body_ids if prefix is not None else prefix_ids + body_ids])
+        new, logp = greedy_generate(model, prefix, inputs, self.max_new_tokens, self._backbone.stop_token_ids)
+        return self._decode(new, torch.tensor(logp))
 
     @torch.inference_mode()
     def _generate(self, input_ids: torch.Tensor) -> tuple[str, float, int]:
@@ -117,16 +151,21 @@ class FrozenLMReader:
         beam_indices = getattr(out, "beam_indices", None)
         logp = model.compute_transition_scores(out.sequences, out.scores, beam_indices, normalize_logits=True)[0]
         logp = logp[torch.isfinite(logp)][: len(new)]
+        return self._decode([int(t) for t in new], logp)
+
+    def _decode(self, new: list[int], logp: torch.Tensor) -> tuple[str, float, int]:
+        """Answer text (stop and pad tokens dropped), geometric-mean token probability, token count."""
+        tok = self._backbone.tokenizer
         score = float(torch.exp(logp.mean())) if len(logp) else 0.0
-        stops = set(backbone.stop_token_ids)
-        kept = [int(t) for t in new if int(t) not in stops and int(t) != tok.pad_token_id]
+        stops = set(self._backbone.stop_token_ids)
+        kept = [t for t in new if t not in stops and t != tok.pad_token_id]
         return tok.decode(kept, skip_special_tokens=True), score, len(new)
 
     def to_dict(self) -> dict[str, Any]:
         return default_to_dict(
             self, model=self.model, template=self.template, soft_prompt=self.soft_prompt,
             context_length=self.context_length, max_new_tokens=self.max_new_tokens,
-            num_beams=self.num_beams, dtype=self.dtype,
+            num_beams=self.num_beams, dtype=self.dtype, prefix_cache=self.prefix_cache,
         )
 
     @classmethod

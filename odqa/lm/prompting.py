@@ -12,6 +12,18 @@ Templates (chosen on the dev split, see bench/reader_prompts.py):
 ``span-chat``      the same instruction and examples as chat turns; the instruct model
                    still answers in sentences (span rate 8%, EM 0.0).
 ``chat``           chat turns with the instruction only (span rate 10%, EM 0.0).
+``qa``             bare plain text for soft-prompted readers: the passages (one
+                   ``Title: text`` per line), then "Question: ...\nAnswer:". No
+                   instruction and no examples: a learned soft prompt replaces them.
+
+Every prompt is split into a fixed *prefix* that depends on neither the question nor the
+passages (BOS, instruction, worked examples; for chat templates the system turn and the
+example turns) and a per-question *body*. The reader runs the frozen LM over the prefix
+(and any soft prompt) once per process and reuses its keys and values
+(:mod:`odqa.lm.generation`). The reader's input is defined as ``prefix_ids + body_ids``
+(:func:`encode_parts`), counted the same way by the packer, so packing stays exact. The
+split falls just after a newline (or an end-of-turn special token), where the bundled
+SmolLM2 tokenizer gives the same ids as tokenizing the whole prompt at once.
 """
 
 from __future__ import annotations
@@ -63,9 +75,10 @@ class Template:
     name: str
     chat: bool
     examples: bool
+    instruction: bool = True
 
     def messages(self, question: str, passages: list[tuple[str, str]]) -> list[dict]:
-        msgs = [{"role": "system", "content": INSTRUCTION}]
+        msgs = [{"role": "system", "content": INSTRUCTION}] if self.instruction else []
         if self.examples:
             for ctx, q, a in EXAMPLES:
                 msgs.append({"role": "user", "content": f"Passages:\n{ctx}\n\nQuestion: {q}"})
@@ -75,27 +88,45 @@ class Template:
 
     def render(self, tokenizer, question: str, passages: list[tuple[str, str]]) -> str:
         """The full prompt text; generation continues right after it."""
+        return "".join(self.render_parts(tokenizer, question, passages))
+
+    def render_parts(self, tokenizer, question: str, passages: list[tuple[str, str]]) -> tuple[str, str]:
+        """``(prefix, body)`` with ``prefix + body == render(...)``; the prefix is the same for every question."""
         if self.chat:
-            msgs = self.messages(question, passages)
-            if getattr(tokenizer, "chat_template", None):
-                return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-            # models without a chat template get the same turns as plain text
-            return "".join(f"{m['role']}: {m['content']}\n" for m in msgs) + "assistant:"
-        parts = [INSTRUCTION, ""]
+            return self._chat_parts(tokenizer, self.messages(question, passages))
+        head = [INSTRUCTION, ""] if self.instruction else []
         if self.examples:
             for ctx, q, a in EXAMPLES:
-                parts += [ctx, f"Question: {q}", f"Answer: {a}", ""]
-        ctx = format_passages(passages)
-        if ctx:
-            parts.append(ctx)
-        parts.append(f"Question: {question}")
-        return "\n".join(parts) + "\nAnswer:"
+                head += [ctx, f"Question: {q}", f"Answer: {a}", ""]
+        tail = [ctx] if (ctx := format_passages(passages)) else []
+        tail.append(f"Question: {question}")
+        body = "\n".join(tail) + "\nAnswer:"
+        if not head:
+            return "", body
+        # split after the last example's single newline, not after the blank line: "\n" + "\nTitle"
+        # tokenizes like "\n\nTitle" for byte-level BPE, while a trailing "\n\n" would merge into one token
+        return "\n".join(head), "\n" + body
+
+    def _chat_parts(self, tokenizer, msgs: list[dict]) -> tuple[str, str]:
+        if not getattr(tokenizer, "chat_template", None):
+            # models without a chat template get the same turns as plain text
+            lines = [f"{m['role']}: {m['content']}\n" for m in msgs]
+            return "".join(lines[:-1]), lines[-1] + "assistant:"
+        full = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        try:  # the turns before the question's, rendered alone, are the prefix if the full prompt starts with them
+            prefix = tokenizer.apply_chat_template(msgs[:-1], tokenize=False, add_generation_prompt=False)
+        except Exception:  # noqa: BLE001 - some chat templates refuse a conversation that ends on another turn
+            prefix = ""
+        if not (isinstance(prefix, str) and full.startswith(prefix)):
+            prefix = ""
+        return prefix, full[len(prefix):]
 
 
 TEMPLATES = {
     "span-chat": Template("span-chat", chat=True, examples=True),
     "chat": Template("chat", chat=True, examples=False),
     "qa-completion": Template("qa-completion", chat=False, examples=True),
+    "qa": Template("qa", chat=False, examples=False, instruction=False),
 }
 
 
@@ -118,5 +149,28 @@ def clean_answer(text: str) -> str:
 
 
 def encode(tokenizer, template: Template, text: str) -> list[int]:
-    """Token ids of a rendered prompt. Chat templates write their own special tokens."""
+    """Token ids of a rendered text, tokenized whole. Chat templates write their own special tokens.
+
+    The reader's input is :func:`encode_parts`, not this; the two agree when the split is clean.
+    """
     return tokenizer(text, add_special_tokens=not template.chat)["input_ids"]
+
+
+def encode_parts(tokenizer, template: Template, question: str,
+                 passages: list[tuple[str, str]]) -> tuple[list[int], list[int]]:
+    """``(prefix_ids, body_ids)``: the reader's input is exactly ``prefix_ids + body_ids``.
+
+    Special tokens the tokenizer adds (BOS) belong to the prefix; the body never gets any.
+    """
+    prefix, body = template.render_parts(tokenizer, question, passages)
+    return _encode_prefix(tokenizer, template, prefix), tokenizer(body, add_special_tokens=False)["input_ids"]
+
+
+def encode_prefix(tokenizer, template: Template) -> list[int]:
+    """The prefix ids alone (they do not depend on the question)."""
+    prefix, _ = template.render_parts(tokenizer, "?", [])
+    return _encode_prefix(tokenizer, template, prefix)
+
+
+def _encode_prefix(tokenizer, template: Template, prefix: str) -> list[int]:
+    return tokenizer(prefix, add_special_tokens=not template.chat)["input_ids"]

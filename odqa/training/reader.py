@@ -90,9 +90,10 @@ def build_contexts(pipe, packer_name: str, items: list[dict], path: Path, desc: 
 # --- batches -------------------------------------------------------------------------------
 def encode_example(tok, template, rec: dict, answer: str | None, newline_id: int | None) -> tuple[list[int], int]:
     """Token ids of prompt (+ answer + newline when training) and the prompt's length."""
-    from odqa.lm.prompting import encode
+    from odqa.lm.prompting import encode_parts
 
-    prompt = encode(tok, template, template.render(tok, rec["question"], [tuple(p) for p in rec["passages"]]))
+    prefix, body = encode_parts(tok, template, rec["question"], [tuple(p) for p in rec["passages"]])
+    prompt = prefix + body  # exactly the reader's input
     if answer is None:
         return prompt, len(prompt)
     target = tok(" " + answer.strip(), add_special_tokens=False)["input_ids"]
@@ -129,7 +130,8 @@ def dev_scores(reader_settings: dict, soft_dir: Path, contexts: list[dict]) -> d
 
     from odqa.components.readers import FrozenLMReader
 
-    reader = FrozenLMReader(**reader_settings, soft_prompt=str(soft_dir) if soft_dir else None)
+    # no prefix cache: the prompt changes between evaluations, and each would stay cached
+    reader = FrozenLMReader(**reader_settings, soft_prompt=str(soft_dir) if soft_dir else None, prefix_cache=False)
     ems, f1s = [], []
     for rec in contexts:
         docs = [Document(content=text, meta={"title": title}) for title, text in rec["passages"]]

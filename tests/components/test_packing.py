@@ -8,7 +8,7 @@ from haystack import Pipeline
 from odqa.components.packing import ContextPacker, reader_budget
 from odqa.lm.soft_prompt import soft_prompt_length
 from odqa.errors import EmptyQuestionError, PipelineConfigError, QuestionTooLongError
-from odqa.lm.prompting import encode, get_template
+from odqa.lm.prompting import encode_parts, get_template
 
 
 QUESTION = "Who wrote Romeo and Juliet?"
@@ -19,9 +19,10 @@ LONG_D = ("d", "Sahara", " ".join(["The Sahara is the largest hot desert in the 
 
 
 def _prompt_tokens(tokenizer, template_name, question, docs) -> int:
-    template = get_template(template_name)
+    """The reader's input length: prefix ids + body ids."""
     passages = [(d.meta.get("title", ""), d.content) for d in docs]
-    return len(encode(tokenizer, template, template.render(tokenizer, question, passages)))
+    prefix_ids, body_ids = encode_parts(tokenizer, get_template(template_name), question, passages)
+    return len(prefix_ids) + len(body_ids)
 
 
 def budget_soft(out) -> int:
@@ -54,7 +55,7 @@ def test_to_dict_from_dict(tiny_lm, soft_prompt_dir):
     assert ContextPacker.from_dict(data).to_dict() == data
 
 
-@pytest.mark.parametrize("template", ["span-chat", "chat", "qa-completion"])
+@pytest.mark.parametrize("template", ["span-chat", "chat", "qa-completion", "qa"])
 def test_skips_a_long_passage_and_fits_a_later_short_one(backbone, tiny_lm, docs, template):
     tok = backbone.tokenizer
     max_new = 8
@@ -175,3 +176,29 @@ def test_bad_soft_prompt_path(tiny_lm, tmp_path, bad):
         (path / "soft_prompt.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises((ResourceNotFoundError, ArtifactMismatchError)):
         ContextPacker(model=tiny_lm, soft_prompt=str(path)).run(query=QUESTION, documents=[])
+
+
+@pytest.mark.parametrize("template", ["qa", "qa-completion", "span-chat"])
+@pytest.mark.parametrize("prefix_cache", [True, False])
+def test_packer_counts_what_the_reader_reads(backbone, tiny_lm, soft_prompt_dir, docs, template, prefix_cache):
+    """The packer's prompt_tokens (+ soft prompt) is the reader's prompt_tokens, and a packed prompt is
+    never too long for the reader, at window sizes from "nothing fits" to "everything fits"."""
+    from odqa.components.readers import FrozenLMReader
+
+    max_new, soft = 4, 4
+    smallest = _prompt_tokens(backbone.tokenizer, template, QUESTION, []) + max_new + soft
+    largest = _prompt_tokens(backbone.tokenizer, template, QUESTION, docs) + max_new + soft
+    lengths = set()
+    for context_length in range(smallest - 1, largest + 2, max(1, (largest - smallest) // 12)):
+        settings = dict(model=tiny_lm, template=template, context_length=context_length, max_new_tokens=max_new,
+                        soft_prompt=soft_prompt_dir)
+        try:
+            packed = ContextPacker(**settings).run(query=QUESTION, documents=docs)
+        except QuestionTooLongError:
+            continue
+        a = FrozenLMReader(**settings, prefix_cache=prefix_cache).run(query=QUESTION, documents=packed["documents"])
+        meta = a["answers"][0].meta
+        assert meta["prompt_tokens"] == packed["budget"]["prompt_tokens"] + packed["budget"]["soft_prompt_tokens"]
+        assert meta["prompt_tokens"] + max_new <= context_length
+        lengths.add(len(packed["documents"]))
+    assert len(lengths) >= 3  # the windows above packed several different numbers of passages

@@ -11,7 +11,8 @@ from odqa.components.packing import ContextPacker
 from odqa.components.readers import FrozenLMReader
 from odqa.errors import ArtifactMismatchError, EmptyQuestionError, PipelineConfigError, QuestionTooLongError
 from odqa.lm.backbone import load_backbone
-from odqa.lm.prompting import encode, get_template
+from odqa.lm.generation import PrefixCache
+from odqa.lm.prompting import encode, encode_parts, get_template
 from odqa.lm.soft_prompt import SoftPrompt
 
 from conftest import HIDDEN
@@ -49,8 +50,9 @@ def _assert_frozen(model):
 
 def test_init_stores_params_and_validates(tiny_lm):
     r = FrozenLMReader(model=tiny_lm, template="chat", context_length=256, max_new_tokens=4, num_beams=3)
-    assert (r.model, r.template, r.soft_prompt, r.context_length, r.max_new_tokens, r.num_beams, r.dtype) == (
-        tiny_lm, "chat", None, 256, 4, 3, "float32")
+    assert (r.model, r.template, r.soft_prompt, r.context_length, r.max_new_tokens, r.num_beams, r.dtype,
+            r.prefix_cache) == (tiny_lm, "chat", None, 256, 4, 3, "float32", True)
+    assert FrozenLMReader(model=tiny_lm, prefix_cache=False).prefix_cache is False
     with pytest.raises(PipelineConfigError, match="num_beams"):
         FrozenLMReader(model=tiny_lm, num_beams=0, template="span-chat", context_length=1024)
     with pytest.raises(PipelineConfigError, match="unknown reader template 'x'"):
@@ -63,9 +65,18 @@ def test_to_dict_from_dict(tiny_lm, soft_prompt_dir):
     assert data == {
         "type": "odqa.components.readers.FrozenLMReader",
         "init_parameters": {"model": tiny_lm, "template": "span-chat", "soft_prompt": soft_prompt_dir,
-                            "context_length": 1024, "max_new_tokens": 5, "num_beams": 2, "dtype": "float32"},
+                            "context_length": 1024, "max_new_tokens": 5, "num_beams": 2, "dtype": "float32",
+                            "prefix_cache": True},
     }
     assert FrozenLMReader.from_dict(data).to_dict() == data
+    off = FrozenLMReader(model=tiny_lm, template="qa", prefix_cache=False).to_dict()
+    assert off["init_parameters"]["prefix_cache"] is False and off["init_parameters"]["template"] == "qa"
+    again = FrozenLMReader.from_dict(off)
+    assert again.prefix_cache is False and again.to_dict() == off
+    # pipelines written before the option existed load with the cache on
+    legacy = {"type": data["type"], "init_parameters": {k: v for k, v in data["init_parameters"].items()
+                                                         if k != "prefix_cache"}}
+    assert FrozenLMReader.from_dict(legacy).prefix_cache is True
 
 
 def test_greedy(tiny_lm, backbone, docs):
@@ -74,8 +85,11 @@ def test_greedy(tiny_lm, backbone, docs):
     a = _check_answer(out, QUESTION, docs, 6)
     template = get_template("span-chat")
     passages = [(d.meta["title"], d.content) for d in docs]
-    expected = len(encode(backbone.tokenizer, template, template.render(backbone.tokenizer, QUESTION, passages)))
-    assert a.meta["prompt_tokens"] == expected
+    prefix_ids, body_ids = encode_parts(backbone.tokenizer, template, QUESTION, passages)
+    assert a.meta["prompt_tokens"] == len(prefix_ids) + len(body_ids)
+    # the split is clean here: the same ids as tokenizing the whole prompt
+    assert prefix_ids + body_ids == encode(backbone.tokenizer, template,
+                                           template.render(backbone.tokenizer, QUESTION, passages))
     again = r.run(query=QUESTION, documents=docs)["answers"][0]
     assert (again.data, again.meta["score"]) == (a.data, pytest.approx(a.meta["score"]))  # greedy is deterministic
     assert r._backbone is backbone  # the backbone is shared per process
@@ -168,3 +182,88 @@ def test_packer_and_reader_pipeline_round_trip(tiny_lm, docs):
     assert isinstance(a, GeneratedAnswer)
     assert [d.id for d in a.documents] == [d.id for d in out["packer"]["documents"]]
     assert a.meta["prompt_tokens"] + 4 <= 600  # prompt + max_new_tokens fit the context
+
+
+def _answers(reader, queries_and_docs):
+    out = []
+    for q, d in queries_and_docs:
+        a = reader.run(query=q, documents=d)["answers"][0]
+        out.append((a.data, a.meta["raw"], a.meta["new_tokens"], a.meta["prompt_tokens"], a.meta["score"]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def lively_lm(tiny_lm, tmp_path_factory) -> tuple[str, str]:
+    """The tiny Llama re-initialised with std 0.3, so greedy answers run several distinct tokens
+    (the 0.02 one stops or repeats at once), and a 4-vector soft prompt made for it."""
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    out = tmp_path_factory.mktemp("lively") / "lm"
+    config = load_backbone(tiny_lm).model.config
+    config = type(config).from_dict(config.to_dict() | {"initializer_range": 0.3})
+    torch.manual_seed(11)
+    LlamaForCausalLM(config).save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_lm).save_pretrained(out)
+    torch.manual_seed(12)
+    soft = SoftPrompt(torch.randn(4, HIDDEN)).save(out.parent / "soft_prompt", {"backbone": str(out)})
+    return str(out), str(soft)
+
+
+@pytest.mark.parametrize("template", ["qa-completion", "span-chat", "chat", "qa"])
+@pytest.mark.parametrize("with_soft_prompt", [False, True])
+def test_prefix_cache_gives_the_same_answers(lively_lm, make_docs, template, with_soft_prompt):
+    lm, soft = lively_lm
+    settings = dict(model=lm, template=template, context_length=1024, max_new_tokens=6,
+                    soft_prompt=soft if with_soft_prompt else None)
+    cached = FrozenLMReader(prefix_cache=True, **settings)
+    plain = FrozenLMReader(prefix_cache=False, **settings)
+    docs = make_docs(("p0", "Romeo and Juliet", "Romeo and Juliet is a tragedy written by William Shakespeare."),
+                     ("p1", "Canberra", "Canberra is the capital city of Australia."))
+    inputs = [(QUESTION, docs), ("What is the capital of Australia?", docs[1:]), ("Who painted the Mona Lisa?", []),
+              ("Which planet is red?", make_docs(("m", "Mars", "Mars is the fourth planet from the Sun.")))]
+    got, want = _answers(cached, inputs), _answers(plain, inputs)
+    assert [g[:4] for g in got] == [w[:4] for w in want]  # text, raw output, token counts
+    assert [g[4] for g in got] == pytest.approx([w[4] for w in want], abs=1e-4)
+    assert sum(n for _, _, n, _, _ in got) > len(inputs)  # the loop decoded past the first token
+
+
+def test_prefix_cache_is_built_once_per_process(tiny_lm, tmp_path, docs):
+    path = SoftPrompt(torch.randn(4, HIDDEN)).save(tmp_path / "sp", {"backbone": tiny_lm})  # a key no test used
+    settings = dict(model=tiny_lm, template="qa-completion", context_length=1024, max_new_tokens=3,
+                    soft_prompt=str(path))
+    builds = PrefixCache.builds
+    first = FrozenLMReader(**settings)
+    first.warm_up()
+    assert PrefixCache.builds == builds + 1  # built in warm_up, before the first question
+    for reader in (first, FrozenLMReader(**settings), FrozenLMReader.from_dict(first.to_dict())):
+        for query in (QUESTION, "What is the capital of Australia?"):
+            reader.run(query=query, documents=docs)
+    assert PrefixCache.builds == builds + 1  # every reader with these settings reuses the same keys and values
+    FrozenLMReader(**(settings | {"template": "span-chat"})).warm_up()  # another prefix: one more build
+    assert PrefixCache.builds == builds + 2
+    FrozenLMReader(**settings, prefix_cache=False).run(query=QUESTION, documents=docs)
+    FrozenLMReader(**settings, num_beams=2).run(query=QUESTION, documents=docs)  # beam search does not use it
+    assert PrefixCache.builds == builds + 2
+
+
+def test_prefix_cache_key_follows_the_soft_prompt_content(tiny_lm, tmp_path, docs):
+    path = tmp_path / "sp"
+    SoftPrompt(torch.randn(3, HIDDEN)).save(path, {"backbone": tiny_lm})
+    settings = dict(model=tiny_lm, template="qa", context_length=1024, max_new_tokens=4, soft_prompt=str(path))
+    FrozenLMReader(**settings).run(query=QUESTION, documents=docs)
+    builds = PrefixCache.builds
+    SoftPrompt(torch.randn(3, HIDDEN) * 5).save(path, {"backbone": tiny_lm})  # re-trained under the same path
+    retrained = FrozenLMReader(**settings)
+    got = retrained.run(query=QUESTION, documents=docs)["answers"][0]
+    assert PrefixCache.builds == builds + 1
+    want = FrozenLMReader(**settings, prefix_cache=False).run(query=QUESTION, documents=docs)["answers"][0]
+    assert (got.meta["raw"], got.meta["score"]) == (want.meta["raw"], pytest.approx(want.meta["score"], abs=1e-4))
+
+
+def test_qa_template_prompt_tokens(tiny_lm, backbone, soft_prompt_dir, docs):
+    r = FrozenLMReader(model=tiny_lm, template="qa", soft_prompt=soft_prompt_dir, context_length=1024, max_new_tokens=3)
+    a = r.run(query=QUESTION, documents=docs)["answers"][0]
+    prefix_ids, body_ids = encode_parts(backbone.tokenizer, get_template("qa"), QUESTION,
+                                        [(d.meta["title"], d.content) for d in docs])
+    assert prefix_ids == []  # the tiny tokenizer adds no BOS, and "qa" has no instruction or examples
+    assert a.meta["prompt_tokens"] == len(body_ids) + 4

@@ -1,0 +1,129 @@
+"""Greedy decoding from the frozen LM, with the prompt's fixed head computed once per process.
+
+Every question's input starts with the same vectors: the soft prompt (Lester et al., 2021)
+and the template's prefix (BOS, instruction, worked examples; see :mod:`odqa.lm.prompting`).
+The backbone is frozen, so their keys and values never change: :class:`PrefixCache` runs
+the LM over ``[soft prompt ; embed(prefix_ids)]`` once and keeps the ``past_key_values``,
+and :func:`greedy_generate` starts each question from a private copy of them, so only the
+question's body and its answer tokens go through the LM.
+
+Usage:
+    >>> prefix = cached_prefix(key, model, soft_prompt, prefix_ids)   # once per process
+    >>> new_ids, logprobs = greedy_generate(model, prefix, torch.tensor([body_ids]), 16, stop_ids)
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from odqa.errors import PipelineConfigError
+
+MAX_CACHED_PREFIXES = 8  # one per (model, dtype, soft prompt, template) in use; a few MB each
+
+
+@dataclass
+class PrefixCache:
+    """The frozen LM's keys and values for ``[soft prompt ; prefix_ids]``, shared by every question.
+
+    Never decode into ``past_key_values`` directly: :meth:`fresh` gives a private copy.
+    """
+
+    past_key_values: object  # a transformers Cache (DynamicCache)
+    length: int  # positions it covers: soft prompt vectors + prefix ids
+    prefix_ids: tuple[int, ...]
+    soft_prompt_length: int
+
+    builds: ClassVar[int] = 0  # how many were built in this process (the reader builds one per setting)
+
+    @classmethod
+    @torch.inference_mode()
+    def build(cls, model, soft_prompt, prefix_ids: list[int]) -> "PrefixCache":
+        """Run ``model`` once over the soft prompt (a :class:`SoftPrompt` or ``None``) and ``prefix_ids``."""
+        embedding = model.get_input_embeddings()
+        ids = torch.tensor([list(prefix_ids)], dtype=torch.long, device=embedding.weight.device)
+        embeds = embedding(ids)
+        if soft_prompt is not None:
+            embeds = soft_prompt(embeds)
+        length = int(embeds.shape[1])
+        if length == 0:
+            raise PipelineConfigError("a prefix cache needs a soft prompt or prefix ids; both are empty")
+        out = model(inputs_embeds=embeds, attention_mask=torch.ones(1, length, dtype=torch.long, device=ids.device),
+                    use_cache=True, logits_to_keep=1)
+        cls.builds += 1
+        return cls(out.past_key_values, length, tuple(prefix_ids),
+                   soft_prompt.length if soft_prompt is not None else 0)
+
+    def fresh(self):
+        """A private copy to decode into. deepcopy keeps any cache layer's state exact (sliding
+        windows included). For SmolLM2's 30 layers and the 177-token qa-completion prefix (8 MB) it
+        took 6-8 ms on 2 busy cores, against 3-4 ms for copying the bare tensors into a new cache,
+        and about 1 s for the reader's whole answer."""
+        return copy.deepcopy(self.past_key_values)
+
+
+_CACHES: "OrderedDict[tuple, PrefixCache]" = OrderedDict()
+_LOCK = threading.Lock()
+
+
+def cached_prefix(key: tuple, model, soft_prompt, prefix_ids: list[int]) -> PrefixCache | None:
+    """The process-wide :class:`PrefixCache` for ``key``, built on first use (LRU, a few kept).
+
+    ``key`` must name everything the cache depends on besides ``prefix_ids`` (the reader uses
+    model, dtype, soft prompt path and content digest, template). Returns ``None`` when there is
+    nothing to cache (no soft prompt and no prefix ids).
+    """
+    if soft_prompt is None and not prefix_ids:
+        return None
+    key = (*key, tuple(prefix_ids))
+    with _LOCK:
+        if key in _CACHES:
+            _CACHES.move_to_end(key)
+            return _CACHES[key]
+        prefix = PrefixCache.build(model, soft_prompt, prefix_ids)
+        _CACHES[key] = prefix
+        while len(_CACHES) > MAX_CACHED_PREFIXES:
+            _CACHES.popitem(last=False)
+        return prefix
+
+
+@torch.inference_mode()
+def greedy_generate(model, prefix: PrefixCache | None, inputs: torch.Tensor, max_new_tokens: int,
+                    stop_ids: list[int]) -> tuple[list[int], list[float]]:
+    """Greedy decoding after ``prefix``: forward, argmax, append, stop at any of ``stop_ids``.
+
+    :param model: A causal LM (frozen).
+    :param prefix: Keys and values of the input's fixed head, or ``None`` to start from nothing.
+    :param inputs: The rest of the input, ``[1, n]`` token ids or ``[1, n, d]`` input embeddings.
+    :param max_new_tokens: Most tokens to generate.
+    :param stop_ids: Tokens that end the answer; the stop token is returned too, as ``generate`` does.
+    :returns: ``(new_token_ids, token_logprobs)``: each new token's log-probability under the
+        (unprocessed) next-token distribution, i.e. what ``compute_transition_scores`` reports.
+    """
+    if inputs.shape[0] != 1 or inputs.shape[1] == 0:
+        raise PipelineConfigError(f"greedy_generate takes one non-empty sequence, got shape {tuple(inputs.shape)}")
+    cache = prefix.fresh() if prefix is not None else None
+    seen = prefix.length if prefix is not None else 0
+    stops, device = set(stop_ids), inputs.device
+    step = {"inputs_embeds" if inputs.is_floating_point() else "input_ids": inputs}
+    new: list[int] = []
+    logprobs: list[float] = []
+    for _ in range(max_new_tokens):
+        n = next(iter(step.values())).shape[1]
+        out = model(**step, past_key_values=cache, use_cache=True, logits_to_keep=1,
+                    attention_mask=torch.ones(1, seen + n, dtype=torch.long, device=device),
+                    position_ids=torch.arange(seen, seen + n, device=device).unsqueeze(0))  # positions continue after the prefix
+        cache, seen = out.past_key_values, seen + n
+        logp = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+        token = int(torch.argmax(logp))
+        new.append(token)
+        logprobs.append(float(logp[token]))
+        if token in stops:
+            break
+        step = {"input_ids": torch.tensor([[token]], device=device)}
+    return new, logprobs

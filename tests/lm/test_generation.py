@@ -1,0 +1,147 @@
+"""odqa.lm.generation: the prefix KV cache and the greedy loop match ``model.generate`` exactly.
+
+The conftest's tiny Llama (init std 0.02) repeats one token forever, which would let a wrong
+position or a lost prefix pass unseen; these tests use the same architecture and tokenizer with
+init std 0.3, whose greedy output changes at every step.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from odqa.errors import PipelineConfigError
+from odqa.lm.generation import PrefixCache, cached_prefix, greedy_generate
+from odqa.lm.prompting import encode_parts, get_template
+from odqa.lm.soft_prompt import SoftPrompt
+
+from conftest import HIDDEN
+
+QUESTION = "Who wrote Romeo and Juliet?"
+PASSAGES = [("Romeo and Juliet", "Romeo and Juliet is a tragedy written by William Shakespeare."),
+            ("Canberra", "Canberra is the capital city of Australia.")]
+
+
+@pytest.fixture(scope="module")
+def model(backbone):
+    from transformers import LlamaForCausalLM
+
+    from odqa.lm.backbone import freeze
+
+    config = copy.deepcopy(backbone.model.config)
+    config.initializer_range = 0.3
+    torch.manual_seed(11)
+    return freeze(LlamaForCausalLM(config))
+
+
+@pytest.fixture(scope="module")
+def soft():
+    torch.manual_seed(5)
+    return SoftPrompt(torch.randn(4, HIDDEN)).eval().requires_grad_(False)
+
+
+def reference(model, ids: list[int], soft, max_new_tokens: int, stop_ids: list[int]):
+    """The uncached path: ``model.generate`` on the whole input, log-probs from compute_transition_scores."""
+    input_ids = torch.tensor([ids])
+    kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, eos_token_id=stop_ids or None,
+                  pad_token_id=0, output_scores=True, return_dict_in_generate=True)
+    with torch.inference_mode():
+        if soft is not None:
+            embeds = soft(model.get_input_embeddings()(input_ids))
+            out = model.generate(inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long),
+                                 **kwargs)
+            new = out.sequences[0]
+        else:
+            out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
+            new = out.sequences[0, input_ids.shape[1]:]
+        logp = model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)[0]
+    return [int(t) for t in new], [float(x) for x in logp]
+
+
+def _parts(backbone, template: str) -> tuple[list[int], list[int]]:
+    return encode_parts(backbone.tokenizer, get_template(template), QUESTION, PASSAGES)
+
+
+CASES = [(t, soft, cached) for t in ("qa-completion", "span-chat", "qa") for soft in (False, True)
+         for cached in (False, True) if (t, soft, cached) != ("qa", False, True)]  # that one has nothing to cache
+
+
+@pytest.mark.parametrize("template, with_soft, with_prefix", CASES)
+def test_greedy_generate_matches_generate(backbone, model, soft, template, with_soft, with_prefix):
+    sp = soft if with_soft else None
+    prefix_ids, body_ids = _parts(backbone, template)
+    ids = prefix_ids + body_ids
+    want, want_logp = reference(model, ids, sp, 8, [])
+    if with_prefix:
+        prefix = PrefixCache.build(model, sp, prefix_ids)
+        assert prefix.length == len(prefix_ids) + (4 if with_soft else 0)
+        got, got_logp = greedy_generate(model, prefix, torch.tensor([body_ids]), 8, [])
+    elif with_soft:  # no cache: the soft prompt goes in as input embeddings
+        embeds = sp(model.get_input_embeddings()(torch.tensor([ids])))
+        got, got_logp = greedy_generate(model, None, embeds, 8, [])
+    else:
+        got, got_logp = greedy_generate(model, None, torch.tensor([ids]), 8, [])
+    assert len(want) == 8 and len(set(want)) > 2  # a run that changes token, not one token repeated
+    assert got == want
+    assert got_logp == pytest.approx(want_logp, abs=1e-4)
+
+
+@pytest.mark.parametrize("with_soft", [False, True])
+def test_stops_where_generate_stops(backbone, model, soft, with_soft):
+    sp = soft if with_soft else None
+    prefix_ids, body_ids = _parts(backbone, "qa-completion")
+    free, _ = reference(model, prefix_ids + body_ids, sp, 8, [])
+    # a token the free run first emits at step 3 or later: both paths must stop there, and return it
+    stop = next(t for i, t in enumerate(free) if i >= 2 and t not in free[:i])
+    want, want_logp = reference(model, prefix_ids + body_ids, sp, 8, [stop, backbone.tokenizer.eos_token_id])
+    got, got_logp = greedy_generate(model, PrefixCache.build(model, sp, prefix_ids), torch.tensor([body_ids]), 8,
+                                    [stop, backbone.tokenizer.eos_token_id])
+    assert got == want == free[: free.index(stop) + 1]
+    assert 2 < len(got) < 8
+    assert got_logp == pytest.approx(want_logp, abs=1e-4)
+
+
+def test_prefix_cache_is_not_changed_by_decoding(backbone, model, soft):
+    prefix_ids, body_ids = _parts(backbone, "qa-completion")
+    prefix = PrefixCache.build(model, soft, prefix_ids)
+    before = [(layer.keys.clone(), layer.values.clone()) for layer in prefix.past_key_values.layers]
+    first = greedy_generate(model, prefix, torch.tensor([body_ids]), 6, [])
+    other_ids = encode_parts(backbone.tokenizer, get_template("qa-completion"), "What is the capital of Australia?",
+                             PASSAGES[1:])[1]
+    greedy_generate(model, prefix, torch.tensor([other_ids]), 6, [])
+    assert prefix.past_key_values.get_seq_length() == prefix.length == len(prefix_ids) + 4
+    for (k, v), layer in zip(before, prefix.past_key_values.layers):
+        assert torch.equal(k, layer.keys) and torch.equal(v, layer.values)
+    assert greedy_generate(model, prefix, torch.tensor([body_ids]), 6, []) == first  # same question, same answer
+
+
+def test_the_prefix_matters(backbone, model):
+    """Control: decoding the body without its prefix gives other log-probs, so the tests above can see a lost prefix."""
+    prefix_ids, body_ids = _parts(backbone, "qa-completion")
+    _, with_prefix = greedy_generate(model, PrefixCache.build(model, None, prefix_ids), torch.tensor([body_ids]), 4, [])
+    _, without = greedy_generate(model, None, torch.tensor([body_ids]), 4, [])
+    assert max(abs(a - b) for a, b in zip(with_prefix, without)) > 1e-3
+
+
+def test_cached_prefix_builds_once_per_key(backbone, model, soft):
+    prefix_ids, _ = _parts(backbone, "qa-completion")
+    key = ("test_cached_prefix_builds_once_per_key", "float32")
+    builds = PrefixCache.builds
+    first = cached_prefix(key, model, soft, prefix_ids)
+    assert cached_prefix(key, model, soft, prefix_ids) is first
+    assert PrefixCache.builds == builds + 1
+    assert cached_prefix(key, model, soft, prefix_ids[:-1]) is not first  # other prefix ids: another entry
+    assert PrefixCache.builds == builds + 2
+    assert cached_prefix(key, model, None, []) is None  # nothing to cache
+
+
+def test_bad_inputs(model):
+    with pytest.raises(PipelineConfigError, match="shape"):
+        greedy_generate(model, None, torch.zeros(1, 0, dtype=torch.long), 4, [])
+    with pytest.raises(PipelineConfigError, match="shape"):
+        greedy_generate(model, None, torch.zeros(2, 3, dtype=torch.long), 4, [])
+    with pytest.raises(PipelineConfigError, match="empty"):
+        PrefixCache.build(model, None, [])
+    assert greedy_generate(model, None, torch.tensor([[5, 6]]), 0, []) == ([], [])
