@@ -1,0 +1,414 @@
+"""Re-ranker training (LoRA on a frozen encoder) on the tiny random BERT, corpus and index.
+
+The models are random, so the assertions are about bookkeeping: what the artifact holds, that
+the base never changes, that a resumed run continues the same run, that the ranker loads what
+the trainer wrote, and that bad inputs fail with messages that say what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from conftest import CORPUS, ORIGINAL_ODQA_HOME
+from odqa.components.rankers import CrossEncoderRanker, pair_text, score_pairs
+from odqa.errors import ArtifactMismatchError, BackboneChangedError, ResourceNotFoundError, TrainingDataError
+from odqa.training import reranker as rr
+from odqa.training.checkpoints import load_checkpoint
+from odqa.training.data import Ctx, TrainExample
+from odqa.training.frozen import FrozenCheck, weights_hash
+from odqa.training.reranker import RerankerTrainConfig, checkpoint_dir, load_reranker, train_reranker
+
+# (passage index, answer span): cloze questions made by blanking the span out of the passage
+CLOZES = [(0, "William Shakespeare"), (1, "Australia"), (2, "Leonardo da Vinci"), (3, "1915"), (4, "Red Planet"),
+          (9, "Alexander Fleming"), (11, "Herman Melville"), (16, "Japan"), (17, "1896"), (19, "Guido van Rossum")]
+DEV = [("Who wrote Romeo and Juliet?", "William Shakespeare"), ("What is the capital of Australia?", "Canberra"),
+       ("Who painted the Mona Lisa?", "Leonardo da Vinci"), ("Which planet is known as the Red Planet?", "Mars")]
+
+
+def cloze_examples(negatives: int = 5) -> list[TrainExample]:
+    out = []
+    for n, (i, answer) in enumerate(CLOZES):
+        p = CORPUS[i]
+        others = [CORPUS[(i + 1 + j) % len(CORPUS)] for j in range(negatives)]
+        out.append(TrainExample(
+            id=f"c{n}", question=p["text"].replace(answer, "_____"), answers=[answer],
+            positives=[Ctx(p["id"], p["title"], p["text"])],
+            hard_negatives=[Ctx(o["id"], o["title"], o["text"]) for o in others],
+            synthetic=True, source=f"cloze:tiny:{p['id']}"))
+    return out
+
+
+def write_examples(path: Path, examples: list[TrainExample]) -> Path:
+    path.write_text("".join(json.dumps(e.to_dict()) + "\n" for e in examples), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory, write_pipeline):
+    """A pipeline (tiny index + LM, join top 5), a cloze training file and a dev questions file."""
+    d = tmp_path_factory.mktemp("reranker")
+    pipeline = write_pipeline(d / "pipelines")
+    train = write_examples(d / "train.jsonl", cloze_examples())
+    dev = d / "dev.jsonl"
+    dev.write_text("".join(json.dumps({"id": f"d{i}", "question": q, "answers": [a]}) + "\n"
+                           for i, (q, a) in enumerate(DEV)), encoding="utf-8")
+    return {"dir": d, "pipeline": pipeline, "train": train, "dev": str(dev)}
+
+
+def config(base: str, **kw) -> RerankerTrainConfig:
+    settings = dict(base=base, max_steps=4, batch_questions=2, negatives=3, lora_r=4, lora_alpha=8,
+                    eval_every=2, save_every=1, patience=10, lr=1e-2)
+    return RerankerTrainConfig(**(settings | kw))
+
+
+@pytest.fixture(scope="module")
+def trained(work, bare_bert):
+    """One 4-step run on the bare tiny BERT (its head is made fresh and trained)."""
+    out = work["dir"] / "artifacts" / "reranker"
+    result = train_reranker(work["pipeline"], work["train"], work["dev"], out, config(bare_bert), progress=False)
+    return out, result
+
+
+def lora_param_count(base: str, r: int) -> int:
+    """LoRA A and B for every Linear named like a target, plus the whole one-output head."""
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
+    targets = ("query", "key", "value", "dense")
+    lora = sum(r * (m.in_features + m.out_features) for name, m in model.named_modules()
+               if isinstance(m, torch.nn.Linear) and name.rsplit(".", 1)[-1] in targets)
+    return lora + sum(p.numel() for p in model.classifier.parameters())
+
+
+# --- the artifact ---------------------------------------------------------------------------------
+def test_artifact_files_and_manifest(trained, work, bare_bert):
+    out, result = trained
+    assert sorted(f.name for f in out.iterdir()) == [
+        "adapter_config.json", "adapter_model.safetensors", "curves.png", "manifest.json"]
+    m = json.loads((out / "manifest.json").read_text())
+    assert m == result["manifest"]
+    assert (m["kind"], m["backbone"], m["backbone_hash"], m["base_model"]) == ("reranker", None, None, bare_bert)
+    assert m["data"] == {"train": str(work["train"]), "synthetic": True, "synthetic_examples": len(CLOZES),
+                         "examples": len(CLOZES), "examples_in_file": len(CLOZES), "steps": 4}
+    assert m["lora"] == {"r": 4, "alpha": 8, "dropout": 0.1, "targets": ["query", "key", "value", "dense"],
+                         "modules_to_save": ["classifier"]}
+    assert m["trainable_params"] == lora_param_count(bare_bert, r=4)
+    assert m["train_seconds"] > 0 and m["tokenizer"] == "base" and m["max_length"] == 256
+    dm = m["dev_metrics"]
+    assert dm["questions"] == len(DEV) and dm["candidates_from"] == "join" and 0 < dm["candidates_per_question"] <= 5
+    keys = ["recall@1", "recall@5", "recall@10", "recall@20", "mrr", "lm_input_recall"]
+    for side in ("before", "after"):
+        assert list(dm[side]) == keys
+        assert all(0 <= dm[side][k] <= 100 for k in keys) and 0 <= dm[side]["mrr"] <= 1
+    # the same candidates are re-ordered: recall over all of them cannot change
+    assert dm["before"]["recall@20"] == dm["after"]["recall@20"]
+    # the kept adapter is the best by dev MRR among the evaluations made (steps 2 and 4)
+    assert [d["step"] for d in m["dev_history"]] == [2, 4]
+    best = max(m["dev_history"], key=lambda d: d["mrr"])
+    assert dm["best_step"] == best["step"] and dm["after"]["mrr"] == best["mrr"]
+    assert result["size_bytes"] < 5 * 2**20
+    assert m["size_bytes"] == result["size_bytes"]
+    # the checkpoint lives beside the artifact, never inside it
+    assert checkpoint_dir(out) == out.parent / "reranker.ckpt" and (checkpoint_dir(out) / "checkpoint.pt").exists()
+
+
+def test_adapter_was_trained_and_base_is_not_saved(trained):
+    out, _ = trained
+    with safe_open(str(out / "adapter_model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+        lora_b = [f.get_tensor(k) for k in keys if "lora_B" in k]
+    assert lora_b and any(t.abs().sum() > 0 for t in lora_b)  # peft starts B at zero: training moved it
+    assert any("classifier" in k for k in keys)
+    assert not any("word_embeddings" in k or ("base_layer" in k) for k in keys)  # only adapter + head
+    config_json = json.loads((out / "adapter_config.json").read_text())
+    assert config_json["r"] == 4 and config_json["peft_type"] == "LORA"
+
+
+def test_base_hash_is_the_untouched_base(trained, bare_bert):
+    """The manifest's base hash is the hash of the base as it loads from disk, so the hash taken
+    after training (which FrozenCheck compared with it) was that of the untouched base."""
+    out, result = trained
+    _, _, frozen, fresh = rr.load_base(bare_bert)
+    assert fresh == {"classifier.weight", "classifier.bias"}
+    assert weights_hash(frozen) == result["manifest"]["base_model_hash"]
+    assert not any(p.requires_grad for p in frozen.parameters())
+
+
+def test_frozen_check_catches_a_changed_base(bare_bert):
+    from peft import get_peft_model
+
+    base, _, frozen, fresh = rr.load_base(bare_bert)
+    with pytest.raises(BackboneChangedError, match="weights changed"):
+        with FrozenCheck(frozen, bare_bert):
+            model = get_peft_model(base, rr.lora_config(config(bare_bert), fresh))
+            with torch.no_grad():  # a write through the LoRA-wrapped model reaches the base's own tensor
+                model.base_model.model.bert.encoder.layer[0].attention.self.query.base_layer.weight.add_(1e-3)
+
+
+def test_frozen_check_ignores_adapter_updates(bare_bert):
+    from peft import get_peft_model
+
+    base, _, frozen, fresh = rr.load_base(bare_bert)
+    with FrozenCheck(frozen, bare_bert) as check:
+        model = get_peft_model(base, rr.lora_config(config(bare_bert), fresh))
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if p.requires_grad:
+                    p.add_(0.5)
+    assert check.digest == weights_hash(frozen)
+
+
+# --- resume ---------------------------------------------------------------------------------------
+def test_resume_continues_a_shorter_run(work, bare_bert, tmp_path):
+    out = tmp_path / "art"
+    first = train_reranker(work["pipeline"], work["train"], work["dev"], out, config(bare_bert, max_steps=2),
+                           progress=False)
+    saved = load_checkpoint(checkpoint_dir(out))
+    assert saved["step"] == 2 and [s for s, _ in saved["history"]["loss"]] == [1, 2]
+    first_losses = list(saved["history"]["loss"])
+    second = train_reranker(work["pipeline"], work["train"], work["dev"], out, config(bare_bert, max_steps=4),
+                            resume=True, progress=False)
+    saved = load_checkpoint(checkpoint_dir(out))
+    assert saved["step"] == 4
+    assert saved["history"]["loss"][:2] == first_losses  # the history continues, not restarts
+    assert [s for s, _ in saved["history"]["loss"]] == [1, 2, 3, 4]
+    assert [d["step"] for d in saved["history"]["dev"]] == [2, 4]
+    assert second["manifest"]["data"]["steps"] == 4 and first["manifest"]["data"]["steps"] == 2
+    assert second["manifest"]["train_seconds"] >= first["manifest"]["train_seconds"]
+
+
+def test_resume_after_a_crash_matches_an_uninterrupted_run(work, bare_bert, tmp_path, monkeypatch):
+    whole = tmp_path / "whole"
+    train_reranker(work["pipeline"], work["train"], work["dev"], whole, config(bare_bert), progress=False)
+    reference = load_checkpoint(checkpoint_dir(whole))["history"]
+
+    out = tmp_path / "crashed"
+    real_step_loss, calls = rr.step_loss, {"n": 0}
+
+    def crash_at_step_3(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("killed")
+        return real_step_loss(*args, **kwargs)
+
+    monkeypatch.setattr(rr, "step_loss", crash_at_step_3)
+    with pytest.raises(RuntimeError, match="killed"):
+        train_reranker(work["pipeline"], work["train"], work["dev"], out, config(bare_bert), progress=False)
+    monkeypatch.setattr(rr, "step_loss", real_step_loss)
+    assert not out.exists() and load_checkpoint(checkpoint_dir(out))["step"] == 2
+    train_reranker(work["pipeline"], work["train"], work["dev"], out, config(bare_bert), resume=True, progress=False)
+    history = load_checkpoint(checkpoint_dir(out))["history"]
+    assert [s for s, _ in history["loss"]] == [1, 2, 3, 4]
+    for (_, a), (_, b) in zip(history["loss"], reference["loss"]):
+        assert a == pytest.approx(b, abs=1e-5)
+    assert [d["mrr"] for d in history["dev"]] == pytest.approx([d["mrr"] for d in reference["dev"]], abs=1e-6)
+
+
+def test_resume_refuses_other_settings(work, bare_bert, tmp_path):
+    out = tmp_path / "art"
+    train_reranker(work["pipeline"], work["train"], work["dev"], out, config(bare_bert, max_steps=1), progress=False)
+    with pytest.raises(ArtifactMismatchError, match="lora_r=4.*8.*drop --resume"):
+        train_reranker(work["pipeline"], work["train"], work["dev"], out, config(bare_bert, lora_r=8), resume=True,
+                       progress=False)
+
+
+# --- the ranker loads the artifact ------------------------------------------------------------------
+@pytest.fixture
+def docs(make_docs):
+    return make_docs(*[(p["id"], p["title"], p["text"]) for p in CORPUS[:6]])
+
+
+def test_ranker_loads_artifact_and_ranks(trained, docs, bare_bert):
+    from peft import PeftModel
+
+    out, _ = trained
+    ranker = CrossEncoderRanker(model=str(out), top_k=4, batch_size=2)
+    ranked = ranker.run(query="Who wrote Romeo and Juliet?", documents=docs)["documents"]
+    assert len(ranked) == 4 and set(d.id for d in ranked) <= {d.id for d in docs}
+    scores = [d.score for d in ranked]
+    assert scores == sorted(scores, reverse=True)
+    # the merged model scores as the adapter on the unmerged base does
+    base, tokenizer, _, _ = rr.load_base(bare_bert)
+    unmerged = PeftModel.from_pretrained(base, str(out)).eval()
+    by_id = {d.id: d for d in docs}
+    pairs = [("Who wrote Romeo and Juliet?", pair_text(by_id[d.id].meta["title"], by_id[d.id].content)) for d in ranked]
+    assert score_pairs(unmerged, tokenizer, pairs, 8, 512) == pytest.approx(scores, abs=1e-4)
+    # and not as the base with its fresh head would: the head came from the artifact
+    fresh, tok, _, _ = rr.load_base(bare_bert)
+    assert score_pairs(fresh, tok, pairs, 8, 512) != pytest.approx(scores, abs=1e-4)
+
+
+def test_ranker_to_dict_from_dict(trained):
+    out, _ = trained
+    r = CrossEncoderRanker(model=str(out), top_k=3)
+    data = r.to_dict()
+    assert data["init_parameters"]["model"] == str(out)
+    again = CrossEncoderRanker.from_dict(data)
+    assert again.to_dict() == data
+
+
+def test_pipeline_with_trained_ranker(trained, write_pipeline, tmp_path):
+    """A ranker `model` written as ./ or ../ in pipeline YAML resolves against the YAML's directory."""
+    import yaml
+
+    import odqa
+
+    out, _ = trained
+    path = write_pipeline(tmp_path / "p", ranker=out)
+    written = yaml.safe_load(path.read_text())["components"]["ranker"]["init_parameters"]["model"]
+    assert written.startswith("../")
+    qa = odqa.load(path)
+    answer, outputs = qa.ask_with_outputs("Who wrote Romeo and Juliet?")
+    ranked = outputs["ranker"]["documents"]
+    assert ranked and [d.score for d in ranked] == sorted((d.score for d in ranked), reverse=True)
+    assert all("retrieval_score" in d.meta for d in ranked)
+
+
+def test_cli_train_reranker(work, bare_bert, tmp_path, capsys):
+    from odqa.cli import main
+
+    out = tmp_path / "cli-art"
+    code = main(["train", "reranker", "--pipeline", str(work["pipeline"]), "--train", str(work["train"]),
+                 "--dev", work["dev"], "--out", str(out), "--base", bare_bert, "--max-steps", "2",
+                 "--batch-questions", "2", "--negatives", "2", "--lora-r", "2"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "retrieval order" in printed and "re-ranked" in printed and "lm_input_recall" in printed
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["lora"]["r"] == 2 and m["lora"]["alpha"] == 4 and m["data"]["steps"] == 2
+    assert m["command"].startswith("odqa train reranker") or "train" in m["command"]
+
+
+# --- bad inputs -----------------------------------------------------------------------------------
+def test_training_file_without_positives(work, bare_bert, tmp_path):
+    examples = cloze_examples()
+    examples[3].positives = []
+    path = write_examples(tmp_path / "nopos.jsonl", examples)
+    with pytest.raises(TrainingDataError) as e:
+        train_reranker(work["pipeline"], path, work["dev"], tmp_path / "out", config(bare_bert), progress=False)
+    msg = str(e.value)
+    assert "has no positive passage" in msg and "'c3'" in msg and str(path) in msg and "odqa data negatives" in msg
+    assert not (tmp_path / "out").exists()
+
+
+def test_training_file_without_negatives(work, bare_bert, tmp_path):
+    path = write_examples(tmp_path / "noneg.jsonl", cloze_examples(negatives=0))
+    with pytest.raises(TrainingDataError, match="hard negatives.*odqa data negatives"):
+        train_reranker(work["pipeline"], path, work["dev"], tmp_path / "out", config(bare_bert), progress=False)
+
+
+def test_training_file_missing_or_malformed(work, bare_bert, tmp_path):
+    with pytest.raises(TrainingDataError, match="does not exist"):
+        train_reranker(work["pipeline"], tmp_path / "nope.jsonl", work["dev"], tmp_path / "o", config(bare_bert),
+                       progress=False)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(cloze_examples()[0].to_dict()) + "\n{\"question\": \"no id\"}\n", encoding="utf-8")
+    with pytest.raises(TrainingDataError, match=r"bad.jsonl:2: missing .answers."):
+        train_reranker(work["pipeline"], bad, work["dev"], tmp_path / "o", config(bare_bert), progress=False)
+
+
+def test_artifact_of_another_kind(trained, tmp_path, docs):
+    out, _ = trained
+    other = tmp_path / "soft_prompt"
+    shutil.copytree(out, other)
+    m = json.loads((other / "manifest.json").read_text())
+    (other / "manifest.json").write_text(json.dumps({**m, "kind": "soft_prompt"}))
+    with pytest.raises(ArtifactMismatchError, match="is a 'soft_prompt', not a 'reranker'"):
+        CrossEncoderRanker(model=str(other)).run(query="Who wrote Romeo and Juliet?", documents=docs)
+
+
+def test_missing_artifact_dir(tmp_path, docs):
+    missing = tmp_path / "artifacts" / "reranker"
+    with pytest.raises(ResourceNotFoundError, match="does not exist.*odqa train reranker"):
+        CrossEncoderRanker(model=str(missing)).run(query="Who wrote Romeo and Juliet?", documents=docs)
+    with pytest.raises(ArtifactMismatchError, match="does not exist.*odqa train reranker"):
+        load_reranker(missing)
+
+
+def test_artifact_missing_adapter(trained, tmp_path):
+    out, _ = trained
+    broken = tmp_path / "broken"
+    shutil.copytree(out, broken)
+    (broken / "adapter_model.safetensors").unlink()
+    with pytest.raises(ArtifactMismatchError, match="missing adapter_model.safetensors"):
+        load_reranker(broken)
+
+
+def test_artifact_for_other_base_weights(trained, tmp_path):
+    out, _ = trained
+    other = tmp_path / "other"
+    shutil.copytree(out, other)
+    m = json.loads((other / "manifest.json").read_text())
+    (other / "manifest.json").write_text(json.dumps({**m, "base_model_hash": "0" * 64}))
+    with pytest.raises(ArtifactMismatchError, match="other weights.*retrain"):
+        load_reranker(other)
+
+
+def test_pipeline_without_packer(work, bare_bert, tmp_path):
+    import yaml
+
+    data = yaml.safe_load(Path(work["pipeline"]).read_text())
+    for name in ("packer", "reader"):
+        data["components"].pop(name)
+    data["connections"] = [c for c in data["connections"] if "packer" not in c["receiver"] + c["sender"]]
+    path = work["pipeline"].parent / "no_packer.yml"
+    path.write_text(yaml.safe_dump(data))
+    from odqa.errors import PipelineConfigError
+
+    with pytest.raises(PipelineConfigError, match="no ContextPacker"):
+        train_reranker(path, work["train"], work["dev"], tmp_path / "o", config(bare_bert), progress=False)
+
+
+# --- the real thing -------------------------------------------------------------------------------
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_quick_training_on_minilm_and_the_real_index(tmp_path):
+    """`odqa train reranker --quick` on the bundled MiniLM, the default index and retrieval."""
+    if not (REPO / "indexes" / "wiki-vital" / "manifest.json").exists():
+        pytest.skip("indexes/wiki-vital is not built (make index)")
+    passages = [json.loads(line) for _, line in zip(range(40), open(REPO / "indexes" / "wiki-vital" / "passages.jsonl"))]
+    examples = []
+    for i, p in enumerate(passages[:12]):
+        title = p["title"]
+        negs = [passages[(i + 1 + j) % len(passages)] for j in range(7)]
+        examples.append(TrainExample(
+            id=f"q{i}", question=f"Which article begins: {p['text'][:120]} ...?", answers=[title],
+            positives=[Ctx(str(p["id"]), title, p["text"])],
+            hard_negatives=[Ctx(str(n["id"]), n["title"], n["text"]) for n in negs], synthetic=True,
+            source="test"))
+    train = write_examples(tmp_path / "train.jsonl", examples)
+    out = tmp_path / "reranker"
+    env = {**os.environ, "ODQA_HOME": ORIGINAL_ODQA_HOME} if ORIGINAL_ODQA_HOME else \
+        {k: v for k, v in os.environ.items() if k != "ODQA_HOME"}
+    # the retrieval and packer of the default pipeline, without the learned modules it may reference
+    pipeline = REPO / "pipelines" / "frozen_reader_zeroshot.yml"
+    proc = subprocess.run([sys.executable, "-m", "odqa.cli", "train", "reranker", "--quick",
+                           "--pipeline", str(pipeline), "--train", str(train),
+                           "--dev", "fanoutqa-wiki:dev", "--out", str(out)],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "re-ranked" in proc.stdout
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["base_model"] == "minilm-l6" and m["dev_metrics"]["questions"] == 6
+    assert m["dev_metrics"]["candidates_per_question"] > 20  # the join's candidates, not a handful
+    assert m["size_bytes"] < 5 * 2**20
+    model, _, manifest = load_reranker(out)
+    _, _, frozen, _ = rr.load_base("minilm-l6")
+    assert weights_hash(frozen) == manifest["base_model_hash"]
+    ranker = CrossEncoderRanker(model=str(out))
+    from haystack import Document
+
+    docs = [Document(id=str(p["id"]), content=p["text"], meta={"title": p["title"]}) for p in passages[:10]]
+    ranked = ranker.run(query=examples[0].question, documents=docs)["documents"]
+    assert len(ranked) == 10 and [d.score for d in ranked] == sorted((d.score for d in ranked), reverse=True)

@@ -1,0 +1,73 @@
+"""Slow tests: the training commands on the real bundled backbone, index and benchmark.
+
+Each runs a ``--quick`` training and checks the frozen backbone's weight hash, computed
+here independently, equals the one the command recorded before and after training.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ORIGINAL_ODQA_HOME
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+INDEX = REPO / "indexes" / "wiki-vital"
+
+# hand-made training questions in odqa's jsonl format (marked synthetic=False: written by a person)
+TRAIN = [
+    ("Who wrote Romeo and Juliet?", "William Shakespeare"),
+    ("What is the capital of Australia?", "Canberra"),
+    ("Who painted the Mona Lisa?", "Leonardo da Vinci"),
+    ("Which planet is known as the Red Planet?", "Mars"),
+    ("In which city is the Eiffel Tower?", "Paris"),
+    ("Who developed the theory of general relativity?", "Albert Einstein"),
+    ("What is the largest ocean on Earth?", "Pacific Ocean"),
+    ("Who discovered penicillin?", "Alexander Fleming"),
+]
+
+
+@pytest.fixture(scope="module")
+def env():
+    """The user's ``$ODQA_HOME`` (the dequantized backbone is cached there), here and in subprocesses."""
+    if not (INDEX / "manifest.json").exists():
+        pytest.fail(f"{INDEX} is missing; build it with `make index` (make test does this first)")
+    saved = os.environ.get("ODQA_HOME")
+    if ORIGINAL_ODQA_HOME is None:
+        os.environ.pop("ODQA_HOME", None)
+    else:
+        os.environ["ODQA_HOME"] = ORIGINAL_ODQA_HOME
+    yield dict(os.environ)
+    if saved is not None:
+        os.environ["ODQA_HOME"] = saved
+
+
+def _odqa(env, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "odqa.cli", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=900)
+
+
+def test_train_reader_quick_on_the_real_backbone(env, tmp_path):
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps({"id": f"h{i}", "question": q, "answers": [a]}) + "\n"
+                             for i, (q, a) in enumerate(TRAIN)))
+    out = tmp_path / "prompt"
+    res = _odqa(env, "train", "reader", "--train", str(train), "--out", str(out), "--quick", "--prompt-length", "8")
+    assert res.returncode == 0, res.stderr[-2000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["kind"] == "soft_prompt" and manifest["length"] == 8 and manifest["hidden_size"] == 576
+    assert manifest["backbone"] == "smollm2-135m-instruct" and manifest["steps"] == 2
+    assert "backbone hash unchanged" in res.stdout
+
+    # the hash recorded by the command is the real backbone's, computed here on a fresh load
+    from odqa.lm.backbone import load_backbone
+    from odqa.training.frozen import weights_hash
+
+    assert weights_hash(load_backbone("smollm2-135m-instruct").model) == manifest["backbone_hash"]
