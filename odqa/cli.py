@@ -123,7 +123,9 @@ def cmd_eval(args) -> int:
     from odqa import evaluation
     from odqa.report import write_report
 
-    command = "odqa " + " ".join(sys.argv[1:]) if sys.argv and "odqa" in sys.argv[0] else "odqa eval ..."
+    from odqa.training.artifacts import command_line
+
+    command = command_line()
     if args.rest and args.rest[0] == "retrieval":  # score a DPR retriever-output file; no pipeline runs
         from odqa import retrieval_eval
 
@@ -457,7 +459,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    from odqa.training.artifacts import set_command
+
+    set_command(argv)  # manifests record the command that made them
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # an error after a model load must still be one line

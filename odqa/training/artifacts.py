@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -18,10 +19,21 @@ from pathlib import Path
 from odqa.errors import ArtifactMismatchError
 
 
+_COMMAND: list[str] | None = None
+
+
+def set_command(argv: list[str]) -> None:
+    """Record the ``odqa`` arguments being run (the CLI calls this; manifests quote it)."""
+    global _COMMAND
+    _COMMAND = ["odqa", *argv]
+
+
 def command_line() -> str:
     """The command that is running, as a user would retype it."""
+    if _COMMAND is not None:
+        return shlex.join(_COMMAND)
     prog = Path(sys.argv[0]).name if sys.argv else "python"
-    return " ".join(["odqa" if prog in ("odqa", "__main__.py", "cli.py") else prog, *sys.argv[1:]])
+    return shlex.join([prog, *sys.argv[1:]])
 
 
 def make_manifest(kind: str, *, backbone: str | None, backbone_hash: str | None, data: dict,

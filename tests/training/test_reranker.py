@@ -285,7 +285,7 @@ def test_cli_train_reranker(work, bare_bert, tmp_path, capsys):
     assert "retrieval order" in printed and "re-ranked" in printed and "lm_input_recall" in printed
     m = json.loads((out / "manifest.json").read_text())
     assert m["lora"]["r"] == 2 and m["lora"]["alpha"] == 4 and m["data"]["steps"] == 2
-    assert m["command"].startswith("odqa train reranker") or "train" in m["command"]
+    assert m["command"].startswith("odqa train reranker --pipeline")
 
 
 # --- bad inputs -----------------------------------------------------------------------------------
