@@ -5,8 +5,8 @@ the reader computes them once per process (:mod:`odqa.lm.generation`). This time
 ``FrozenLMReader.run`` on real questions and the passages the default pipeline retrieves for them:
 
 - ``qa-completion`` (instruction + 3 worked examples, no soft prompt), prefix cache off / on;
-- ``qa`` (bare template) after a random 100-vector soft prompt (``SoftPrompt.from_vocab``),
-  prefix cache off / on.
+- ``qa`` (bare template) after the shipped trained 100-vector soft prompt (or, with
+  ``--soft-prompt random``, an untrained one from ``SoftPrompt.from_vocab``), prefix cache off / on.
 
 Passages come from the pipeline's retrieval (and re-ranker, if it has one): the documents its
 packer receives are packed again by a ``ContextPacker`` with each reader's own settings, so a
@@ -70,7 +70,9 @@ def main() -> None:
     ap.add_argument("--questions", default="fanoutqa-wiki:dev")
     ap.add_argument("--limit", type=int, default=60, help="questions to time (after the warm-up ones)")
     ap.add_argument("--pipeline", default=str(ROOT / "pipelines" / "frozen_reader.yml"))
-    ap.add_argument("--soft-prompt-length", type=int, default=100)
+    ap.add_argument("--soft-prompt", default=str(ROOT / "pipelines" / "artifacts" / "reader-prompt-smollm2-synthetic"),
+                    help="the soft prompt of the qa rows (default: the shipped trained one); 'random' for an untrained one")
+    ap.add_argument("--soft-prompt-length", type=int, default=100, help="length of a random soft prompt")
     ap.add_argument("--threads", type=int, default=0,
                     help="torch threads (0: torch's default, one per core); on a shared machine 1 avoids "
                          "thread oversubscription, which inflates times several-fold")
@@ -93,7 +95,13 @@ def main() -> None:
     window = dict(context_length=default_reader.context_length, max_new_tokens=default_reader.max_new_tokens)
 
     with tempfile.TemporaryDirectory() as tmp:
-        soft = random_soft_prompt(Path(tmp), args.soft_prompt_length)
+        if args.soft_prompt == "random":
+            soft, soft_label = random_soft_prompt(Path(tmp), args.soft_prompt_length), f"{args.soft_prompt_length} random"
+        else:
+            from odqa.lm.soft_prompt import soft_prompt_length
+
+            soft, args.soft_prompt_length = args.soft_prompt, soft_prompt_length(args.soft_prompt)
+            soft_label = f"{args.soft_prompt_length} trained"
         settings = [
             ("qa-completion", None, False), ("qa-completion", None, True),
             ("qa", soft, False), ("qa", soft, True),
@@ -130,7 +138,7 @@ def main() -> None:
     for i, (template, soft_prompt, cache) in enumerate(settings):
         same = sum(a == b for a, b in zip(answers[i], answers[i - 1])) if cache else None
         rows.append((
-            template, f"{args.soft_prompt_length} random" if soft_prompt else "none", "on" if cache else "off",
+            template, soft_label if soft_prompt else "none", "on" if cache else "off",
             prefix_len[template] if cache else "", statistics.mean(prompt_tokens[i]),
             statistics.mean(n for _, n in answers[i]), statistics.median(ms[i]), float(np.percentile(ms[i], 90)),
             f"{build_ms[i]:.0f}" if cache else "", f"{same}/{len(answers[i])}" if cache else "",
