@@ -230,6 +230,7 @@ def cmd_train_reranker(args) -> int:
         config.max_steps = min(config.max_steps or 3, 3)
         config.max_examples = min(config.max_examples or 12, 12)
         config.dev_limit = min(config.dev_limit or 6, 6)
+        config.dev_candidates = min(config.dev_candidates or 30, 30)
     result = train_reranker(args.pipeline, args.train, args.dev, args.out, config, resume=args.resume)
     m = result["manifest"]
     if args.json:
