@@ -195,8 +195,8 @@ def cmd_train_reader(args) -> int:
         eval_every=args.eval_every, save_every=args.save_every, patience=args.patience,
         dev_limit=args.dev_limit, seed=args.seed)
     if args.quick:  # a smoke run: a few steps on a few questions (used by the slow test)
-        config.max_examples, config.max_steps, config.eval_every = 8, 2, 2
-        config.dev_limit = min(config.dev_limit or 4, 4)
+        config.max_examples, config.max_steps, config.eval_every, config.batch_size = 4, 2, 2, 2
+        config.dev_limit = min(config.dev_limit or 3, 3)
     source = {"train": str(args.train), "synthetic": synthetic,
               "kind": "synthetic cloze QA from the corpus" if synthetic else "real questions"}
     manifest = train_reader(args.pipeline, train, dev, args.out, config, source, resume=args.resume)
@@ -425,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dev-limit", type=int, default=None, help="use only the first N dev questions")
     t.add_argument("--seed", type=int, default=rd.seed)
     t.add_argument("--resume", action="store_true", help="continue from the checkpoint in OUT.work/")
-    t.add_argument("--quick", action="store_true", help="a smoke run: 2 steps on 8 questions, 4 dev questions")
+    t.add_argument("--quick", action="store_true", help="a smoke run: 2 steps of 2 questions, 3 dev questions")
     t.set_defaults(func=cmd_train_reader)
 
     # `odqa data ...`: training data (synthetic cloze QA, hard negatives); written under data/, not committed
