@@ -52,7 +52,7 @@ Systems
   checked at start-up to render byte-identically to odqa's template, so (b) vs odqa
   isolates retrieval and packing.
 
-``odqa``: ``odqa.load("pipelines/frozen_reader.yml")``: bm25s + FAISS flat IP (top 100 each),
+``odqa``: ``odqa.load("pipelines/frozen_reader_zeroshot.yml")`` (no learned modules): bm25s + FAISS flat IP (top 100 each),
 RRF, ``ContextPacker`` (as many passages as fit a 384-token window), ``FrozenLMReader``
 (``qa-completion``, greedy, 16 new tokens).
 
@@ -107,7 +107,7 @@ CORPUS = "wiki-vital"
 ENCODER = "minilm-l6"
 BACKBONE = "smollm2-135m-instruct"
 QUESTIONS = "fanoutqa-wiki:test"
-TOP_K_RETRIEVE = 100  # per retriever, as in pipelines/frozen_reader.yml
+TOP_K_RETRIEVE = 100  # per retriever, as in pipelines/frozen_reader_zeroshot.yml
 TOP_K_PROMPT = 3  # passages into the Haystack prompts
 MAX_NEW_TOKENS = 16
 
@@ -372,7 +372,7 @@ def main() -> None:
     if "qa-completion" in variants:
         check_prompt_identity(systems["haystack (b)"][1], passages)
     if not args.no_odqa:
-        systems["odqa"] = ("odqa", odqa.load(ROOT / "pipelines" / "frozen_reader.yml"))
+        systems["odqa"] = ("odqa", odqa.load(ROOT / "pipelines" / "frozen_reader_zeroshot.yml"))
     odqa.api._install_timer()  # per-stage timings for the Haystack pipelines too
 
     def ask(name: str, question: str) -> dict:
