@@ -47,7 +47,7 @@ Systems
 - Prompt (a) ``chat``: what a stock Haystack user writes: Haystack's tutorial RAG prompt
   ("Given the following information, answer the question ... briefly") as one user turn,
   rendered with SmolLM2's chat template (which adds its default system prompt).
-- Prompt (b) ``qa-completion``: the same plain-text 3-shot prompt as odqa's default reader
+- Prompt (b) ``qa-completion``: the same plain-text 3-shot prompt as odqa's zero-shot reader
   (``odqa.lm.prompting.INSTRUCTION`` and ``EXAMPLES``, passages as ``title: text``),
   checked at start-up to render byte-identically to odqa's template, so (b) vs odqa
   isolates retrieval and packing.
