@@ -169,8 +169,10 @@ def main() -> None:
         + f"\n{speedups}.\n\n"
         "\"cached positions\": soft prompt vectors + template prefix ids whose keys and values are computed "
         "once per process; \"prefix build ms\": that one forward pass (`PrefixCache.build`), paid in "
-        "`warm_up()`, not per question. The `qa` rows use an untrained soft prompt, so their "
-        "answers are meaningless; they time the shape of a prompt-tuned reader.\n"
+        "`warm_up()`, not per question."
+        + (" The `qa` rows use an untrained soft prompt, so their answers are meaningless; they time the "
+           "shape of a prompt-tuned reader.\n" if args.soft_prompt == "random" else
+           " The `qa` rows use the shipped trained soft prompt, whose short answers also end decoding sooner.\n")
     )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
