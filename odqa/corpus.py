@@ -45,6 +45,16 @@ def decode_lines(path: Path) -> Iterator[tuple[int, str]]:
                 ) from None
 
 
+def read_json(path: Path, error: type[InputFormatError] = InputFormatError, expected: str = "") -> object:
+    """A whole JSON file; a bad byte or bad JSON names the file, line and column (``expected``: the format)."""
+    text = "\n".join(line for _, line in decode_lines(path))
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        hint = f"; expected {expected}" if expected else ""
+        raise error(f"{path}:{e.lineno}: invalid JSON at column {e.colno} ({e.msg}){hint}") from None
+
+
 def iter_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
     """Yield ``(line_number, object)`` from a jsonl file; bad lines name the file and line."""
     for lineno, line in decode_lines(path):

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from odqa.errors import InputFormatError, ResourceNotFoundError, TextEncodingError
+from odqa.corpus import read_json
+from odqa.errors import InputFormatError, ResourceNotFoundError
 from odqa.evaluation import KS
 from odqa.metrics import has_answer
 from odqa.runs import atomic_write_bytes
@@ -38,19 +39,7 @@ def load_results(path: str | Path) -> list[dict]:
     if not path.is_file():
         raise ResourceNotFoundError(f"results file '{path}' does not exist; pass the JSON file that DPR's "
                                     "dense_retriever.py wrote (its --out_file)")
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        column = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
-        raise TextEncodingError(f"{path}:{line}: not valid UTF-8 (byte {raw[e.start]:#04x} at column {column}); "
-                                "re-encode the file as UTF-8, e.g. `iconv -f latin1 -t utf-8`") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InputFormatError(f"{path}:{e.lineno}: invalid JSON at column {e.colno} ({e.msg}); "
-                               f"expected {FORMAT}") from None
+    data = read_json(path, InputFormatError, FORMAT)
     if not isinstance(data, list):
         raise InputFormatError(f"{path}: the top level is a JSON {_json_type(data)}, "
                                f"not a list; expected {FORMAT}")

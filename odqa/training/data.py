@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from odqa.corpus import decode_lines, iter_jsonl
+from odqa.corpus import iter_jsonl, read_json
 from odqa.errors import InputFormatError, TextEncodingError, TrainingDataError
 from odqa.metrics import has_answer
 from odqa.runs import atomic_write_bytes
@@ -111,11 +111,7 @@ def _from_jsonl_record(path: Path, lineno: int, rec: dict) -> TrainExample:
 
 
 def _read_dpr_json(path: Path) -> list[TrainExample]:
-    text = "\n".join(line for _, line in decode_lines(path))  # names the line of a bad byte
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise TrainingDataError(f"{path}:{e.lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+    data = read_json(path, TrainingDataError)
     if not isinstance(data, list):
         raise TrainingDataError(f"{path}: a .json training file must hold a JSON list of examples; {_fix_hint()}")
     out = []
