@@ -3,6 +3,8 @@
 - :func:`exact_match` / :func:`f1`: SQuAD normalization, best over gold aliases.
 - :func:`has_answer`: DPR's answer-in-passage check (uncased token sequences from
   DPR's simple tokenizer: runs of letters/digits/marks, and single other non-space chars).
+- :func:`paired_bootstrap`: a confidence interval for the difference of two systems'
+  mean per-question scores on the same questions.
 """
 
 from __future__ import annotations
@@ -84,3 +86,25 @@ def contains_normalized(text: str, answers: Iterable[str]) -> bool:
     """
     toks = normalize_answer(text).split()
     return any(_contains(toks, normalize_answer(a).split()) for a in _as_list(answers))
+
+
+def paired_bootstrap(a: list[float], b: list[float], resamples: int = 10_000, seed: int = 0,
+                     level: float = 0.95) -> dict:
+    """Mean difference ``b - a`` of per-question scores on the same questions, with a bootstrap CI.
+
+    Questions are resampled with replacement ``resamples`` times (Efron & Tibshirani); the
+    interval is the percentile interval at ``level``. Scores are on the 0-100 scale if the
+    inputs are. Returns ``{"diff", "low", "high", "n", "resamples"}``.
+    """
+    import numpy as np
+
+    a_arr, b_arr = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a_arr.shape != b_arr.shape or a_arr.ndim != 1 or len(a_arr) == 0:
+        raise ValueError(f"paired scores need two equal-length non-empty lists, got {len(a)} and {len(b)}")
+    diff = b_arr - a_arr
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), size=(resamples, len(diff)))].mean(axis=1)
+    tail = (1.0 - level) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return {"diff": float(diff.mean()), "low": float(low), "high": float(high), "n": len(diff),
+            "resamples": resamples}

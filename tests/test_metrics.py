@@ -79,3 +79,23 @@ def test_a_single_gold_string_is_one_alias():
     assert exact_match("P", "Paris") == 0.0
     assert f1("Paris", "Paris") == 1.0
     assert not has_answer("a plan of s", "Paris")
+
+
+def test_paired_bootstrap_interval_brackets_the_difference():
+    from odqa.metrics import paired_bootstrap
+
+    a = [0.0] * 50 + [1.0] * 50
+    b = [1.0] * 80 + [0.0] * 20
+    ci = paired_bootstrap(a, b, resamples=2000)
+    assert ci["diff"] == pytest.approx(0.3)
+    assert ci["low"] < 0.3 < ci["high"]
+    assert ci["low"] > 0.0  # a clear gain on 100 questions
+    same = paired_bootstrap(a, a, resamples=500)
+    assert same["diff"] == same["low"] == same["high"] == 0.0
+
+
+def test_paired_bootstrap_refuses_unpaired_scores():
+    from odqa.metrics import paired_bootstrap
+
+    with pytest.raises(ValueError, match="equal-length"):
+        paired_bootstrap([1.0, 0.0], [1.0])
