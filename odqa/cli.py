@@ -265,7 +265,7 @@ def cmd_data_cloze(args) -> int:
 
     from odqa.corpus import read_corpus
     from odqa.errors import TrainingDataError
-    from odqa.training.cloze import KINDS, cloze_split, make_cloze
+    from odqa.training.cloze import KINDS, add_noise, cloze_split, make_cloze
     from odqa.training.data import mine_hard_negatives, write_training_data
 
     out = Path(args.out)
@@ -279,6 +279,10 @@ def cmd_data_cloze(args) -> int:
     if not examples:
         raise TrainingDataError(f"corpus '{args.corpus}' gave no cloze questions; it needs sentences with dates, "
                                 "numbers or names")
+    if args.noise is not None:
+        if not 0.0 <= args.noise <= 1.0:
+            raise OdqaError(f"--noise must be between 0 and 1 (the share of words kept), got {args.noise}")
+        examples = add_noise(examples, keep=args.noise, seed=args.seed)
     stats = None
     if args.index:
         examples, stats = mine_hard_negatives(examples, args.index, n=args.negatives or 8, depth=args.depth)
@@ -301,7 +305,17 @@ def cmd_data_cloze(args) -> int:
 def cmd_data_negatives(args) -> int:
     from odqa.training.data import mine_hard_negatives, read_training_data, write_training_data
 
-    examples = read_training_data(args.train)
+    from odqa.questions import is_question_set
+    from odqa.training.data import examples_from_questions
+
+    if is_question_set(args.train):
+        examples, qstats = examples_from_questions(args.train, exclude=args.exclude)
+        print(f"{args.train}: {len(examples)} of {qstats['questions']} questions kept ({qstats['excluded']} "
+              f"excluded as in {args.exclude}, {qstats['unmatchable_answer']} with yes/no or short-number answers)")
+    elif args.exclude:
+        raise OdqaError("--exclude applies to a bundled question set given as --train (e.g. fanoutqa-closedbook:train)")
+    else:
+        examples = read_training_data(args.train)
     out = Path(args.out)
     if any(e.synthetic for e in examples) and "synthetic" not in out.name.lower():
         raise OdqaError(f"'{args.train}' holds synthetic examples; put 'synthetic' in the --out file name "
@@ -380,7 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = train.add_parser("reranker", help="train the cross-encoder re-ranker (a LoRA adapter on a frozen encoder)")
     t.add_argument("--pipeline", default=str(DEFAULT_PIPELINE),
                    help="its retrieval stages give the dev candidates; its packer the LM-input recall")
-    t.add_argument("--train", required=True, help="jsonl of training examples with positives and hard negatives")
+    t.add_argument("--train", required=True, nargs="+", help="jsonl files of training examples with positives "
+                   "and hard negatives (several are trained on together)")
     t.add_argument("--dev", default="fanoutqa-wiki:dev", help="dev questions: fanoutqa-wiki:dev or a .jsonl file")
     t.add_argument("--out", required=True, help="artifact dir, e.g. pipelines/artifacts/reranker-minilm-synthetic")
     t.add_argument("--base", default="minilm-l6", help="encoder or cross-encoder to adapt (name, path or HF id)")
@@ -439,12 +454,17 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("--n", type=int, default=4000, help="examples to make, at most")
     dc.add_argument("--seed", type=int, default=0)
     dc.add_argument("--per-passage", type=int, default=2, help="examples from one passage, at most")
+    dc.add_argument("--noise", type=float, default=None, help="noisy cloze (Lewis et al. 2019): keep each word "
+                    "other than the wh-phrase and the title's with this probability, at most 10 words")
     dc.add_argument("--index", default=None, help="mine hard negatives from this index (e.g. indexes/wiki-vital)")
     dc.add_argument("--negatives", type=int, default=None, help="hard negatives per example (default 8; needs --index)")
     dc.add_argument("--depth", type=int, default=50, help="BM25 and dense results read per question")
     dc.set_defaults(func=cmd_data_cloze)
     dn = data.add_parser("negatives", help="add positives and hard negatives to DPR / NQ-open / odqa training data")
-    dn.add_argument("--train", required=True, help="DPR training .json, NQ-open .jsonl, or odqa .jsonl")
+    dn.add_argument("--train", required=True, help="DPR training .json, NQ-open .jsonl, odqa .jsonl, or a "
+                    "bundled question set such as fanoutqa-closedbook:train (real questions; positives mined)")
+    dn.add_argument("--exclude", default=None, help="with a bundled question set: leave out the questions of "
+                    "this set, e.g. fanoutqa-wiki to keep the benchmark out of training")
     dn.add_argument("--index", required=True, help="index to retrieve from, e.g. indexes/wiki-vital")
     dn.add_argument("--out", required=True, help="odqa jsonl to write")
     dn.add_argument("--negatives", type=int, default=8, help="hard negatives per example")

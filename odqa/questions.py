@@ -188,6 +188,14 @@ def read_questions_file(path: str | Path, require_answers: bool = False) -> list
     return _read_jsonl_questions(path, require_answers)
 
 
+BUNDLED_SETS = ("fanoutqa-wiki", "fanoutqa-closedbook")
+
+
+def is_question_set(spec: str) -> bool:
+    """Whether ``spec`` names a bundled question set (``NAME`` or ``NAME:SPLIT``) rather than a file."""
+    return str(spec).partition(":")[0] in BUNDLED_SETS
+
+
 def load_questions(spec: str, require_answers: bool = False) -> list[Question]:
     """``fanoutqa-wiki[:SPLIT]``, ``fanoutqa-closedbook[:SPLIT]``, or a questions file
     (see :func:`read_questions_file`)."""

@@ -23,7 +23,7 @@ import hashlib
 import math
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from odqa.corpus import Passage
 from odqa.metrics import has_answer
@@ -606,6 +606,50 @@ def make_cloze(passages: list[Passage], n: int, seed: int = 0, per_passage: int 
             ))
             k += 1
     return out
+
+
+_WH = {"what", "who", "whom", "whose", "when", "where", "which", "how", "why"}
+_FUNCTION_WORDS = {"the", "a", "an", "of", "in", "on", "at", "by", "for", "to", "and", "or", "as", "with", "from",
+                   "is", "was", "were", "are", "be", "been", "being", "has", "had", "have", "his", "her", "its",
+                   "their", "that", "this", "these", "those", "it", "also", "about", "roughly", "then", "while"}
+
+
+def noisy_question(question: str, title: str, rng: random.Random, keep: float = 0.5,
+                   max_words: int = 10) -> str:
+    """A shorter, less literal form of a cloze question: Lewis et al.'s (2019) "noisy cloze".
+
+    A cloze question repeats its source sentence word for word, so a re-ranker trained on it
+    learns to find copied sentences, which real questions never are ("What is the Gini index
+    of China?"). Here the wh-word with the word after it and the article title's words are kept,
+    function words are dropped, each other word is kept with probability ``keep``, and at most
+    ``max_words`` words remain.
+    """
+    words = [w.strip(",;:?\"'()") for w in question.split()]
+    words = [w for w in words if w]
+    title_words = {w.lower() for w in re.findall(r"\w+", clean_title(title))}
+    protected = set()
+    for i, w in enumerate(words):
+        if w.lower() in _WH:
+            protected.update({i, i + 1})
+        elif re.sub(r"\W", "", w.lower()) in title_words:
+            protected.add(i)
+    kept = [i for i in range(len(words))
+            if i in protected or (words[i].lower() not in _FUNCTION_WORDS and rng.random() < keep)]
+    optional = [i for i in kept if i not in protected]
+    while len(kept) > max_words and optional:
+        drop = optional.pop(rng.randrange(len(optional)))
+        kept.remove(drop)
+    q = " ".join(words[i] for i in kept if i < len(words))
+    return q[:1].upper() + q[1:] + "?"
+
+
+def add_noise(examples: list[TrainExample], keep: float, seed: int = 0, max_words: int = 10) -> list[TrainExample]:
+    """:func:`noisy_question` on every example's question; ids get a ``-noisy`` suffix (sources, and so
+    the train/dev split by passage, are unchanged)."""
+    rng = random.Random(seed)
+    return [replace(e, question=noisy_question(e.question, e.positives[0].title if e.positives else "", rng,
+                                               keep=keep, max_words=max_words), id=f"{e.id}-noisy")
+            for e in examples]
 
 
 def passage_split(passage_id: str) -> str:

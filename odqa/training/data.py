@@ -160,6 +160,45 @@ def read_training_data(path: str | Path) -> list[TrainExample]:
     return examples
 
 
+def _distant_answer_ok(answer: str) -> bool:
+    """Whether an answer can mark a passage as positive by string match (DPR's distant supervision).
+
+    yes/no and short numbers ("3", "12") match almost any passage, so they cannot.
+    """
+    a = answer.strip().lower()
+    if a in ("yes", "no"):
+        return False
+    return not (a.replace(".", "", 1).isdigit() and len(a) < 4)
+
+
+def examples_from_questions(spec: str, exclude: str | None = None) -> tuple[list[TrainExample], dict]:
+    """Training examples (no passages yet) from a question set, for :func:`mine_hard_negatives`.
+
+    :param spec: A question set as :func:`odqa.questions.load_questions` takes it, e.g.
+        ``fanoutqa-closedbook:train``: real questions, labelled ``synthetic=False``.
+    :param exclude: Another question set whose questions (by id and text) are left out, e.g.
+        ``fanoutqa-wiki`` to keep the benchmark's questions out of training entirely.
+    :returns: ``(examples, stats)``; questions whose answers cannot be matched in text (yes/no,
+        numbers under 4 characters) are dropped and counted.
+    """
+    from odqa.questions import dedup, load_questions
+
+    questions = dedup(load_questions(spec, require_answers=True))
+    excluded = {(q.id, q.question) for q in load_questions(exclude)} if exclude else set()
+    stats = {"questions": len(questions), "excluded": 0, "unmatchable_answer": 0}
+    out = []
+    for q in questions:
+        if (q.id, q.question) in excluded:
+            stats["excluded"] += 1
+            continue
+        answers = [a for a in q.answers if _distant_answer_ok(a)]
+        if not answers:
+            stats["unmatchable_answer"] += 1
+            continue
+        out.append(TrainExample(id=q.id, question=q.question, answers=answers, synthetic=False, source=spec))
+    return out, stats
+
+
 def write_training_data(path: str | Path, examples: list[TrainExample]) -> Path:
     """Write ``examples`` as odqa jsonl, all at once (a killed run never leaves half a file)."""
     path = Path(path)

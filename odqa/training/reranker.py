@@ -385,7 +385,7 @@ def _say(progress: bool, msg: str) -> None:
         print(msg, file=sys.stderr)
 
 
-def train_reranker(pipeline: str | Path, train: str | Path, dev: str, out: str | Path,
+def train_reranker(pipeline: str | Path, train: str | Path | list, dev: str, out: str | Path,
                    config: RerankerTrainConfig | None = None, resume: bool = False, progress: bool = True) -> dict:
     """Train a LoRA re-ranker and write its artifact to ``out``. Returns a summary (metrics, sizes)."""
     from peft import get_peft_model
@@ -393,7 +393,9 @@ def train_reranker(pipeline: str | Path, train: str | Path, dev: str, out: str |
 
     cfg = config or RerankerTrainConfig()
     out, ckpt = Path(out), checkpoint_dir(out)
-    examples = read_examples(train)
+    files = [train] if isinstance(train, (str, Path)) else list(train)
+    examples = [ex for f in files for ex in read_examples(f)]
+    train = files[0] if len(files) == 1 else [str(f) for f in files]
     in_file = len(examples)
     if cfg.max_examples and cfg.max_examples < len(examples):
         examples = random.Random(cfg.seed).sample(examples, cfg.max_examples)
@@ -404,7 +406,8 @@ def train_reranker(pipeline: str | Path, train: str | Path, dev: str, out: str |
     base, tokenizer, frozen, fresh = load_base(cfg.base)
     steps_per_epoch = math.ceil(len(examples) / cfg.batch_questions)
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
-    settings = {k: v for k, v in asdict(cfg).items() if k in RESUME_KEYS} | {"train": str(Path(train).resolve())}
+    settings = {k: v for k, v in asdict(cfg).items() if k in RESUME_KEYS}
+    settings["train"] = [str(Path(f).resolve()) for f in files]
     with FrozenCheck(frozen, cfg.base) as check:
         with _quiet_transformers():
             model = get_peft_model(base, lora_config(cfg, fresh))
@@ -521,7 +524,8 @@ def _write_artifact(model, out: Path, cfg: RerankerTrainConfig, digest: str, tra
     }
     manifest = make_manifest(
         KIND, backbone=None, backbone_hash=None, base_model=cfg.base, base_model_hash=digest,
-        data={"train": str(train), "synthetic": {0: False, len(examples): True}.get(synthetic, "mixed"),
+        data={"train": train if isinstance(train, list) else str(train),
+              "synthetic": {0: False, len(examples): True}.get(synthetic, "mixed"),
               "synthetic_examples": synthetic, "examples": len(examples), "examples_in_file": in_file,
               "steps": history["loss"][-1][0] if history["loss"] else 0},
         dev_metrics=dev_metrics,

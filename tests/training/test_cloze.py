@@ -217,3 +217,34 @@ def test_type_balance_on_the_fixture_corpus():
 @pytest.mark.parametrize("title, clean", [("Python (programming language)", "Python"), ("Paris", "Paris")])
 def test_clean_title(title, clean):
     assert clean_title(title) == clean
+
+
+# --- noisy cloze ----------------------------------------------------------------------------------
+def test_noisy_question_keeps_wh_phrase_and_title_and_shortens():
+    import random
+
+    from odqa.training.cloze import noisy_question
+
+    q = ("The Fahrenheit scale is a temperature scale based on one proposed in what year by the physicist "
+         "Daniel Gabriel Fahrenheit?")
+    for seed in range(20):
+        noisy = noisy_question(q, "Fahrenheit", random.Random(seed), keep=0.5, max_words=8)
+        words = noisy.rstrip("?").split()
+        assert noisy.endswith("?") and len(words) <= 8
+        assert "what year" in noisy and "Fahrenheit" in noisy
+        assert not {"the", "a", "is", "in", "by", "on"} & {w.lower() for w in words[1:]}
+    # keep=1 drops only function words (and nothing past max_words)
+    assert noisy_question("Who wrote the play Hamlet?", "Hamlet", random.Random(0), keep=1.0) == "Who wrote play Hamlet?"
+
+
+def test_add_noise_keeps_answers_sources_and_splits():
+    from odqa.training.cloze import add_noise
+
+    examples = _examples([APOLLO, EVEREST, CITY], per_passage=3)
+    noisy = add_noise(examples, keep=0.3, seed=1)
+    assert len(noisy) == len(examples)
+    for before, after in zip(examples, noisy):
+        assert after.id == before.id + "-noisy" and after.answers == before.answers
+        assert after.source == before.source and cloze_split(after) == cloze_split(before)
+        assert len(after.question.split()) <= len(before.question.split())
+    assert [e.question for e in noisy] == [e.question for e in add_noise(examples, keep=0.3, seed=1)]

@@ -228,3 +228,36 @@ def test_cli_data_errors(tmp_path, capsys, corpus_jsonl, flat_index):
     line = _one_error_line(capsys, main(["data", "negatives", "--train", str(synth), "--index", flat_index,
                                          "--out", str(tmp_path / "mined.jsonl")]))
     assert "put 'synthetic' in the --out file name" in line
+
+
+# --- real questions as training data ----------------------------------------------------------------
+def test_examples_from_a_bundled_question_set_leave_out_the_benchmark():
+    from odqa.questions import load_questions
+    from odqa.training.data import examples_from_questions
+
+    examples, stats = examples_from_questions("fanoutqa-closedbook:train", exclude="fanoutqa-wiki")
+    benchmark = {(q.id, q.question) for q in load_questions("fanoutqa-wiki")}
+    assert examples and stats["excluded"] > 0 and stats["unmatchable_answer"] > 0
+    assert not benchmark & {(e.id, e.question) for e in examples}
+    assert all(not e.synthetic and e.source == "fanoutqa-closedbook:train" for e in examples)
+    assert all(a.lower() not in ("yes", "no") for e in examples for a in e.answers)
+    assert stats["questions"] == len(examples) + stats["excluded"] + stats["unmatchable_answer"]
+
+
+@pytest.mark.parametrize("answer, ok", [("yes", False), ("No", False), ("12", False), ("3.5", False),
+                                        ("1969", True), ("Canberra", True), ("12 km", True)])
+def test_distant_supervision_refuses_answers_that_match_anywhere(answer, ok):
+    from odqa.training.data import _distant_answer_ok
+
+    assert _distant_answer_ok(answer) is ok
+
+
+def test_cli_data_negatives_from_a_question_set(tmp_path, capsys, flat_index):
+    out = tmp_path / "real.jsonl"
+    assert main(["data", "negatives", "--train", "fanoutqa-closedbook:dev", "--exclude", "fanoutqa-wiki",
+                 "--index", flat_index, "--out", str(out), "--negatives", "1"]) == 0
+    printed = capsys.readouterr()
+    assert "questions kept" in printed.out and "excluded as in fanoutqa-wiki" in printed.out
+    line = _one_error_line(capsys, main(["data", "negatives", "--train", str(tmp_path / "x.jsonl"), "--exclude",
+                                         "fanoutqa-wiki", "--index", flat_index, "--out", str(out)]))
+    assert "--exclude applies to a bundled question set" in line

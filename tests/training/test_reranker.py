@@ -8,6 +8,7 @@ the trainer wrote, and that bad inputs fail with messages that say what to do.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import os
 import shutil
 import subprocess
@@ -286,6 +287,16 @@ def test_cli_train_reranker(work, bare_bert, tmp_path, capsys):
     m = json.loads((out / "manifest.json").read_text())
     assert m["lora"]["r"] == 2 and m["lora"]["alpha"] == 4 and m["data"]["steps"] == 2
     assert m["command"].startswith("odqa train reranker --pipeline")
+
+
+def test_several_training_files_are_trained_on_together(work, bare_bert, tmp_path):
+    real = write_examples(tmp_path / "real.jsonl", [replace(e, id=f"real-{e.id}", synthetic=False)
+                                                     for e in cloze_examples()[:3]])
+    result = train_reranker(work["pipeline"], [work["train"], real], work["dev"], tmp_path / "art",
+                            config(bare_bert, max_steps=1, eval_every=1), progress=False)
+    data = result["manifest"]["data"]
+    assert data["train"] == [str(work["train"]), str(real)]
+    assert data["examples"] == len(cloze_examples()) + 3 and data["synthetic"] == "mixed"
 
 
 # --- bad inputs -----------------------------------------------------------------------------------
