@@ -1,9 +1,9 @@
 """The Python API: ``odqa.load(pipeline_yaml) -> QA``; ``QA.ask(q)`` / ``QA.ask_many(qs)``.
 
 Pipeline files are Haystack YAML. Relative paths in them (``index_dir``,
-``soft_prompt``, and ``model``/``encoder`` values starting with ``./`` or ``../``)
-are resolved against the YAML file's own directory, so a pipeline runs from any
-working directory.
+``soft_prompt``, the recursive readers' ``first_prompt``/``second_prompt``/``recursion``, and
+``model``/``encoder`` values starting with ``./`` or ``../``) are resolved against the YAML
+file's own directory, so a pipeline runs from any working directory.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import importlib
+import inspect
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from haystack.core.errors import PipelineRuntimeError
 from odqa.components._common import check_question
 from odqa.errors import MalformedYAMLError, OdqaError, PipelineConfigError, UnknownComponentError
 
-PATH_PARAMS = {"index_dir", "soft_prompt"}
+PATH_PARAMS = {"index_dir", "soft_prompt", "first_prompt", "second_prompt", "recursion", "artifact"}
 MAYBE_PATH_PARAMS = {"model", "encoder", "query_encoder"}
 
 
@@ -170,12 +171,16 @@ class QA:
 
     def __init__(self, pipeline: Pipeline, source: str = "<pipeline>"):
         from odqa.components import ContextPacker, FrozenLMReader
+        from odqa.components.idpt import IDPTLM
+        from odqa.components.recursion import NeuralRecursionReader, TextualRecursionReader
 
         self.pipeline = pipeline
         self.source = source
-        readers = [n for n, c in pipeline.walk() if isinstance(c, FrozenLMReader)]
+        answerers = (FrozenLMReader, TextualRecursionReader, NeuralRecursionReader, IDPTLM)
+        readers = [n for n, c in pipeline.walk() if isinstance(c, answerers)]
         if not readers:
-            raise PipelineConfigError(f"{source}: the pipeline has no FrozenLMReader, so it cannot answer")
+            raise PipelineConfigError(f"{source}: the pipeline has no reader (FrozenLMReader, TextualRecursionReader, "
+                                      "NeuralRecursionReader or IDPTLM), so it cannot answer")
         self.reader = readers[0]
         packers = [n for n, c in pipeline.walk() if isinstance(c, ContextPacker)]
         self.packer = packers[0] if packers else None
@@ -193,13 +198,24 @@ class QA:
         except PipelineRuntimeError as e:
             raise _unwrap(e) from None
 
-    def ask(self, question: str) -> Answer:
-        """Answer one question. Raises :class:`~odqa.errors.OdqaError` subclasses on bad input."""
-        return self.ask_with_outputs(question, every_stage=False)[0]
+    def ask(self, question: str, task: str | None = None) -> Answer:
+        """Answer one question. Raises :class:`~odqa.errors.OdqaError` subclasses on bad input.
 
-    def ask_with_outputs(self, question: str, every_stage: bool = True) -> tuple[Answer, dict[str, dict]]:
+        :param task: For a multitask pipeline (``IDPTLM``, e.g. ``pipelines/idpt_multitask.yml``): the
+            task whose template the input is rendered with, ``TASK`` or ``TASK/TEMPLATE``.
+        """
+        return self.ask_with_outputs(question, every_stage=False, task=task)[0]
+
+    def ask_with_outputs(self, question: str, every_stage: bool = True,
+                         task: str | None = None) -> tuple[Answer, dict[str, dict]]:
         """Answer one question and also return each stage's raw outputs (for evaluation)."""
         question = check_question(question)
+        inputs: dict[str, Any] = {"query": question}
+        if task is not None:
+            if "task" not in inspect.signature(self.pipeline.get_component(self.reader).run).parameters:
+                raise PipelineConfigError(f"{self.source}: this pipeline takes no task (got task '{task}'); tasks "
+                                          "apply to multitask pipelines such as pipelines/idpt_multitask.yml")
+            inputs["task"] = task
         self.warm_up()
         record: dict[str, float] = {}
         token = _timings.set(record)
@@ -209,7 +225,7 @@ class QA:
                 include = {name for name, _ in self.pipeline.walk()}
             else:
                 include = {self.reader} | ({self.packer} if self.packer else set())
-            out = self.pipeline.run({"query": question}, include_outputs_from=include)
+            out = self.pipeline.run(inputs, include_outputs_from=include)
         except PipelineRuntimeError as e:
             raise _unwrap(e) from None
         finally:

@@ -10,6 +10,10 @@
     odqa train reranker --train data/synthetic/cloze-wiki-vital.train.jsonl --out pipelines/artifacts/NAME
     odqa data cloze --corpus wiki-vital --out data/synthetic/cloze-wiki-vital.jsonl --index indexes/wiki-vital
     odqa data negatives --train nq-train.jsonl --index indexes/wiki-vital --out data/nq-train-mined.jsonl
+    odqa data multitask --out data/multitask/wiki-mixture
+    odqa train idpt --mode idpt|prompt|finetune --data data/multitask/wiki-mixture [--out DIR]
+    odqa eval idpt --idpt DIR --soft-prompt DIR --finetuned DIR --out eval/runs/idpt
+    odqa run --pipeline pipelines/idpt_multitask.yml --question "TEXT" --task topic
     odqa demo
 
 Errors print one line (``error: ...``) and exit with status 2; ``--debug`` shows the traceback.
@@ -74,7 +78,7 @@ def cmd_ask(args) -> int:
     import odqa as api
 
     qa = api.load(args.pipeline)
-    _print_answer(qa.ask(args.question), args.json)
+    _print_answer(qa.ask(args.question, task=args.task) if args.task is not None else qa.ask(args.question), args.json)
     return 0
 
 
@@ -83,9 +87,13 @@ def cmd_run(args) -> int:
 
     if bool(args.question is not None) == bool(args.questions):
         raise OdqaError("pass exactly one of --question TEXT or --questions FILE.jsonl")
+    if bool(args.pipeline) == bool(args.pipeline_opt):
+        raise OdqaError("name the pipeline once: odqa run PIPELINE.yml ... or odqa run --pipeline PIPELINE.yml ...")
+    args.pipeline = args.pipeline or args.pipeline_opt
     qa = api.load(args.pipeline)
+    ask = (lambda text: qa.ask(text, task=args.task)) if args.task is not None else qa.ask
     if args.question is not None:
-        _print_answer(qa.ask(args.question), args.json)
+        _print_answer(ask(args.question), args.json)
         return 0
     if not args.out:
         raise OdqaError("--questions needs --out FILE.jsonl for the answers")
@@ -109,7 +117,7 @@ def cmd_run(args) -> int:
     with RunWriter(out) as writer:
         for q in tqdm(todo, desc="answering", unit="q"):
             try:
-                record = {"id": q.id, "answers": q.answers, **qa.ask(q.question).to_dict()}
+                record = {"id": q.id, "answers": q.answers, **ask(q.question).to_dict()}
             except BadQuestionError as e:  # one bad question does not stop the batch
                 failed += 1
                 record = {"id": q.id, "answers": q.answers, "question": q.question, "error": str(e)}
@@ -126,6 +134,8 @@ def cmd_eval(args) -> int:
     from odqa.training.artifacts import command_line
 
     command = command_line()
+    if args.rest and args.rest[0] == "idpt":
+        return cmd_eval_idpt(args, command)
     if args.rest and args.rest[0] == "retrieval":  # score a DPR retriever-output file; no pipeline runs
         from odqa import retrieval_eval
 
@@ -149,8 +159,8 @@ def cmd_eval(args) -> int:
             raise OdqaError("odqa eval merge needs the shard run directories: odqa eval merge DIR... --out DIR")
         metrics = evaluation.merge([Path(d) for d in args.rest[1:]], out)
     elif args.rest:
-        raise OdqaError(f"unknown eval action '{args.rest[0]}'; use `odqa eval --pipeline ...`, `odqa eval merge` "
-                        "or `odqa eval retrieval`")
+        raise OdqaError(f"unknown eval action '{args.rest[0]}'; use `odqa eval --pipeline ...`, `odqa eval merge`, "
+                        "`odqa eval retrieval` or `odqa eval idpt`")
     else:
         if not args.pipeline or not args.questions:
             raise OdqaError("odqa eval needs --pipeline and --questions")
@@ -204,6 +214,38 @@ def cmd_train_reader(args) -> int:
     print(f"soft prompt written to {args.out}: {manifest['length']} vectors, {manifest['steps']} steps in "
           f"{manifest['train_seconds'] / 60:.1f} min; dev EM {best['em']:.1f} F1 {best['f1']:.1f} at step "
           f"{best['step']} ({best['questions']} questions); backbone hash unchanged ({manifest['backbone_hash'][:12]})")
+    return 0
+
+
+def cmd_train_recursive(args) -> int:
+    from odqa.questions import dedup, load_questions
+    from odqa.training.recursive import RecursiveTrainConfig, train_recursive
+
+    def items(spec: str) -> list[dict]:
+        return [{"id": q.id, "question": q.question, "answers": q.answers}
+                for q in dedup(load_questions(spec, require_answers=True))]
+
+    if args.no_pretrain and args.mode != "neural":
+        raise OdqaError("--no-pretrain applies to --mode neural only (the connector's pre-training)")
+    config = RecursiveTrainConfig(
+        prompt_length=args.prompt_length, max_examples=args.max_examples, epochs=args.epochs, max_steps=args.max_steps,
+        batch_size=args.batch_size, lr=args.lr, connector_lr=args.connector_lr, eval_every=args.eval_every,
+        patience=args.patience, dev_limit=args.dev_limit, seed=args.seed, num_candidates=args.num_candidates,
+        temperature=args.temperature, top_p=args.top_p, bottleneck=args.bottleneck, pretrain=not args.no_pretrain,
+        pretrain_steps=args.pretrain_steps)
+    if args.quick:  # a smoke run (used by the slow tests): a few steps on a few questions
+        config.max_examples, config.max_steps, config.eval_every, config.batch_size = 4, 2, 2, 2
+        config.dev_limit, config.pretrain_steps, config.pretrain_dev_chunks = 3, 2, 2
+        config.num_candidates, config.max_new_tokens = min(config.num_candidates, 2), 8
+    train = items(args.train)
+    source = {"train": f"real: {args.train}", "synthetic": False, "kind": "real questions (closed-book)"}
+    manifest = train_recursive(args.mode, args.model, train, items(args.dev), args.out, config, source,
+                               first_prompt=args.first_prompt, connector_dir=args.connector, resume=args.resume)
+    best = manifest["dev_metrics"]["best"]
+    print(f"{args.mode} artifact written to {args.out}: {manifest['trainable_params']:,} trainable parameters, "
+          f"{manifest['steps']} steps in {manifest['train_seconds'] / 60:.1f} min; dev EM {best['em']:.1f} "
+          f"F1 {best['f1']:.1f} at step {best['step']} ({best['questions']} questions); backbone hash unchanged "
+          f"({manifest['backbone_hash'][:12]})")
     return 0
 
 
@@ -328,6 +370,65 @@ def cmd_data_negatives(args) -> int:
     return 0
 
 
+def cmd_data_multitask(args) -> int:
+    from odqa.training.multitask import MixtureSizes, write_mixture
+
+    sizes = MixtureSizes(train=args.train_per_task, dev=args.dev_per_task, test=args.test_per_task)
+    manifest = write_mixture(args.out, sizes, seed=args.seed)
+    for split, counts in manifest["counts"].items():
+        print(f"{split}: " + ", ".join(f"{t} {n}" for t, n in counts.items()) + f" -> {Path(args.out) / split}.jsonl")
+    print(f"held out (test only): {', '.join(manifest['held_out'])}")
+    return 0
+
+
+def cmd_train_idpt(args) -> int:
+    from odqa.training.idpt import IDPTTrainConfig, default_finetune_out, train_idpt
+    from odqa.training.multitask import read_multitask
+
+    config = IDPTTrainConfig(
+        mode=args.mode, prompt_length=args.prompt_length, encoder=args.encoder,
+        encoder_prompt_length=args.encoder_prompt_length, attn_dim=args.attn_dim, heads=args.heads,
+        max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr, prompt_lr=args.prompt_lr,
+        eval_every=args.eval_every, save_every=args.save_every, patience=args.patience,
+        dev_per_task=args.dev_per_task, seed=args.seed)
+    train = read_multitask(args.train or args.data, None if args.train else "train", args.task_name)
+    dev = read_multitask(args.dev or args.data, None if args.dev else "dev", args.task_name)
+    if args.quick:  # a smoke run (used by the slow test)
+        config.max_steps, config.eval_every, config.batch_size, config.dev_per_task = 2, 2, 2, 1
+    if args.out is None and args.mode != "finetune":
+        raise OdqaError(f"--mode {args.mode} needs --out DIR, e.g. pipelines/artifacts/{args.mode}-smollm2-multitask")
+    out = Path(args.out) if args.out else default_finetune_out(args.model)
+    source = {"train": str(args.train or f"{args.data}:train"), "dev": str(args.dev or f"{args.data}:dev"),
+              "synthetic": "partly: cloze and subject tasks are made by odqa from the corpus"}
+    manifest = train_idpt(train, dev, out, config, args.model, source, resume=args.resume)
+    if args.json:
+        print(json.dumps({k: manifest[k] for k in ("dev_metrics", "trainable_params", "train_seconds", "steps")}))
+        return 0
+    best = manifest["dev_metrics"]["best"]
+    params = ", ".join(f"{k} {v:,}" for k, v in manifest["trainable_params"].items())
+    print(f"{args.mode} artifact written to {out}: trainable parameters {params} "
+          f"({manifest['trainable_percent_of_lm']}% of the LM); {manifest['steps']} steps in "
+          f"{manifest['train_seconds'] / 60:.1f} min ({manifest['seconds_per_step']} s/step); dev score "
+          f"{best['score']:.1f} at step {best['step']}; backbone hash unchanged ({manifest['backbone_hash'][:12]}), "
+          f"encoder hash unchanged ({manifest['encoder_hash'][:12]})")
+    return 0
+
+
+def cmd_eval_idpt(args, command: str) -> int:
+    from odqa.idpt_eval import evaluate_idpt, report_table
+
+    if not args.out:
+        raise OdqaError("odqa eval idpt needs --out DIR, e.g. --out eval/runs/idpt")
+    systems = {name: path for name, path in (("idpt", args.idpt), ("prompt", args.soft_prompt),
+                                             ("finetune", args.finetuned)) if path}
+    if args.zero_shot:
+        systems["frozen"] = None
+    metrics = evaluate_idpt(args.data, systems, args.out, model=args.model, limit_per_task=args.limit,
+                            timing_inputs=args.timing_inputs, command=command)
+    print(json.dumps(metrics) if args.json else f"{report_table(metrics)}\nreport: {Path(args.out) / 'report.md'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from odqa.index import BM25Config
 
@@ -360,11 +461,15 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("question")
     a.add_argument("--pipeline", default=str(DEFAULT_PIPELINE))
     a.add_argument("--json", action="store_true", help="machine-readable output")
+    a.add_argument("--task", default=None, help="multitask pipelines (idpt_multitask.yml): TASK or TASK/TEMPLATE")
     a.set_defaults(func=cmd_ask)
 
     r = sub.add_parser("run", help="run a pipeline on one question or a jsonl file of questions")
-    r.add_argument("pipeline")
+    r.add_argument("pipeline", nargs="?")
+    r.add_argument("--pipeline", dest="pipeline_opt", default=None, help="the pipeline YAML (or give it first)")
     r.add_argument("--question")
+    r.add_argument("--task", default=None, help="multitask pipelines (idpt_multitask.yml): the task whose template "
+                                                 "the input is rendered with, TASK or TASK/TEMPLATE (e.g. topic)")
     r.add_argument("--questions", help="jsonl file with a 'question' per line, or fanoutqa-wiki[:split]")
     r.add_argument("--out", help="answers jsonl (appended to; a rerun resumes)")
     r.add_argument("--json", action="store_true")
@@ -385,6 +490,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--shards", type=int, default=1)
     e.add_argument("--shard", type=int, default=None)
     e.add_argument("--ablate", default="", help="comma-separated stages to rerun without, e.g. ranker,dense,bm25")
+    e.add_argument("--data", default="data/multitask/wiki-mixture", help="for `eval idpt`: the multitask mixture")
+    e.add_argument("--idpt", default=None, help="for `eval idpt`: the ID-PT generator artifact")
+    e.add_argument("--soft-prompt", default=None, help="for `eval idpt`: the plain prompt-tuning artifact")
+    e.add_argument("--finetuned", default=None, help="for `eval idpt`: the fine-tuned backbone directory")
+    e.add_argument("--zero-shot", action="store_true", help="for `eval idpt`: also score the frozen LM alone")
+    e.add_argument("--model", default="smollm2-135m-instruct", help="for `eval idpt`: the frozen backbone")
+    e.add_argument("--timing-inputs", type=int, default=30, help="for `eval idpt`: inputs timed per system")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_eval)
 
@@ -443,6 +555,79 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quick", action="store_true", help="a smoke run: 2 steps of 2 questions, 3 dev questions")
     t.set_defaults(func=cmd_train_reader)
 
+    from odqa.training.recursive import MODES, RecursiveTrainConfig
+
+    rc = RecursiveTrainConfig()
+    t = train.add_parser("recursive", help="closed-book QA: the one-pass prompt, or a second pass through the "
+                                           "same frozen LM (textual or neural recursion)")
+    t.add_argument("--mode", required=True, choices=MODES,
+                   help="one-pass: the closed-book soft prompt; textual: pass 2 reads sampled candidates; "
+                        "neural: a connector maps pass 1's hidden states into pass 2")
+    t.add_argument("--model", default="smollm2-135m-instruct", help="frozen backbone (e.g. gemma3-270m)")
+    t.add_argument("--train", default="fanoutqa-closedbook:train", help="training questions (set or .jsonl)")
+    t.add_argument("--dev", default="fanoutqa-closedbook:dev", help="dev questions for EM and early stopping")
+    t.add_argument("--out", required=True, help="artifact dir, e.g. pipelines/artifacts/recursive-neural-smollm2")
+    t.add_argument("--first-prompt", default=None, help="textual/neural: pass 1's soft prompt (a one-pass artifact)")
+    t.add_argument("--connector", default=None, help="neural: the LM-pre-trained connector artifact; reused if it "
+                   "exists, else pre-trained and written there (default: OUT's dir/connector-lm-MODEL)")
+    t.add_argument("--no-pretrain", action="store_true", help="neural: skip the connector's LM pre-training (ablation)")
+    t.add_argument("--prompt-length", type=int, default=rc.prompt_length, help="soft prompt vectors")
+    t.add_argument("--max-examples", type=int, default=rc.max_examples)
+    t.add_argument("--epochs", type=int, default=rc.epochs)
+    t.add_argument("--max-steps", type=int, default=None)
+    t.add_argument("--batch-size", type=int, default=rc.batch_size)
+    t.add_argument("--lr", type=float, default=rc.lr, help="AdamW learning rate of the soft prompt")
+    t.add_argument("--connector-lr", type=float, default=rc.connector_lr)
+    t.add_argument("--eval-every", type=int, default=rc.eval_every)
+    t.add_argument("--patience", type=int, default=rc.patience)
+    t.add_argument("--dev-limit", type=int, default=rc.dev_limit, help="first N dev questions (0: all)")
+    t.add_argument("--num-candidates", type=int, default=rc.num_candidates, help="textual: samples in pass 1")
+    t.add_argument("--temperature", type=float, default=rc.temperature, help="textual: pass-1 sampling temperature")
+    t.add_argument("--top-p", type=float, default=rc.top_p, help="textual: pass-1 nucleus sampling mass")
+    t.add_argument("--bottleneck", type=int, default=rc.bottleneck, help="neural: the connector MLP's width")
+    t.add_argument("--pretrain-steps", type=int, default=rc.pretrain_steps)
+    t.add_argument("--seed", type=int, default=rc.seed)
+    t.add_argument("--resume", action="store_true", help="continue from the checkpoint in OUT.work/")
+    t.add_argument("--quick", action="store_true", help="a smoke run: 2 steps of 2 questions, 3 dev questions")
+    t.set_defaults(func=cmd_train_recursive)
+
+    from odqa.training.idpt import MODES as IDPT_MODES, IDPTTrainConfig
+
+    ic = IDPTTrainConfig()
+    t = train.add_parser("idpt", help="multitask: the ID-PT prompt generator, or the plain-prompt / full "
+                                      "fine-tuning baselines, on the same data and step budget")
+    t.add_argument("--mode", default="idpt", choices=IDPT_MODES,
+                   help="idpt: train only the prompt generator; prompt: one shared soft prompt; finetune: a copy "
+                        "of the backbone (saved outside the repo)")
+    t.add_argument("--data", default="data/multitask/wiki-mixture",
+                   help="mixture dir with train/dev jsonl (odqa data multitask), or a `datasets` save_to_disk dir")
+    t.add_argument("--train", default=None, help="override: a P3/T0-style jsonl of training examples")
+    t.add_argument("--dev", default=None, help="override: a P3/T0-style jsonl of dev examples")
+    t.add_argument("--task-name", default=None, help="task name for records without a 'task' field")
+    t.add_argument("--model", default="smollm2-135m-instruct", help="the frozen backbone")
+    t.add_argument("--out", default=None, help="artifact dir (finetune default: $ODQA_HOME/finetuned/NAME, "
+                                               "never inside the repo)")
+    t.add_argument("--encoder", default=ic.encoder, help="idpt: the frozen encoder (a T5 id uses T5EncoderModel)")
+    t.add_argument("--prompt-length", type=int, default=ic.prompt_length, help="P: prompt vectors")
+    t.add_argument("--encoder-prompt-length", type=int, default=ic.encoder_prompt_length, help="Q: encoder prompt")
+    t.add_argument("--attn-dim", type=int, default=ic.attn_dim)
+    t.add_argument("--heads", type=int, default=ic.heads)
+    t.add_argument("--max-steps", type=int, default=ic.max_steps, help="the step budget (same for every mode)")
+    t.add_argument("--batch-size", type=int, default=ic.batch_size)
+    t.add_argument("--lr", type=float, default=None, help="idpt: cross-attention network (default 1e-4); "
+                                                          "finetune: all weights (3e-5)")
+    t.add_argument("--prompt-lr", type=float, default=ic.prompt_lr, help="prompt vectors (plain prompt, idpt's "
+                                                                        "encoder prompt and output bias)")
+    t.add_argument("--eval-every", type=int, default=ic.eval_every)
+    t.add_argument("--save-every", type=int, default=ic.save_every)
+    t.add_argument("--patience", type=int, default=ic.patience)
+    t.add_argument("--dev-per-task", type=int, default=ic.dev_per_task)
+    t.add_argument("--seed", type=int, default=ic.seed)
+    t.add_argument("--resume", action="store_true", help="continue from the checkpoint in OUT.work/")
+    t.add_argument("--quick", action="store_true", help="a smoke run: 2 steps of 2 examples, 1 dev example per task")
+    t.add_argument("--json", action="store_true")
+    t.set_defaults(func=cmd_train_idpt)
+
     # `odqa data ...`: training data (synthetic cloze QA, hard negatives); written under data/, not committed
     data = sub.add_parser("data", help="build training data: synthetic cloze QA, hard negatives").add_subparsers(
         dest="data_cmd", required=True)
@@ -471,6 +656,13 @@ def build_parser() -> argparse.ArgumentParser:
     dn.add_argument("--depth", type=int, default=50, help="BM25 and dense results read per question")
     dn.add_argument("--encoder", default=None, help="dense encoder (default: the index's own)")
     dn.set_defaults(func=cmd_data_negatives)
+    dm = data.add_parser("multitask", help="the bundled multitask mixture for ID-PT (5 task kinds, one held out)")
+    dm.add_argument("--out", default="data/multitask/wiki-mixture", help="dir for train/dev/test jsonl + manifest")
+    dm.add_argument("--train-per-task", type=int, default=300)
+    dm.add_argument("--dev-per-task", type=int, default=24)
+    dm.add_argument("--test-per-task", type=int, default=60)
+    dm.add_argument("--seed", type=int, default=0)
+    dm.set_defaults(func=cmd_data_multitask)
 
     d = sub.add_parser("demo", help="answer a few sample questions")
     d.add_argument("--pipeline", default=str(DEFAULT_PIPELINE))

