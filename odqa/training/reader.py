@@ -116,8 +116,14 @@ def batch_loss(model, soft, batch: list[tuple[list[int], int]], pad_id: int) -> 
     p = soft.length
     mask = torch.cat([torch.ones((len(batch), p), dtype=torch.long), mask], dim=1)
     labels = torch.cat([torch.full((len(batch), p), -100, dtype=torch.long), labels], dim=1)
-    # the LM head runs only where an answer token is predicted (position t predicts token t+1):
-    # a [batch, seq, vocab] logits tensor would cost ~0.6 GB and a fifth of the step
+    return answer_loss(model, embeds, mask, labels)
+
+
+def answer_loss(model, embeds: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy of the frozen LM over ``inputs_embeds`` where ``labels != -100``
+    (``labels[:, t]`` is the token at position t). The LM head runs only where a label is predicted
+    (position t predicts token t+1): a [batch, seq, vocab] logits tensor would cost ~0.6 GB and a
+    fifth of the step."""
     hidden = model.get_decoder()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
     targets = labels[:, 1:]
     keep = targets != -100

@@ -124,14 +124,9 @@ def embeds_loss(model, soft, items: list[tuple[torch.Tensor, torch.Tensor]]) -> 
         p = soft.length
         mask = torch.cat([torch.ones(len(items), p, dtype=torch.long), mask], dim=1)
         labels = torch.cat([torch.full((len(items), p), -100, dtype=torch.long), labels], dim=1)
-    hidden = model.get_decoder()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
-    targets = labels[:, 1:]
-    keep = targets != -100
-    logits = model.get_output_embeddings()(hidden[:, :-1][keep]).float()
-    cap = getattr(model.config, "final_logit_softcapping", None)
-    if cap:  # Gemma-style soft capping, as the model's own forward applies it
-        logits = torch.tanh(logits / cap) * cap
-    return torch.nn.functional.cross_entropy(logits, targets[keep])
+    from odqa.training.reader import answer_loss
+
+    return answer_loss(model, embeds, mask, labels)
 
 
 # --- the loop ------------------------------------------------------------------------------------
