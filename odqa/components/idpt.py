@@ -41,6 +41,7 @@ from torch import nn
 
 from odqa.components._common import check_question
 from odqa.errors import ArtifactMismatchError, PipelineConfigError, ResourceNotFoundError
+from odqa.lm.backbone import freeze
 
 WEIGHTS = "prompt_generator.safetensors"
 KIND = "idpt_generator"
@@ -61,7 +62,6 @@ def load_encoder(name: str) -> tuple[nn.Module, object]:
             return _ENCODERS[name]
         from transformers import AutoConfig, AutoModel, AutoTokenizer, T5EncoderModel
 
-        from odqa.lm.backbone import freeze
         from odqa.resources import model_dir
 
         path = model_dir(name)
@@ -309,14 +309,12 @@ class IDPTLM:
             self._backbone = load_backbone(str(path), self.dtype)
         elif kind == KIND:
             backbone = load_backbone(self.model, self.dtype)
-            self._generator = PromptGenerator.load(path, self.model, backbone.hidden_size).eval()
-            self._generator.requires_grad_(False)
+            self._generator = freeze(PromptGenerator.load(path, self.model, backbone.hidden_size))
             self._enc_tok = load_encoder(read_manifest(path)["encoder"])[1]
             self._backbone = backbone
         elif kind == "soft_prompt":
             backbone = load_backbone(self.model, self.dtype)
-            self._soft = SoftPrompt.load(path, self.model, backbone.hidden_size).eval()
-            self._soft.requires_grad_(False)
+            self._soft = freeze(SoftPrompt.load(path, self.model, backbone.hidden_size))
             self._backbone = backbone
         else:
             raise ArtifactMismatchError(f"artifact '{path}' is a '{kind}'; IDPTLM takes an '{KIND}', 'soft_prompt' "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import torch
@@ -12,6 +11,7 @@ from haystack.dataclasses import GeneratedAnswer
 from odqa.components._common import check_question
 from odqa.components.packing import reader_budget
 from odqa.errors import PipelineConfigError
+from odqa.lm.backbone import freeze
 from odqa.lm.generation import cached_prefix, greedy_generate
 from odqa.lm.prompting import clean_answer, encode_parts, encode_prefix, get_template
 
@@ -74,12 +74,10 @@ class FrozenLMReader:
         backbone = load_backbone(self.model, self.dtype)
         soft = None
         if self.soft_prompt:
-            soft = SoftPrompt.load(self.soft_prompt, self.model, backbone.hidden_size).eval()
-            soft.requires_grad_(False)
+            soft = freeze(SoftPrompt.load(self.soft_prompt, self.model, backbone.hidden_size))
         self._soft = soft
         if self._cached:
-            # the digest keeps a prompt re-trained under the same path from reusing stale keys and values
-            digest = hashlib.sha1(soft.prompt.detach().float().numpy().tobytes()).hexdigest() if soft else None
+            digest = soft.digest() if soft else None
             self._prefix_key = (self.model, self.dtype, self.soft_prompt, digest, self.template)
             cached_prefix(self._prefix_key, backbone.model, soft,  # build it now, not on the first question
                           encode_prefix(backbone.tokenizer, get_template(self.template)))

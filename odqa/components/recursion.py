@@ -39,6 +39,7 @@ from torch import nn
 
 from odqa.components._common import check_question
 from odqa.errors import ArtifactMismatchError, PipelineConfigError, QuestionTooLongError, ResourceNotFoundError
+from odqa.lm.backbone import freeze
 from odqa.lm.generation import cached_prefix, greedy_generate
 from odqa.lm.prompting import clean_answer, encode_parts, get_template
 from odqa.metrics import normalize_answer
@@ -199,10 +200,6 @@ def _decode(backbone, new: list[int], logp: list[float]) -> tuple[str, float]:
     return backbone.tokenizer.decode(kept, skip_special_tokens=True), score
 
 
-def _digest(module) -> str:
-    return hashlib.sha1(b"".join(p.detach().float().numpy().tobytes() for p in module.parameters())).hexdigest()
-
-
 def _check_length(n: int, limit: int, question: str) -> None:
     if n > limit:
         raise QuestionTooLongError(f"the question '{question[:60]}' needs {n} input positions, over the "
@@ -222,8 +219,7 @@ class _TwoPassReader:
         from odqa.lm.soft_prompt import SoftPrompt
 
         backbone = load_backbone(self.model, self.dtype)
-        soft1 = SoftPrompt.load(self.first_prompt, self.model, backbone.hidden_size).eval()
-        soft1.requires_grad_(False)
+        soft1 = freeze(SoftPrompt.load(self.first_prompt, self.model, backbone.hidden_size))
         return backbone, soft1
 
     def _answer(self, query: str, text: str, score: float, meta: dict) -> dict[str, Any]:
@@ -281,10 +277,9 @@ class TextualRecursionReader(_TwoPassReader):
         from odqa.lm.soft_prompt import SoftPrompt
 
         backbone, soft1 = self._load_common()
-        soft2 = SoftPrompt.load(self.second_prompt, self.model, backbone.hidden_size).eval()
-        soft2.requires_grad_(False)
+        soft2 = freeze(SoftPrompt.load(self.second_prompt, self.model, backbone.hidden_size))
         self._soft1, self._soft2 = soft1, soft2
-        self._prefix_key = (self.model, self.dtype, "textual-pass2", self.second_prompt, _digest(soft2))
+        self._prefix_key = (self.model, self.dtype, "textual-pass2", self.second_prompt, soft2.digest())
         self._backbone = backbone
 
     @component.output_types(answers=list[GeneratedAnswer])
@@ -431,14 +426,12 @@ class NeuralRecursionReader(_TwoPassReader):
         from odqa.lm.soft_prompt import SoftPrompt
 
         backbone, soft1 = self._load_common()
-        soft2 = SoftPrompt.load(self.recursion, self.model, backbone.hidden_size).eval()
-        connector = Connector.load(self.recursion, self.model, backbone.hidden_size).eval()
-        soft2.requires_grad_(False)
-        connector.requires_grad_(False)
+        soft2 = freeze(SoftPrompt.load(self.recursion, self.model, backbone.hidden_size))
+        connector = freeze(Connector.load(self.recursion, self.model, backbone.hidden_size))
         self._check_first_prompt()
         self._soft1, self._soft2, self._connector = soft1, soft2, connector
-        self._prefix_keys = ((self.model, self.dtype, "pass1", self.first_prompt, _digest(soft1)),
-                             (self.model, self.dtype, "neural-pass2", self.recursion, _digest(soft2)))
+        self._prefix_keys = ((self.model, self.dtype, "pass1", self.first_prompt, soft1.digest()),
+                             (self.model, self.dtype, "neural-pass2", self.recursion, soft2.digest()))
         self._backbone = backbone
 
     def _check_first_prompt(self) -> None:

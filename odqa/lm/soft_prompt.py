@@ -50,6 +50,13 @@ class SoftPrompt(nn.Module):
     def length(self) -> int:
         return int(self.prompt.shape[0])
 
+    def digest(self) -> str:
+        """A hash of the prompt's values: keeps a prompt re-trained under the same path from
+        reusing another's cached keys and values (:mod:`odqa.lm.generation`)."""
+        import hashlib
+
+        return hashlib.sha1(self.prompt.detach().float().numpy().tobytes()).hexdigest()
+
     def forward(self, input_embeds: torch.Tensor) -> torch.Tensor:
         """Prepend the prompt to ``[batch, seq, d]`` input embeddings."""
         batch = input_embeds.shape[0]
