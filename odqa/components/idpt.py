@@ -49,17 +49,22 @@ FINETUNED_KIND = "finetuned_lm"
 T5_TYPES = {"t5", "mt5", "umt5", "longt5"}
 MAX_ENCODER_TOKENS = 128
 
-_ENCODERS: dict[str, tuple[nn.Module, object]] = {}
+_ENCODERS: dict[tuple[str, str], tuple[nn.Module, object]] = {}
 _LOCK = threading.Lock()
 
 
 # --- the frozen encoder ------------------------------------------------------------------------
-def load_encoder(name: str) -> tuple[nn.Module, object]:
+def load_encoder(name: str, device: str | torch.device | None = None) -> tuple[nn.Module, object]:
     """``(model, tokenizer)`` of a frozen encoder: ``T5EncoderModel`` for a T5 config, ``AutoModel``
-    otherwise. Bundled names (``minilm-l6``), local paths and HF ids; cached per process."""
+    otherwise. Bundled names (``minilm-l6``), local paths and HF ids; on ``device`` (default
+    ``$ODQA_DEVICE``, as the backbone); cached per process."""
+    from odqa.lm.backbone import resolve_device
+
+    where = resolve_device(device)
+    key = (name, str(where))
     with _LOCK:
-        if name in _ENCODERS:
-            return _ENCODERS[name]
+        if key in _ENCODERS:
+            return _ENCODERS[key]
         from transformers import AutoConfig, AutoModel, AutoTokenizer, T5EncoderModel
 
         from odqa.resources import model_dir
@@ -76,8 +81,8 @@ def load_encoder(name: str) -> tuple[nn.Module, object]:
         cls = T5EncoderModel if config.model_type in T5_TYPES else AutoModel
         model = cls.from_pretrained(path)
         tokenizer = AutoTokenizer.from_pretrained(path)
-        _ENCODERS[name] = (freeze(model), tokenizer)
-        return _ENCODERS[name]
+        _ENCODERS[key] = (freeze(model.to(where)), tokenizer)
+        return _ENCODERS[key]
 
 
 def encoder_hidden_size(model: nn.Module) -> int:
@@ -134,6 +139,7 @@ class PromptGenerator(nn.Module):
             raise PipelineConfigError(f"init_prompt has shape {tuple(bias.shape)}, "
                                       f"expected ({prompt_length}, {lm_hidden})")
         self.prompt_bias = nn.Parameter(bias)
+        self.to(emb.device)  # the generator lives where its frozen encoder does
 
     @property
     def encoder(self) -> nn.Module:
@@ -182,7 +188,8 @@ class PromptGenerator(nn.Module):
     def tokenize(self, tokenizer, texts: list[str]) -> dict[str, torch.Tensor]:
         """Encoder inputs for ``texts``: right padding, truncated to what the encoder reads."""
         limit = MAX_ENCODER_TOKENS - self.config["encoder_prompt_length"]
-        return tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=limit)
+        enc = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=limit)
+        return enc.to(self.prompt_bias.device)
 
     # --- artifact ------------------------------------------------------------------------------
     def save(self, out_dir: str | Path, manifest: dict) -> Path:
@@ -192,7 +199,8 @@ class PromptGenerator(nn.Module):
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().float().contiguous() for k, v in self.state_dict().items()}, str(out / WEIGHTS))
+        save_file({k: v.detach().float().cpu().contiguous() for k, v in self.state_dict().items()},
+                  str(out / WEIGHTS))
         write_manifest(out, {**manifest, "kind": KIND, "hidden_size": self.config["lm_hidden"], **self.config,
                              "trainable_params": self.parameter_counts()})
         return out
@@ -314,7 +322,7 @@ class IDPTLM:
             self._backbone = backbone
         elif kind == "soft_prompt":
             backbone = load_backbone(self.model, self.dtype)
-            self._soft = freeze(SoftPrompt.load(path, self.model, backbone.hidden_size))
+            self._soft = freeze(SoftPrompt.load(path, self.model, backbone.hidden_size).to(backbone.device))
             self._backbone = backbone
         else:
             raise ArtifactMismatchError(f"artifact '{path}' is a '{kind}'; IDPTLM takes an '{KIND}', 'soft_prompt' "
@@ -340,7 +348,7 @@ class IDPTLM:
     def input_embeds(self, text: str) -> tuple[torch.Tensor, float]:
         """``[1, P + n, d]`` input embeddings of a rendered input (prompt first), and the ms spent writing p(x)."""
         tok, model = self._backbone.tokenizer, self._backbone.model
-        ids = torch.tensor([truncate_ids(tok(text)["input_ids"], self.max_input_tokens)])
+        ids = torch.tensor([truncate_ids(tok(text)["input_ids"], self.max_input_tokens)], device=self._backbone.device)
         embeds = model.get_input_embeddings()(ids)
         start = time.perf_counter()
         if self._generator is not None:

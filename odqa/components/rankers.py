@@ -48,7 +48,7 @@ def score_pairs(model, tokenizer, pairs: list[tuple[str, str]], batch_size: int 
     with torch.inference_mode():
         for idx in batches:
             features = tokenizer.pad([{k: enc[k][i] for k in enc} for i in idx], return_tensors="pt")
-            for i, s in zip(idx, model(**features).logits[:, 0].tolist()):
+            for i, s in zip(idx, model(**features.to(model.device)).logits[:, 0].tolist()):
                 scores[i] = float(s)
     return scores
 
@@ -121,7 +121,9 @@ class CrossEncoderRanker:
                 f"ranker model '{self.model}' has no trained classification head; pass a trained "
                 "cross-encoder (e.g. one made by `odqa train reranker`), or remove the ranker"
             )
-        model = CrossEncoder(path, device="cpu", max_length=self.max_length)
+        from odqa.lm.backbone import resolve_device
+
+        model = CrossEncoder(path, device=str(resolve_device()), max_length=self.max_length)
         return lambda pairs: model.predict(pairs, batch_size=self.batch_size, show_progress_bar=False)
 
     @component.output_types(documents=list[Document])

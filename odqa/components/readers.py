@@ -74,7 +74,7 @@ class FrozenLMReader:
         backbone = load_backbone(self.model, self.dtype)
         soft = None
         if self.soft_prompt:
-            soft = freeze(SoftPrompt.load(self.soft_prompt, self.model, backbone.hidden_size))
+            soft = freeze(SoftPrompt.load(self.soft_prompt, self.model, backbone.hidden_size).to(backbone.device))
         self._soft = soft
         if self._cached:
             digest = soft.digest() if soft else None
@@ -115,7 +115,7 @@ class FrozenLMReader:
         if self._cached:
             text, score, n_new = self._generate_cached(prefix_ids, body_ids)
         else:
-            text, score, n_new = self._generate(torch.tensor([ids]))
+            text, score, n_new = self._generate(torch.tensor([ids], device=self._backbone.device))
         answer = GeneratedAnswer(
             data=clean_answer(text), query=query, documents=documents,
             meta={"score": score, "raw": text, "prompt_tokens": len(ids) + soft_len, "new_tokens": n_new},
@@ -125,7 +125,7 @@ class FrozenLMReader:
     def _generate_cached(self, prefix_ids: list[int], body_ids: list[int]) -> tuple[str, float, int]:
         model = self._backbone.model
         prefix = cached_prefix(self._prefix_key, model, self._soft, prefix_ids)  # a lookup after warm_up
-        inputs = torch.tensor([body_ids if prefix is not None else prefix_ids + body_ids])
+        inputs = torch.tensor([body_ids if prefix is not None else prefix_ids + body_ids], device=self._backbone.device)
         new, logp = greedy_generate(model, prefix, inputs, self.max_new_tokens, self._backbone.stop_token_ids)
         return self._decode(new, torch.tensor(logp))
 
@@ -140,7 +140,7 @@ class FrozenLMReader:
         )
         if self._soft is not None:
             embeds = self._soft(model.get_input_embeddings()(input_ids))
-            mask = torch.ones(embeds.shape[:2], dtype=torch.long)
+            mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
             out = model.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
             new = out.sequences[0]  # with inputs_embeds only the new tokens come back
         else:
@@ -148,7 +148,7 @@ class FrozenLMReader:
             new = out.sequences[0, input_ids.shape[1]:]
         beam_indices = getattr(out, "beam_indices", None)
         logp = model.compute_transition_scores(out.sequences, out.scores, beam_indices, normalize_logits=True)[0]
-        logp = logp[torch.isfinite(logp)][: len(new)]
+        logp = logp[torch.isfinite(logp)][: len(new)].cpu()
         return self._decode([int(t) for t in new], logp)
 
     def _decode(self, new: list[int], logp: torch.Tensor) -> tuple[str, float, int]:

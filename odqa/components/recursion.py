@@ -106,13 +106,13 @@ class Connector(nn.Module):
         embedding = model.get_input_embeddings()
         with torch.no_grad():
             blank = embedding(torch.tensor([ids[-1]], device=embedding.weight.device))[0].float()
-        return cls(int(embedding.weight.shape[1]), bottleneck, blank=blank)
+        return cls(int(embedding.weight.shape[1]), bottleneck, blank=blank).to(embedding.weight.device)
 
     def save(self, directory: str | Path) -> Path:
         from safetensors.torch import save_file
 
         path = Path(directory) / CONNECTOR
-        save_file({k: v.detach().float().contiguous() for k, v in self.state_dict().items()}, str(path))
+        save_file({k: v.detach().float().cpu().contiguous() for k, v in self.state_dict().items()}, str(path))
         return path
 
     @classmethod
@@ -219,7 +219,7 @@ class _TwoPassReader:
         from odqa.lm.soft_prompt import SoftPrompt
 
         backbone = load_backbone(self.model, self.dtype)
-        soft1 = freeze(SoftPrompt.load(self.first_prompt, self.model, backbone.hidden_size))
+        soft1 = freeze(SoftPrompt.load(self.first_prompt, self.model, backbone.hidden_size).to(backbone.device))
         return backbone, soft1
 
     def _answer(self, query: str, text: str, score: float, meta: dict) -> dict[str, Any]:
@@ -277,7 +277,7 @@ class TextualRecursionReader(_TwoPassReader):
         from odqa.lm.soft_prompt import SoftPrompt
 
         backbone, soft1 = self._load_common()
-        soft2 = freeze(SoftPrompt.load(self.second_prompt, self.model, backbone.hidden_size))
+        soft2 = freeze(SoftPrompt.load(self.second_prompt, self.model, backbone.hidden_size).to(backbone.device))
         self._soft1, self._soft2 = soft1, soft2
         self._prefix_key = (self.model, self.dtype, "textual-pass2", self.second_prompt, soft2.digest())
         self._backbone = backbone
@@ -319,7 +319,7 @@ class TextualRecursionReader(_TwoPassReader):
         n_in = self._soft2.length + len(prefix_ids) + len(body_ids)
         _check_length(n_in + self.max_new_tokens, self.context_length, query)
         prefix = cached_prefix(self._prefix_key, model, self._soft2, prefix_ids)
-        inputs = torch.tensor([body_ids if prefix is not None else prefix_ids + body_ids])
+        inputs = torch.tensor([body_ids if prefix is not None else prefix_ids + body_ids], device=backbone.device)
         new, logp = greedy_generate(model, prefix, inputs, self.max_new_tokens, backbone.stop_token_ids)
         text, score = _decode(backbone, new, logp)
         return text, score, n_in, len(new)
@@ -350,10 +350,11 @@ def sample_candidates(backbone, soft1, query: str, num_candidates: int, temperat
     _check_length(len(ids) + soft1.length + max_new_tokens, context_length, query)
     embeds = soft1(_embed(model, ids).unsqueeze(0))
     question_seed = (seed * 1_000_003 + int(hashlib.sha1(query.encode("utf-8")).hexdigest()[:8], 16)) % 2**31
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(question_seed)
+    device = embeds.device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(question_seed)  # seeds the GPU too: a GPU draws other samples than the CPU
         out = model.generate(
-            inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long),
+            inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=device),
             do_sample=True, temperature=temperature, top_p=top_p, top_k=0,
             num_return_sequences=num_candidates, max_new_tokens=max_new_tokens,
             eos_token_id=backbone.stop_token_ids, pad_token_id=tok.pad_token_id)
@@ -426,8 +427,8 @@ class NeuralRecursionReader(_TwoPassReader):
         from odqa.lm.soft_prompt import SoftPrompt
 
         backbone, soft1 = self._load_common()
-        soft2 = freeze(SoftPrompt.load(self.recursion, self.model, backbone.hidden_size))
-        connector = freeze(Connector.load(self.recursion, self.model, backbone.hidden_size))
+        soft2 = freeze(SoftPrompt.load(self.recursion, self.model, backbone.hidden_size).to(backbone.device))
+        connector = freeze(Connector.load(self.recursion, self.model, backbone.hidden_size).to(backbone.device))
         self._check_first_prompt()
         self._soft1, self._soft2, self._connector = soft1, soft2, connector
         self._prefix_keys = ((self.model, self.dtype, "pass1", self.first_prompt, soft1.digest()),
@@ -478,7 +479,7 @@ class NeuralRecursionReader(_TwoPassReader):
         _check_length(self._soft1.length + len(prefix_ids) + len(body_ids) + self.max_new_tokens,
                       self.context_length, query)
         prefix = cached_prefix(self._prefix_keys[0], model, self._soft1, prefix_ids)
-        inputs = torch.tensor([body_ids if prefix is not None else prefix_ids + body_ids])
+        inputs = torch.tensor([body_ids if prefix is not None else prefix_ids + body_ids], device=backbone.device)
         new, _ = greedy_generate(model, prefix, inputs, self.max_new_tokens, backbone.stop_token_ids)
         answer_ids = strip_stops(new, backbone.stop_token_ids, tok.pad_token_id)
         states = first_pass_states(model, self._soft1, prefix_ids, body_ids, answer_ids)

@@ -2,20 +2,25 @@
 
 ``load_backbone("smollm2-135m-instruct")`` dequantizes the bundled GGUF once into
 ``$ODQA_HOME`` (see :mod:`odqa.resources`); any HF id or local path works too.
+
+The device is ``$ODQA_DEVICE``: ``auto`` (the default: CUDA when torch sees a GPU, else
+the CPU), ``cpu``, ``cuda`` or ``cuda:N``. Every module trained or run around the
+backbone lives on ``backbone.device``.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 
 import torch
 
-from odqa.errors import ResourceNotFoundError
+from odqa.errors import PipelineConfigError, ResourceNotFoundError
 from odqa.resources import model_dir
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_CACHE: dict[tuple[str, str], "Backbone"] = {}
+_CACHE: dict[tuple[str, str, str], "Backbone"] = {}
 _LOCK = threading.Lock()
 
 
@@ -24,6 +29,10 @@ class Backbone:
     name: str
     model: torch.nn.Module
     tokenizer: object
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
 
     @property
     def hidden_size(self) -> int:
@@ -52,11 +61,30 @@ def freeze(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def load_backbone(name: str, dtype: str = "float32") -> Backbone:
-    """Load a causal LM by bundled name, local path or HF id, frozen; cached per (name, dtype)."""
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``device``, else ``$ODQA_DEVICE``, else ``auto``: CUDA when torch sees a GPU, else the CPU."""
+    name = str(device if device is not None else os.environ.get("ODQA_DEVICE") or "auto").strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(name)
+    except (RuntimeError, ValueError):
+        resolved = None
+    if resolved is None or resolved.type not in ("cpu", "cuda"):
+        raise PipelineConfigError(f"unknown device '{name}'; set ODQA_DEVICE to auto, cpu, cuda or cuda:N")
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise PipelineConfigError(f"device '{name}' was asked for, but torch sees no CUDA GPU here; "
+                                  "set ODQA_DEVICE=cpu (or auto)")
+    return resolved
+
+
+def load_backbone(name: str, dtype: str = "float32", device: str | torch.device | None = None) -> Backbone:
+    """Load a causal LM by bundled name, local path or HF id, frozen, on ``device`` (see
+    :func:`resolve_device`); cached per (name, dtype, device)."""
     if dtype not in _DTYPES:
         raise ResourceNotFoundError(f"unknown dtype '{dtype}'; use one of {sorted(_DTYPES)}")
-    key = (name, dtype)
+    where = resolve_device(device)
+    key = (name, dtype, str(where))
     with _LOCK:
         if key in _CACHE:
             return _CACHE[key]
@@ -67,7 +95,7 @@ def load_backbone(name: str, dtype: str = "float32") -> Backbone:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=_DTYPES[dtype])
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
-        backbone = Backbone(name=name, model=freeze(model), tokenizer=tokenizer)
+        backbone = Backbone(name=name, model=freeze(model.to(where)), tokenizer=tokenizer)
         _CACHE[key] = backbone
         return backbone
 

@@ -55,12 +55,12 @@ class SoftPrompt(nn.Module):
         reusing another's cached keys and values (:mod:`odqa.lm.generation`)."""
         import hashlib
 
-        return hashlib.sha1(self.prompt.detach().float().numpy().tobytes()).hexdigest()
+        return hashlib.sha1(self.prompt.detach().float().cpu().numpy().tobytes()).hexdigest()
 
     def forward(self, input_embeds: torch.Tensor) -> torch.Tensor:
         """Prepend the prompt to ``[batch, seq, d]`` input embeddings."""
         batch = input_embeds.shape[0]
-        prompt = self.prompt.to(input_embeds.dtype).unsqueeze(0).expand(batch, -1, -1)
+        prompt = self.prompt.to(input_embeds.device, input_embeds.dtype).unsqueeze(0).expand(batch, -1, -1)
         return torch.cat([prompt, input_embeds], dim=1)
 
     @classmethod
@@ -73,7 +73,7 @@ class SoftPrompt(nn.Module):
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        save_file({"prompt": self.prompt.detach().float().contiguous()}, str(out / WEIGHTS))
+        save_file({"prompt": self.prompt.detach().float().cpu().contiguous()}, str(out / WEIGHTS))
         meta = {"kind": "soft_prompt", "length": self.length, "hidden_size": int(self.prompt.shape[1]), **manifest}
         (out / "manifest.json").write_text(json.dumps(meta, indent=2))
         return out

@@ -112,10 +112,12 @@ def batch_loss(model, soft, batch: list[tuple[list[int], int]], pad_id: int) -> 
         ids[i, : len(seq)] = torch.tensor(seq)
         mask[i, : len(seq)] = 1
         labels[i, n_prompt : len(seq)] = torch.tensor(seq[n_prompt:])
-    embeds = soft(model.get_input_embeddings()(ids))
+    embedding = model.get_input_embeddings()
+    ids, mask, labels = (t.to(embedding.weight.device) for t in (ids, mask, labels))
+    embeds = soft(embedding(ids))
     p = soft.length
-    mask = torch.cat([torch.ones((len(batch), p), dtype=torch.long), mask], dim=1)
-    labels = torch.cat([torch.full((len(batch), p), -100, dtype=torch.long), labels], dim=1)
+    mask = torch.cat([mask.new_ones((len(batch), p)), mask], dim=1)
+    labels = torch.cat([labels.new_full((len(batch), p), -100), labels], dim=1)
     return answer_loss(model, embeds, mask, labels)
 
 
@@ -190,7 +192,7 @@ def init_prompt(backbone, length: int):
     ids = backbone.tokenizer(INSTRUCTION, add_special_tokens=False)["input_ids"]
     ids = [ids[i % len(ids)] for i in range(length)]
     with torch.no_grad():
-        return SoftPrompt.from_vocab(backbone.model.get_input_embeddings(), torch.tensor(ids))
+        return SoftPrompt.from_vocab(backbone.model.get_input_embeddings(), torch.tensor(ids, device=backbone.device))
 
 
 def train_reader(pipeline: str, train_items: list[dict], dev_items: list[dict], out: str | Path,

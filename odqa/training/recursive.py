@@ -110,21 +110,21 @@ def embeds_loss(model, soft, items: list[tuple[torch.Tensor, torch.Tensor]]) -> 
     prepended; right padding; the LM head runs only on predicted positions."""
     width = max(int(e.shape[0]) for e, _ in items)
     d = int(items[0][0].shape[1])
-    embeds = torch.zeros(len(items), width, d, dtype=items[0][0].dtype)
-    mask = torch.zeros(len(items), width, dtype=torch.long)
-    labels = torch.full((len(items), width), -100, dtype=torch.long)
+    device = model.get_input_embeddings().weight.device
+    mask = torch.zeros(len(items), width, dtype=torch.long, device=device)
+    labels = torch.full((len(items), width), -100, dtype=torch.long, device=device)
     rows = []
     for i, (e, lab) in enumerate(items):
-        n = int(e.shape[0])
-        rows.append(torch.cat([e, embeds.new_zeros(width - n, d)]) if n < width else e)
+        n, e = int(e.shape[0]), e.to(device)
+        rows.append(torch.cat([e, e.new_zeros(width - n, d)]) if n < width else e)
         mask[i, :n] = 1
-        labels[i, :n] = lab
+        labels[i, :n] = lab.to(device)
     embeds = torch.stack(rows)
     if soft is not None:
         embeds = soft(embeds)
         p = soft.length
-        mask = torch.cat([torch.ones(len(items), p, dtype=torch.long), mask], dim=1)
-        labels = torch.cat([torch.full((len(items), p), -100, dtype=torch.long), labels], dim=1)
+        mask = torch.cat([mask.new_ones(len(items), p), mask], dim=1)
+        labels = torch.cat([labels.new_full((len(items), p), -100), labels], dim=1)
     from odqa.training.reader import answer_loss
 
     return answer_loss(model, embeds, mask, labels)
@@ -391,7 +391,7 @@ def train_recursive(mode: str, model_name: str, train_items: list[dict], dev_ite
     newline_id = _newline_id(tok)
     soft1 = None
     if first_prompt:
-        soft1 = freeze(SoftPrompt.load(first_prompt, model_name, backbone.hidden_size))
+        soft1 = freeze(SoftPrompt.load(first_prompt, model_name, backbone.hidden_size).to(backbone.device))
     extra: dict = {}
     pretrained: dict | None = None
     with FrozenCheck(model, model_name) as frozen:
@@ -470,7 +470,7 @@ def train_recursive(mode: str, model_name: str, train_items: list[dict], dev_ite
                 if not (connector_path / rec.CONNECTOR).exists():
                     pretrain_connector(backbone, model_name, connector_path, config, corpus=config.pretrain_corpus,
                                        resume=resume, progress=progress)
-                connector = rec.Connector.load(connector_path, model_name, backbone.hidden_size)
+                connector = rec.Connector.load(connector_path, model_name, backbone.hidden_size).to(backbone.device)
                 pretrained = {"path": str(connector_path), "sha256": _sha256(connector_path / rec.CONNECTOR),
                               "dev_metrics": read_manifest(connector_path).get("dev_metrics", {}).get("best")}
             else:

@@ -23,6 +23,7 @@ the answer being in what the pipeline's ``ContextPacker`` fits into the reader's
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import random
@@ -37,6 +38,7 @@ import torch
 
 from odqa.errors import ArtifactMismatchError, PipelineConfigError, TrainingDataError
 from odqa.metrics import has_answer
+from odqa.runs import atomic_write_bytes
 from odqa.training.artifacts import ArtifactWriter, make_manifest, read_manifest, write_manifest
 from odqa.training.checkpoints import load_checkpoint, save_checkpoint
 from odqa.training.data import Ctx, TrainExample
@@ -45,6 +47,7 @@ from odqa.training.frozen import FrozenCheck, weights_hash
 KIND = "reranker"
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 KS = (1, 5, 10, 20)
+DEV_CACHE = "dev-set.json"  # the dev questions' retrieved candidates, beside the checkpoint
 COMMIT_LIMIT = 5 * 1024 * 1024  # artifacts above this are rebuilt by command, not committed (DESIGN.md)
 
 
@@ -124,8 +127,11 @@ def load_base(name: str):
         model, info = AutoModelForSequenceClassification.from_pretrained(ref.path, num_labels=1,
                                                                          output_loading_info=True)
         tokenizer = AutoTokenizer.from_pretrained(ref.path)
+    from odqa.lm.backbone import resolve_device
+
     model.requires_grad_(False)
     model.eval()
+    model.to(resolve_device())
     fresh = set(info["missing_keys"])
     return model, tokenizer, base_weights(model, fresh), fresh
 
@@ -233,16 +239,16 @@ def step_loss(model, tokenizer, batch: list[TrainExample], cfg: RerankerTrainCon
         idx = order[start:start + cfg.micro_batch]
         enc = tokenizer([questions[i] for i in idx], [passages[i] for i in idx], truncation=True,
                         max_length=cfg.max_length, padding=True, return_tensors="pt")
-        parts.append(model(**enc).logits[:, 0])
+        parts.append(model(**enc.to(model.device)).logits[:, 0])
         where += idx
-    logits = torch.cat(parts)[torch.argsort(torch.tensor(where))]  # back to pair order
+    logits = torch.cat(parts)[torch.argsort(torch.tensor(where, device=model.device))]  # back to pair order
     width = max(len(g) for g in groups)
     scores = logits.new_full((len(groups), width), float("-inf"))
     start = 0
     for i, g in enumerate(groups):
         scores[i, : len(g)] = logits[start:start + len(g)]
         start += len(g)
-    return torch.nn.functional.cross_entropy(scores, torch.zeros(len(groups), dtype=torch.long))
+    return torch.nn.functional.cross_entropy(scores, scores.new_zeros(len(groups), dtype=torch.long))
 
 
 # --- dev evaluation -------------------------------------------------------------------------
@@ -295,20 +301,36 @@ def retrieval_pipeline(pipeline_path: str | Path):
 
 
 def build_dev_set(pipeline_path: str | Path, dev: str, limit: int | None = None,
-                  max_candidates: int | None = None, progress: bool = True) -> DevSet:
+                  max_candidates: int | None = None, progress: bool = True, cache: Path | None = None) -> DevSet:
+    """Dev questions and their retrieved candidates. With ``cache``, they are read from that file
+    when it was written for the same pipeline file, dev set, limit and candidate count (so a
+    resumed run, or one on another machine without the index, skips retrieval), else written there."""
+    from haystack import Document
     from tqdm.auto import tqdm
 
-    from odqa.questions import dedup, load_questions
+    from odqa.questions import Question, dedup, load_questions
 
-    questions = dedup(load_questions(dev, require_answers=True))[:limit]
-    if not questions:
-        raise TrainingDataError(f"dev set '{dev}' has no questions; pass e.g. fanoutqa-wiki:dev")
+    key = {"pipeline_sha256": hashlib.sha256(Path(pipeline_path).read_bytes()).hexdigest(), "dev": dev,
+           "limit": limit, "max_candidates": max_candidates}
+    saved = json.loads(cache.read_text()) if cache is not None and cache.exists() else None
     retrieval, source, packer = retrieval_pipeline(pipeline_path)
     packer.warm_up()
-    candidates = []
-    for q in tqdm(questions, desc="dev candidates", unit="q", disable=not progress):
-        docs = retrieval.run({"query": q.question}, include_outputs_from={source})[source]["documents"]
-        candidates.append(docs[:max_candidates] if max_candidates else docs)
+    if saved and saved.get("key") == key:
+        questions = [Question(**q) for q in saved["questions"]]
+        candidates = [[Document.from_dict(d) for d in docs] for docs in saved["candidates"]]
+    else:
+        questions = dedup(load_questions(dev, require_answers=True))[:limit]
+        if not questions:
+            raise TrainingDataError(f"dev set '{dev}' has no questions; pass e.g. fanoutqa-wiki:dev")
+        candidates = []
+        for q in tqdm(questions, desc="dev candidates", unit="q", disable=not progress):
+            docs = retrieval.run({"query": q.question}, include_outputs_from={source})[source]["documents"]
+            candidates.append(docs[:max_candidates] if max_candidates else docs)
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(cache, json.dumps({"key": key, "questions": [q.to_dict() for q in questions],
+                                                  "candidates": [[d.to_dict() for d in docs] for docs in candidates]
+                                                  }).encode("utf-8"))
     flags = [[has_answer(d.content, q.answers) for d in docs] for q, docs in zip(questions, candidates)]
     return DevSet(questions, candidates, flags, packer, source)
 
@@ -399,7 +421,7 @@ def train_reranker(pipeline: str | Path, train: str | Path | list, dev: str, out
     in_file = len(examples)
     if cfg.max_examples and cfg.max_examples < len(examples):
         examples = random.Random(cfg.seed).sample(examples, cfg.max_examples)
-    dev_set = build_dev_set(pipeline, dev, cfg.dev_limit, cfg.dev_candidates, progress)
+    dev_set = build_dev_set(pipeline, dev, cfg.dev_limit, cfg.dev_candidates, progress, cache=ckpt / DEV_CACHE)
     before = ranking_metrics(dev_set, [list(range(len(c))) for c in dev_set.candidates])
 
     torch.manual_seed(cfg.seed)

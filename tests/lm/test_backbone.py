@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
 import torch
 
-from odqa.lm.backbone import freeze, load_backbone
+from odqa.errors import PipelineConfigError
+from odqa.lm.backbone import freeze, load_backbone, resolve_device
 
 from conftest import HIDDEN
 
@@ -59,3 +61,30 @@ def test_freeze():
     layer = torch.nn.Linear(2, 2).train()
     assert freeze(layer) is layer
     _assert_frozen(layer)
+
+
+def test_device_comes_from_odqa_device(monkeypatch, tiny_lm, backbone):
+    monkeypatch.setenv("ODQA_DEVICE", "cpu")
+    assert resolve_device() == torch.device("cpu")
+    assert resolve_device("CPU") == torch.device("cpu")  # an explicit argument wins, any case
+    assert load_backbone(tiny_lm) is backbone  # the default device is part of the same cache key
+    assert backbone.device == torch.device("cpu")
+    monkeypatch.setenv("ODQA_DEVICE", "auto")
+    assert resolve_device() == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    monkeypatch.delenv("ODQA_DEVICE")
+    assert resolve_device() == resolve_device("auto")
+
+
+def test_bad_device_names_the_value_and_the_fix(monkeypatch):
+    monkeypatch.setenv("ODQA_DEVICE", "tpu")
+    with pytest.raises(PipelineConfigError, match=r"unknown device 'tpu'; set ODQA_DEVICE to auto, cpu, cuda"):
+        resolve_device()
+    with pytest.raises(PipelineConfigError, match="unknown device 'gpu!'"):
+        resolve_device("gpu!")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_cuda_without_a_gpu_says_to_use_the_cpu(monkeypatch):
+    monkeypatch.setenv("ODQA_DEVICE", "cuda")
+    with pytest.raises(PipelineConfigError, match=r"device 'cuda' was asked for, but torch sees no CUDA GPU.*ODQA_DEVICE=cpu"):
+        resolve_device()
