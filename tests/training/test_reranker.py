@@ -423,3 +423,24 @@ def test_quick_training_on_minilm_and_the_real_index(tmp_path):
     docs = [Document(id=str(p["id"]), content=p["text"], meta={"title": p["title"]}) for p in passages[:10]]
     ranked = ranker.run(query=examples[0].question, documents=docs)["documents"]
     assert len(ranked) == 10 and [d.score for d in ranked] == sorted((d.score for d in ranked), reverse=True)
+
+
+def test_dev_candidates_are_cached_and_reused_without_retrieval(trained, work, monkeypatch):
+    """The run wrote its dev candidates beside the checkpoint; a rebuild with the same key reads
+    them back (no retrieval runs), and another key retrieves again."""
+    cache = checkpoint_dir(trained[0]) / rr.DEV_CACHE
+    saved = json.loads(cache.read_text())
+    assert saved["key"]["dev"] == work["dev"] and len(saved["questions"]) == len(DEV)
+    fresh = rr.build_dev_set(work["pipeline"], work["dev"], progress=False)
+
+    def no_retrieval(*args, **kwargs):
+        raise AssertionError("retrieval ran although the cache matches")
+
+    monkeypatch.setattr("haystack.Pipeline.run", no_retrieval)
+    cached = rr.build_dev_set(work["pipeline"], work["dev"], progress=False, cache=cache)
+    assert [q.question for q in cached.questions] == [q.question for q in fresh.questions]
+    assert [[d.content for d in docs] for docs in cached.candidates] == \
+        [[d.content for d in docs] for docs in fresh.candidates]
+    assert cached.flags == fresh.flags
+    with pytest.raises(AssertionError, match="retrieval ran"):
+        rr.build_dev_set(work["pipeline"], work["dev"], limit=2, progress=False, cache=cache)
