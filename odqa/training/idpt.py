@@ -22,8 +22,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import random
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,8 +29,9 @@ import torch
 
 from odqa.errors import OdqaError, PipelineConfigError, TrainingDataError
 from odqa.training.artifacts import ArtifactWriter, make_manifest, write_manifest
-from odqa.training.checkpoints import CHECKPOINT, load_checkpoint, save_checkpoint
+from odqa.training.checkpoints import CHECKPOINT
 from odqa.training.frozen import FrozenCheck, weights_hash
+from odqa.training.loop import train_loop
 
 MODES = ("idpt", "prompt", "finetune")
 # idpt: the cross-attention network's rate; 1e-4 beat 1e-3 on the mixture's dev split (eval/RESULTS.md)
@@ -131,8 +130,6 @@ def train_idpt(train_examples, dev_examples, out: str | Path, config: IDPTTrainC
     Returns the artifact's manifest. ``<out>.work/`` holds the checkpoint; rerun with
     ``resume=True`` after a kill to continue.
     """
-    from tqdm.auto import tqdm
-
     from odqa.components.idpt import IDPTLM, PromptGenerator, load_encoder
     from odqa.idpt_eval import score_examples, summarize
     from odqa.lm.backbone import Backbone, load_backbone
@@ -161,7 +158,6 @@ def train_idpt(train_examples, dev_examples, out: str | Path, config: IDPTTrainC
     newline = tok.encode("\n", add_special_tokens=False)
     newline_id = newline[0] if len(newline) == 1 else None
     examples = [(*encode(tok, e.inputs, e.targets, newline_id, config.max_input_tokens), e.inputs) for e in train]
-    t0 = time.perf_counter()
     with FrozenCheck(model, backbone_name) as lm_check, FrozenCheck(encoder, config.encoder) as enc_check:
         # the trained module, and how a batch gets its prompt
         generator = soft = tuned = None
@@ -191,83 +187,28 @@ def train_idpt(train_examples, dev_examples, out: str | Path, config: IDPTTrainC
                 return _Prefix(soft.prompt.unsqueeze(0).expand(len(batch), -1, -1))
             return _Prefix(None)
 
-        steps_per_epoch = math.ceil(len(examples) / config.batch_size)
-        total = config.max_steps
-        optim = torch.optim.AdamW(groups, weight_decay=0.0)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            optim, lambda s: min(1.0, (s + 1) / max(1, config.warmup_steps)) * max(0.0, 1 - s / max(1, total)))
-        state = load_checkpoint(work) if resume else None
-        history: dict = {"loss": [], "dev": []}
-        step, best, best_state, bad_evals, elapsed_before = 0, None, None, 0, 0.0
-        if state:
-            if state["config"] != asdict(config):
-                raise OdqaError(f"the checkpoint in '{work}' was made with other settings; rerun with the same "
-                                "options, or delete the directory to start over")
-            trained.load_state_dict(state["trainable"])
-            optim.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            step, history, best, best_state = state["step"], state["history"], state["best"], state["best_state"]
-            bad_evals, elapsed_before = state["bad_evals"], state.get("elapsed", 0.0)
+        def batch_loss_of(idx: list[int]):
+            batch = [examples[i] for i in idx]
+            return batch_loss(lm, prefix_for(batch), [(ids, n) for ids, n, _ in batch], tok.pad_token_id)
 
         def evaluate_now() -> dict:
-            trained.eval()
             scorer = IDPTLM(backbone_name, max_new_tokens=config.max_new_tokens,
                             max_input_tokens=config.max_input_tokens)
             scorer._backbone = Backbone(backbone_name, lm, tok) if tuned is not None else backbone
             scorer._generator, scorer._soft, scorer._enc_tok = generator, soft, enc_tok
             scorer.kind = config.mode
-            records = score_examples(scorer, dev, progress=False)
-            trained.train()
-            s = summarize(records)
-            return {"step": step, "score": s["seen_average"], "em": s["em"], "tasks": {
-                t: v["score"] for t, v in s["tasks"].items()}, "examples": len(records)}
+            s = summarize(score_examples(scorer, dev, progress=False))
+            return {"score": s["seen_average"], "em": s["em"], "tasks": {
+                t: v["score"] for t, v in s["tasks"].items()}, "examples": s["examples"]}
 
-        def snapshot() -> dict:
-            return {k: v.detach().clone() for k, v in trained.state_dict().items()}
+        # max_steps is the budget (the same for every mode): as many epochs as it takes
+        epochs = math.ceil(config.max_steps / math.ceil(len(examples) / config.batch_size))
+        result = train_loop(work, {"trained": trained}, groups, len(examples), batch_loss_of, evaluate_now, config,
+                            batch_size=config.batch_size, max_steps=config.max_steps, epochs=epochs,
+                            metric="score", resume=resume, progress=progress, desc=f"training ({config.mode})",
+                            same_settings=True)
 
-        def checkpoint() -> None:
-            save_checkpoint(work, {
-                "trainable": trained.state_dict(), "optimizer": optim.state_dict(), "scheduler": sched.state_dict(),
-                "step": step, "history": history, "best": best, "best_state": best_state, "bad_evals": bad_evals,
-                "config": asdict(config), "elapsed": elapsed_before + time.perf_counter() - t0,
-            })
-
-        stopped_early = False
-        bar = tqdm(total=total, initial=step, desc=f"training ({config.mode})", unit="step", disable=not progress)
-        trained.train()
-        while step < total and not stopped_early:
-            epoch, pos = divmod(step, steps_per_epoch)
-            order = list(range(len(examples)))
-            random.Random(config.seed + epoch).shuffle(order)
-            batch = [examples[i] for i in order[pos * config.batch_size: (pos + 1) * config.batch_size]]
-            loss = batch_loss(lm, prefix_for(batch), [(ids, n) for ids, n, _ in batch], tok.pad_token_id)
-            optim.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
-            optim.step()
-            sched.step()
-            step += 1
-            history["loss"].append((step, loss.item()))
-            if step % config.eval_every == 0 or step == total:
-                scores = evaluate_now()
-                history["dev"].append(scores)
-                if best is None or scores["score"] > best["score"]:
-                    best, best_state, bad_evals = scores, snapshot(), 0
-                else:
-                    bad_evals += 1
-                    stopped_early = bad_evals >= config.patience
-            last = history["dev"][-1]["score"] if history["dev"] else None
-            bar.set_postfix(loss=f"{loss.item():.3f}", dev=f"{last:.1f}" if last is not None else "-")
-            bar.update(1)
-            if step % config.save_every == 0 or step == total or stopped_early:
-                checkpoint()
-        bar.close()
-        if best_state is None:  # no evaluation ran (zero steps): keep the current state
-            best, best_state = evaluate_now(), snapshot()
-        trained.load_state_dict(best_state)
-        trained.eval()
-
-    train_seconds = elapsed_before + time.perf_counter() - t0
+    step, history, best, train_seconds = result.step, result.history, result.best, result.seconds
     frozen_lm = sum(p.numel() for p in model.parameters())
     params = generator.parameter_counts() if generator is not None else {"total": trainable}
     manifest = make_manifest(
@@ -278,7 +219,7 @@ def train_idpt(train_examples, dev_examples, out: str | Path, config: IDPTTrainC
             "held_out_dropped": len(train_examples) - len(train)},
         dev_metrics={"best": best, "curve": history["dev"]},
         mode=config.mode, encoder=config.encoder, encoder_hash=enc_check.digest, config=asdict(config),
-        steps=step, stopped_early=stopped_early, train_seconds=round(train_seconds, 1),
+        steps=step, stopped_early=result.stopped_early, train_seconds=round(train_seconds, 1),
         seconds_per_step=round(train_seconds / max(step, 1), 2), trainable_params=params,
         frozen_params={"lm": frozen_lm if config.mode != "finetune" else 0,
                        "encoder": sum(p.numel() for p in encoder.parameters()) if generator is not None else 0},

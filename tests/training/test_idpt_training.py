@@ -126,11 +126,11 @@ def test_resume_continues_from_the_checkpoint(mixture, tmp_path, tiny_lm, bare_b
 
 
 def test_resume_after_a_kill(mixture, tmp_path, tiny_lm, bare_bert, monkeypatch):
-    import odqa.training.idpt as idpt
+    import odqa.training.loop as loop
 
     out = tmp_path / "idpt"
     calls = {"n": 0}
-    real = idpt.save_checkpoint
+    real = loop.save_checkpoint
 
     def dies_after_two(work, state):  # simulate a kill right after the 2nd step's checkpoint
         real(work, state)
@@ -138,11 +138,11 @@ def test_resume_after_a_kill(mixture, tmp_path, tiny_lm, bare_bert, monkeypatch)
         if calls["n"] == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(idpt, "save_checkpoint", dies_after_two)
+    monkeypatch.setattr(loop, "save_checkpoint", dies_after_two)
     with pytest.raises(KeyboardInterrupt):
         _train(mixture, out, _config("idpt", bare_bert), tiny_lm)
     assert not out.exists()
-    monkeypatch.setattr(idpt, "save_checkpoint", real)
+    monkeypatch.setattr(loop, "save_checkpoint", real)
     m = _train(mixture, out, _config("idpt", bare_bert), tiny_lm, resume=True)
     assert m["steps"] == 4 and [d["step"] for d in m["dev_metrics"]["curve"]] == [2, 4]
 
