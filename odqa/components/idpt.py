@@ -298,7 +298,6 @@ class IDPTLM:
         if self._backbone is not None:
             return
         from odqa.lm.backbone import load_backbone
-        from odqa.lm.soft_prompt import SoftPrompt
         from odqa.training.artifacts import read_manifest
 
         if not self.artifact:
@@ -322,7 +321,7 @@ class IDPTLM:
             self._backbone = backbone
         elif kind == "soft_prompt":
             backbone = load_backbone(self.model, self.dtype)
-            self._soft = freeze(SoftPrompt.load(path, self.model, backbone.hidden_size).to(backbone.device))
+            self._soft = backbone.soft_prompt(path)
             self._backbone = backbone
         else:
             raise ArtifactMismatchError(f"artifact '{path}' is a '{kind}'; IDPTLM takes an '{KIND}', 'soft_prompt' "

@@ -11,7 +11,6 @@ from haystack.dataclasses import GeneratedAnswer
 from odqa.components._common import check_question
 from odqa.components.packing import reader_budget
 from odqa.errors import PipelineConfigError
-from odqa.lm.backbone import freeze
 from odqa.lm.generation import cached_prefix, greedy_generate
 from odqa.lm.prompting import clean_answer, encode_parts, encode_prefix, get_template
 
@@ -69,12 +68,11 @@ class FrozenLMReader:
         if self._backbone is not None:
             return
         from odqa.lm.backbone import load_backbone
-        from odqa.lm.soft_prompt import SoftPrompt
 
         backbone = load_backbone(self.model, self.dtype)
         soft = None
         if self.soft_prompt:
-            soft = freeze(SoftPrompt.load(self.soft_prompt, self.model, backbone.hidden_size).to(backbone.device))
+            soft = backbone.soft_prompt(self.soft_prompt)
         self._soft = soft
         if self._cached:
             digest = soft.digest() if soft else None

@@ -216,10 +216,9 @@ class _TwoPassReader:
 
     def _load_common(self):
         from odqa.lm.backbone import load_backbone
-        from odqa.lm.soft_prompt import SoftPrompt
 
         backbone = load_backbone(self.model, self.dtype)
-        soft1 = freeze(SoftPrompt.load(self.first_prompt, self.model, backbone.hidden_size).to(backbone.device))
+        soft1 = backbone.soft_prompt(self.first_prompt)
         return backbone, soft1
 
     def _answer(self, query: str, text: str, score: float, meta: dict) -> dict[str, Any]:
@@ -274,10 +273,8 @@ class TextualRecursionReader(_TwoPassReader):
     def warm_up(self) -> None:
         if self._backbone is not None:
             return
-        from odqa.lm.soft_prompt import SoftPrompt
-
         backbone, soft1 = self._load_common()
-        soft2 = freeze(SoftPrompt.load(self.second_prompt, self.model, backbone.hidden_size).to(backbone.device))
+        soft2 = backbone.soft_prompt(self.second_prompt)
         self._soft1, self._soft2 = soft1, soft2
         self._prefix_key = (self.model, self.dtype, "textual-pass2", self.second_prompt, soft2.digest())
         self._backbone = backbone
@@ -424,10 +421,8 @@ class NeuralRecursionReader(_TwoPassReader):
     def warm_up(self) -> None:
         if self._backbone is not None:
             return
-        from odqa.lm.soft_prompt import SoftPrompt
-
         backbone, soft1 = self._load_common()
-        soft2 = freeze(SoftPrompt.load(self.recursion, self.model, backbone.hidden_size).to(backbone.device))
+        soft2 = backbone.soft_prompt(self.recursion)
         connector = freeze(Connector.load(self.recursion, self.model, backbone.hidden_size).to(backbone.device))
         self._check_first_prompt()
         self._soft1, self._soft2, self._connector = soft1, soft2, connector

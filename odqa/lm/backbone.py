@@ -38,6 +38,12 @@ class Backbone:
     def hidden_size(self) -> int:
         return int(self.model.get_input_embeddings().weight.shape[1])
 
+    def soft_prompt(self, path) -> torch.nn.Module:
+        """A soft prompt artifact, checked against this backbone, frozen, on its device."""
+        from odqa.lm.soft_prompt import SoftPrompt
+
+        return freeze(SoftPrompt.load(path, self.name, self.hidden_size).to(self.device))
+
     @property
     def stop_token_ids(self) -> list[int]:
         """EOS, chat end-of-turn and newline: a span answer ends at any of them."""

@@ -35,7 +35,6 @@ from typing import Callable
 import torch
 
 from odqa.errors import OdqaError, TrainingDataError
-from odqa.lm.backbone import freeze
 from odqa.metrics import exact_match, f1
 from odqa.runs import RunWriter, read_records
 from odqa.training.artifacts import ArtifactWriter, make_manifest, read_manifest, write_manifest
@@ -290,7 +289,7 @@ def train_recursive(mode: str, model_name: str, train_items: list[dict], dev_ite
     newline_id = _newline_id(tok)
     soft1 = None
     if first_prompt:
-        soft1 = freeze(SoftPrompt.load(first_prompt, model_name, backbone.hidden_size).to(backbone.device))
+        soft1 = backbone.soft_prompt(first_prompt)
     extra: dict = {}
     pretrained: dict | None = None
     with FrozenCheck(model, model_name) as frozen:
