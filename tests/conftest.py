@@ -7,6 +7,7 @@ shapes, types, bookkeeping and errors, never about answer quality.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -21,6 +22,33 @@ HIDDEN = 32
 # The user's cache dir as it was before the fast tests' private one replaced it; the slow
 # tests use it so the real backbone is dequantized once, not once per session.
 ORIGINAL_ODQA_HOME = os.environ.get("ODQA_HOME")
+
+
+def user_env() -> dict:
+    """``os.environ`` with the user's ``$ODQA_HOME`` (the dequantized backbone is cached there)."""
+    env = {k: v for k, v in os.environ.items() if k != "ODQA_HOME"}
+    if ORIGINAL_ODQA_HOME is not None:
+        env["ODQA_HOME"] = ORIGINAL_ODQA_HOME
+    return env
+
+
+@contextlib.contextmanager
+def user_odqa_home():
+    """The user's ``$ODQA_HOME`` in this process while the block runs (the test session's own
+    afterwards); yields the environment for subprocesses."""
+    saved = os.environ.get("ODQA_HOME")
+
+    def set_home(value):
+        if value is None:
+            os.environ.pop("ODQA_HOME", None)
+        else:
+            os.environ["ODQA_HOME"] = value
+
+    set_home(ORIGINAL_ODQA_HOME)
+    try:
+        yield dict(os.environ)
+    finally:
+        set_home(saved)
 
 # --- the corpus: 30 passages on distinct topics --------------------------------------------
 CORPUS: list[dict] = [

@@ -7,14 +7,13 @@ They use ``indexes/wiki-vital`` (``make test`` builds it first) and the user's
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import ORIGINAL_ODQA_HOME
+from conftest import user_odqa_home
 
 pytestmark = pytest.mark.slow
 
@@ -26,14 +25,8 @@ PIPELINES = REPO / "pipelines"
 @pytest.fixture(scope="module", autouse=True)
 def real_cache():
     """Share the dequantized backbone cache with the user's runs (saves ~30 s per session)."""
-    saved = os.environ.get("ODQA_HOME")
-    if ORIGINAL_ODQA_HOME is None:
-        os.environ.pop("ODQA_HOME", None)
-    else:
-        os.environ["ODQA_HOME"] = ORIGINAL_ODQA_HOME
-    yield
-    if saved is not None:
-        os.environ["ODQA_HOME"] = saved
+    with user_odqa_home():
+        yield
 
 
 @pytest.fixture(scope="module")

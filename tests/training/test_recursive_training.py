@@ -170,16 +170,9 @@ def test_cli_refuses_no_pretrain_outside_neural(capsys, tmp_path):
 @pytest.fixture(scope="module")
 def real_env():
     """The user's ``$ODQA_HOME`` (the dequantized backbone is cached there), for the subprocesses."""
-    import os
+    from conftest import user_env
 
-    from conftest import ORIGINAL_ODQA_HOME
-
-    env = dict(os.environ)
-    if ORIGINAL_ODQA_HOME is None:
-        env.pop("ODQA_HOME", None)
-    else:
-        env["ODQA_HOME"] = ORIGINAL_ODQA_HOME
-    return env
+    return user_env()
 
 
 def _odqa(env, *args):

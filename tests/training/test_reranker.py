@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-import os
 import shutil
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from conftest import CORPUS, ORIGINAL_ODQA_HOME
+from conftest import CORPUS, user_env
 from odqa.components.rankers import CrossEncoderRanker, pair_text, score_pairs
 from odqa.errors import ArtifactMismatchError, BackboneChangedError, ResourceNotFoundError, TrainingDataError
 from odqa.training import reranker as rr
@@ -400,8 +399,7 @@ def test_quick_training_on_minilm_and_the_real_index(tmp_path):
             source="test"))
     train = write_examples(tmp_path / "train.jsonl", examples)
     out = tmp_path / "reranker"
-    env = {**os.environ, "ODQA_HOME": ORIGINAL_ODQA_HOME} if ORIGINAL_ODQA_HOME else \
-        {k: v for k, v in os.environ.items() if k != "ODQA_HOME"}
+    env = user_env()
     # the retrieval and packer of the default pipeline, without the learned modules it may reference
     pipeline = REPO / "pipelines" / "frozen_reader_zeroshot.yml"
     proc = subprocess.run([sys.executable, "-m", "odqa.cli", "train", "reranker", "--quick",

@@ -4,14 +4,13 @@ and encoder, whose weight hashes (computed here independently) must equal the re
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import ORIGINAL_ODQA_HOME
+from conftest import user_odqa_home
 
 pytestmark = pytest.mark.slow
 
@@ -21,14 +20,8 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def env():
     """The user's ``$ODQA_HOME`` (the dequantized backbone is cached there), here and in subprocesses."""
-    saved = os.environ.get("ODQA_HOME")
-    if ORIGINAL_ODQA_HOME is None:
-        os.environ.pop("ODQA_HOME", None)
-    else:
-        os.environ["ODQA_HOME"] = ORIGINAL_ODQA_HOME
-    yield dict(os.environ)
-    if saved is not None:
-        os.environ["ODQA_HOME"] = saved
+    with user_odqa_home() as env:
+        yield env
 
 
 @pytest.fixture(scope="module")

@@ -7,14 +7,13 @@ here independently, equals the one the command recorded before and after trainin
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import ORIGINAL_ODQA_HOME
+from conftest import user_odqa_home
 
 pytestmark = pytest.mark.slow
 
@@ -39,14 +38,8 @@ def env():
     """The user's ``$ODQA_HOME`` (the dequantized backbone is cached there), here and in subprocesses."""
     if not (INDEX / "manifest.json").exists():
         pytest.fail(f"{INDEX} is missing; build it with `make index` (make test does this first)")
-    saved = os.environ.get("ODQA_HOME")
-    if ORIGINAL_ODQA_HOME is None:
-        os.environ.pop("ODQA_HOME", None)
-    else:
-        os.environ["ODQA_HOME"] = ORIGINAL_ODQA_HOME
-    yield dict(os.environ)
-    if saved is not None:
-        os.environ["ODQA_HOME"] = saved
+    with user_odqa_home() as env:
+        yield env
 
 
 def _odqa(env, *args) -> subprocess.CompletedProcess:
