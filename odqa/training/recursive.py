@@ -36,7 +36,7 @@ import torch
 
 from odqa.errors import OdqaError, TrainingDataError
 from odqa.metrics import exact_match, f1
-from odqa.runs import RunWriter, read_records
+from odqa.runs import RunWriter, atomic_write_bytes, read_records
 from odqa.training.artifacts import ArtifactWriter, make_manifest, read_manifest, write_manifest
 from odqa.training.checkpoints import CHECKPOINT
 from odqa.training.frozen import FrozenCheck
@@ -101,6 +101,30 @@ def cache_records(items: list[dict], path: Path, make: Callable[[dict], dict], d
             writer.write(rec)
             done[str(it["id"])] = rec
     return [done[str(it["id"])] for it in items]
+
+
+PASS1_KEY = "pass1.json"
+
+
+def check_pass1_caches(work: Path, key: dict) -> None:
+    """Keep ``work``'s cached pass-1 outputs only if they were made by the same pass 1 (``key``).
+
+    The caches (``candidates-*.jsonl``, ``first-pass-*.jsonl``) are keyed by question id alone, so a
+    re-trained pass-1 prompt, another backbone or other sampling settings would otherwise be read
+    back silently. Stale caches are deleted and made again; a checkpoint trained on them cannot be
+    resumed with another pass 1, so that is an error.
+    """
+    path = work / PASS1_KEY
+    caches = sorted([*work.glob("candidates-*.jsonl"), *work.glob("first-pass-*.jsonl")])
+    old = json.loads(path.read_text()) if path.exists() else None
+    if old != key:
+        if old is not None and (work / CHECKPOINT).exists():
+            changed = sorted(k for k in set(old) | set(key) if old.get(k) != key.get(k))
+            raise OdqaError(f"'{work}' holds a checkpoint trained with another pass 1 (changed: {', '.join(changed)}); "
+                            "it cannot be resumed with this one: delete the directory to start over")
+        for f in caches:
+            f.unlink()
+        atomic_write_bytes(path, json.dumps(key, indent=2).encode())
 
 
 def embeds_loss(model, soft, items: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
@@ -292,6 +316,13 @@ def train_recursive(mode: str, model_name: str, train_items: list[dict], dev_ite
         soft1 = backbone.soft_prompt(first_prompt)
     extra: dict = {}
     pretrained: dict | None = None
+    if first_prompt:
+        key = {"mode": mode, "backbone": model_name, "first_prompt_sha256": _sha256(weights_path(first_prompt)),
+               "max_new_tokens": config.max_new_tokens}
+        if mode == "textual":
+            key.update(num_candidates=config.num_candidates, temperature=config.temperature, top_p=config.top_p,
+                       seed=config.seed)
+        check_pass1_caches(work, key)
     with FrozenCheck(model, model_name) as frozen:
         t0 = time.perf_counter()
         if soft1 is not None and soft1.length == config.prompt_length:

@@ -127,6 +127,33 @@ def test_resume_continues_from_the_checkpoint(tiny_lm, tmp_path, config, first_p
     assert len(lines) == len(TRAIN)  # pass 1 ran once
 
 
+def test_a_new_pass_one_remakes_the_caches_and_refuses_the_old_checkpoint(tiny_lm, tmp_path, config, first_prompt):
+    import shutil
+
+    out, work = tmp_path / "neural", tmp_path / "neural.work"
+    kw = dict(progress=False)
+    train_recursive("neural", tiny_lm, TRAIN, DEV, out, config(max_steps=1, pretrain=False), SOURCE,
+                    first_prompt=first_prompt, **kw)
+    cache = work / "first-pass-train.jsonl"
+    # a re-trained pass-1 prompt (here: another prompt file) must not read the old answers back
+    other = tmp_path / "other-prompt"
+    shutil.copytree(first_prompt, other)
+    from odqa.lm.soft_prompt import SoftPrompt
+
+    sp = SoftPrompt.load(other, tiny_lm, 32)
+    SoftPrompt(sp.prompt.detach() + 1.0).save(other, json.loads((other / "manifest.json").read_text()))
+    with pytest.raises(OdqaError, match=r"checkpoint trained with another pass 1 \(changed: first_prompt_sha256\).*delete"):
+        train_recursive("neural", tiny_lm, TRAIN, DEV, out, config(max_steps=2, pretrain=False), SOURCE,
+                        first_prompt=str(other), resume=True, **kw)
+    (work / "checkpoint.pt").unlink()  # no checkpoint: the stale caches are made again
+    cache.write_text(cache.read_text().replace('"first_answer": "', '"first_answer": "STALE '))
+    train_recursive("neural", tiny_lm, TRAIN, DEV, out, config(max_steps=1, pretrain=False), SOURCE,
+                    first_prompt=str(other), resume=True, **kw)
+    assert "STALE" not in cache.read_text() and cache.read_text().count("\n") == len(TRAIN)
+    assert json.loads((work / "pass1.json").read_text())["first_prompt_sha256"] == \
+        json.loads((out / "manifest.json").read_text())["first_prompt_sha256"]
+
+
 def test_embeds_loss_trains_only_what_it_is_given(backbone):
     from odqa.components.recursion import Connector
 
