@@ -41,14 +41,19 @@ MODES = [
     ("one pass (SmolLM2-135M)", "one-pass", "smollm2-135m-instruct", "pipelines/closed_book.yml"),
     ("textual recursion (2 passes)", "textual", "smollm2-135m-instruct", "pipelines/recursive_textual.yml"),
     ("neural recursion (2 passes)", "neural", "smollm2-135m-instruct", "pipelines/recursive_neural.yml"),
+    ("neural recursion, connector pre-trained 10 steps (not 200)", "neural-pre10", "smollm2-135m-instruct",
+     "pipelines/recursive_neural_pre10.yml"),
     ("neural recursion, no connector pre-training", "neural-nopretrain", "smollm2-135m-instruct",
      "pipelines/recursive_neural_nopretrain.yml"),
     ("one pass, Gemma-3-270m (bigger model)", "gemma-one-pass", "gemma3-270m", "pipelines/closed_book_gemma.yml"),
     ("one pass, Gemma-3-270m, few-shot text prompt (no training)", "gemma-fewshot", "gemma3-270m",
      "pipelines/closed_book_gemma_fewshot.yml"),
 ]
+COLORS = {"one-pass": "tab:gray", "textual": "tab:blue", "neural": "tab:red", "neural-pre10": "tab:orange",
+          "neural-nopretrain": "tab:pink", "gemma-one-pass": "tab:green", "gemma-fewshot": "tab:olive"}
 # differences reported: (a, b) -> b - a
 PAIRS = [("one-pass", "textual"), ("one-pass", "neural"), ("textual", "neural"), ("neural-nopretrain", "neural"),
+         ("neural-pre10", "neural"), ("neural-nopretrain", "neural-pre10"),
          ("one-pass", "gemma-one-pass"), ("gemma-one-pass", "neural"), ("gemma-one-pass", "textual"),
          ("gemma-fewshot", "neural"), ("gemma-fewshot", "textual"), ("gemma-fewshot", "one-pass")]
 
@@ -119,11 +124,12 @@ def cmd_report(args) -> int:
             conn = Connector.load(Path(pipeline).parent / spec["recursion"]).num_parameters
         flops = [question_flops(r["reader_meta"], sizes[model], conn) for r in recs]
         ms = [1000 * r["timings"]["total"] for r in recs]
+        timing = _timing(Path(args.timing_runs) / key) if args.timing_runs else None
         per_q[key] = {str(r["id"]): (100.0 * r["em"], 100.0 * r["f1"]) for r in recs}
         rows.append({"label": label, "key": key, "pipeline": pipeline, "questions": len(recs),
                      "em": statistics.mean(100.0 * r["em"] for r in recs),
                      "f1": statistics.mean(100.0 * r["f1"] for r in recs),
-                     "ms_median": statistics.median(ms), "ms_mean": statistics.mean(ms),
+                     "ms_median": statistics.median(ms), "ms_mean": statistics.mean(ms), "timing": timing,
                      "gflops_mean": statistics.mean(flops) / 1e9})
     diffs = []
     for a, b in PAIRS:
@@ -132,7 +138,7 @@ def cmd_report(args) -> int:
             for k, name in ((0, "EM"), (1, "F1")):
                 ci = paired_bootstrap([per_q[a][i][k] for i in ids], [per_q[b][i][k] for i in ids])
                 diffs.append({"a": a, "b": b, "metric": name, **ci})
-    summary = {"modes": rows, "differences": diffs, "backbones": sizes}
+    summary = {"modes": rows, "differences": diffs, "backbones": sizes, "timing_label": args.timing_label}
     (runs / "summary.json").write_text(json.dumps(summary, indent=2))
     (runs / "summary.md").write_text(markdown(summary), encoding="utf-8")
     chart(rows, diffs, runs / "recursive.png")
@@ -142,12 +148,26 @@ def cmd_report(args) -> int:
     return 0
 
 
+def _timing(run: Path) -> dict | None:
+    """Median wall time per question of another run of the same mode (``--timing-runs``)."""
+    from odqa.runs import read_records
+
+    recs = read_records(run / "predictions.jsonl") if (run / "predictions.jsonl").exists() else []
+    if not recs:
+        return None
+    return {"questions": len(recs), "ms_median": statistics.median(1000 * r["timings"]["total"] for r in recs)}
+
+
 def markdown(summary: dict) -> str:
-    lines = ["| mode | questions | EM | F1 | ms/question (median) | GFLOPs/question (est.) |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    timed = any(r.get("timing") for r in summary["modes"])
+    extra = f" {summary.get('timing_label') or 'timing runs'}: ms/question (median, n) |" if timed else ""
+    lines = ["| mode | questions | EM | F1 | ms/question (median) | GFLOPs/question (est.) |" + extra,
+             "| --- | --- | --- | --- | --- | --- |" + (" --- |" if timed else "")]
     for r in summary["modes"]:
+        t = r.get("timing")
+        cell = (f" {t['ms_median']:.0f} ({t['questions']}) |" if t else " – |") if timed else ""
         lines.append(f"| {r['label']} | {r['questions']} | {r['em']:.1f} | {r['f1']:.1f} | {r['ms_median']:.0f} | "
-                     f"{r['gflops_mean']:.1f} |")
+                     f"{r['gflops_mean']:.1f} |" + cell)
     lines += ["", "| difference (b − a) | metric | mean | 95% CI (paired bootstrap) |", "| --- | --- | --- | --- |"]
     for d in summary["differences"]:
         lines.append(f"| {d['b']} − {d['a']} | {d['metric']} | {d['diff']:+.1f} | [{d['low']:+.1f}, {d['high']:+.1f}] |")
@@ -166,7 +186,7 @@ def chart(rows: list[dict], diffs: list[dict], path: Path) -> None:
         errs.append((r["em"] - (base["em"] + d["low"]), (base["em"] + d["high"]) - r["em"]) if d and base else (0, 0))
     names = [r["key"] for r in rows]
     ax1.bar(range(len(rows)), [r["em"] for r in rows], yerr=list(zip(*errs)) if errs else None, capsize=4,
-            color=["tab:gray", "tab:blue", "tab:red", "tab:pink", "tab:green", "tab:olive"][: len(rows)])
+            color=[COLORS.get(r["key"], "tab:gray") for r in rows])
     ax1.set_xticks(range(len(rows)), names, fontsize=8, rotation=20)
     ax1.set_ylabel("EM (closed-book test sample)")
     ax1.set_title("EM per mode (bars: 95% paired CI of the gain over one pass)", fontsize=9)
@@ -193,6 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("report")
     r.add_argument("--runs", default="eval/runs/recursive")
     r.add_argument("--figure", default=None, help="also copy the chart here (e.g. eval/recursive.png)")
+    r.add_argument("--timing-runs", default=None,
+                   help="runs of the same modes on one machine (e.g. a small sample on idle CPU cores): "
+                        "their median ms/question is added as a column")
+    r.add_argument("--timing-label", default=None, help="the timing column's name (e.g. '2 CPU cores')")
     r.set_defaults(func=cmd_report)
     args = p.parse_args(argv)
     return args.func(args)

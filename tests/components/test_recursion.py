@@ -214,6 +214,7 @@ def test_components_round_trip_through_yaml(factory, soft_prompt_dir, second_pro
     ("closed_book_gemma_fewshot.yml", "FrozenLMReader"),
     ("recursive_textual.yml", "TextualRecursionReader"), ("recursive_neural.yml", "NeuralRecursionReader"),
     ("recursive_neural_nopretrain.yml", "NeuralRecursionReader"),
+    ("recursive_neural_pre10.yml", "NeuralRecursionReader"),
 ])
 def test_shipped_pipelines_load_and_round_trip(name, reader_type):
     from odqa.api import load_pipeline
