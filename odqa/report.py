@@ -14,15 +14,19 @@ def _fmt(x) -> str:
 
 
 def write_report(out: Path, title: str, command: str) -> Path:
-    """Write ``report.md``, ``topk.png`` and ``latency.png`` from a finished run directory."""
+    """Write ``report.md``, ``topk.png`` (when the pipeline retrieves) and ``latency.png`` from a finished
+    run directory."""
     metrics = json.loads((out / "metrics.json").read_text())
     timings = json.loads((out / "timings.json").read_text())
     records = read_records(out / "predictions.jsonl")
     lines = [f"# {title}", "", f"Command: `{command}`", "", f"Questions: {metrics['questions']} "
-             "(deduplicated by (id, question)).", "", "## Per stage", "",
-             "| stage | " + " | ".join(f"top-{k}" for k in KS) + " |", "|---|" + "---|" * len(KS)]
-    for name, accs in metrics["stages"].items():
-        lines.append(f"| {name} | " + " | ".join(_fmt(accs.get(f"top{k}")) for k in KS) + " |")
+             "(deduplicated by (id, question)).", "", "## Per stage", ""]
+    if metrics["stages"]:
+        lines += ["| stage | " + " | ".join(f"top-{k}" for k in KS) + " |", "|---|" + "---|" * len(KS)]
+        for name, accs in metrics["stages"].items():
+            lines.append(f"| {name} | " + " | ".join(_fmt(accs.get(f"top{k}")) for k in KS) + " |")
+    else:
+        lines.append("No retrieval stage: the pipeline answers closed-book.")
     lines += ["", "| LM-input recall | answer lost to packing | EM | F1 |", "|---|---|---|---|",
               f"| {_fmt(metrics['lm_input_recall'])} | {_fmt(metrics['answer_lost_to_packing'])} | "
               f"{_fmt(metrics['em'])} | {_fmt(metrics['f1'])} |"]
@@ -32,7 +36,8 @@ def write_report(out: Path, title: str, command: str) -> Path:
                   f"LM-input recall {_fmt(a['lm_input_recall'])}."]
     lines += ["", "## Latency per question", "", "| stage | median ms | mean ms |", "|---|---|---|"]
     lines += [f"| {k} | {v['median_ms']:.1f} | {v['mean_ms']:.1f} |" for k, v in timings.items()]
-    lines += ["", "![top-k accuracy](topk.png)", "", "![latency by stage](latency.png)", ""]
+    lines += ["", "![top-k accuracy](topk.png)", ""] if metrics["stages"] else [""]
+    lines += ["![latency by stage](latency.png)", ""]
     _plots(out, records, timings)
     path = out / "report.md"
     path.write_text("\n".join(lines), encoding="utf-8")
@@ -59,7 +64,8 @@ def _topk_plot(path: Path, curves: dict[str, list[float]], title: str) -> None:
     ax.set_ylabel("answer in top-k (%)")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    ax.legend()
+    if curves:
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -93,7 +99,8 @@ def _plots(out: Path, records: list[dict], timings: dict) -> None:
         depth = max(len(r["stages"][name]) for r in records)
         curves[name] = [100 * sum(any(r["stages"][name][:k]) for r in records) / len(records)
                         for k in range(1, depth + 1)]
-    _topk_plot(out / "topk.png", curves, "Top-k retrieval accuracy per stage")
+    if curves:
+        _topk_plot(out / "topk.png", curves, "Top-k retrieval accuracy per stage")
 
     plt = _pyplot()
     stages = [k for k in timings if k != "total"]

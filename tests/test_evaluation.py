@@ -246,3 +246,18 @@ def test_retrieval_eval_error_types(tmp_path):
     with pytest.raises(odqa.errors.InputFormatError, match="--k"):
         retrieval_eval.parse_ks("1,five")
     assert retrieval_eval.parse_ks("20, 1") == (20, 1)
+
+
+def test_closed_book_report_has_no_retrieval_plot(tmp_path):
+    from odqa.report import write_report
+
+    record = {"id": "q1", "question": "Who wrote Romeo and Juliet?", "answers": ["William Shakespeare"],
+              "prediction": "Shakespeare", "em": 0.0, "f1": 0.67, "stages": {}, "timings": {"reader": 0.2, "total": 0.2}}
+    (tmp_path / "predictions.jsonl").write_text(json.dumps(record) + "\n")
+    (tmp_path / "metrics.json").write_text(json.dumps({"questions": 1, "stages": {}, "lm_input_recall": 0.0,
+                                                       "answer_lost_to_packing": 0.0, "em": 0.0, "f1": 66.67}))
+    (tmp_path / "timings.json").write_text(json.dumps({"reader": {"median_ms": 200.0, "mean_ms": 200.0},
+                                                       "total": {"median_ms": 200.0, "mean_ms": 200.0}}))
+    report = write_report(tmp_path, "closed-book run", "odqa eval --pipeline closed_book.yml").read_text()
+    assert "No retrieval stage: the pipeline answers closed-book." in report and "topk.png" not in report
+    assert not (tmp_path / "topk.png").exists() and (tmp_path / "latency.png").exists()
