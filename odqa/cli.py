@@ -430,7 +430,7 @@ def cmd_eval_idpt(args, command: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from odqa.index import BM25Config
+    from odqa.configs import BM25Config
 
     p = argparse.ArgumentParser(prog="odqa", description="Open-domain QA on a frozen language model.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -530,7 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=cmd_train_reranker)
 
-    from odqa.training.reader import ReaderTrainConfig
+    from odqa.configs import ReaderTrainConfig
 
     rd = ReaderTrainConfig()
     t = train.add_parser("reader", help="prompt-tune the frozen reader: a soft prompt, the backbone frozen")
@@ -555,12 +555,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quick", action="store_true", help="a smoke run: 2 steps of 2 questions, 3 dev questions")
     t.set_defaults(func=cmd_train_reader)
 
-    from odqa.training.recursive import MODES, RecursiveTrainConfig
+    from odqa.configs import RECURSIVE_MODES, RecursiveTrainConfig
 
     rc = RecursiveTrainConfig()
     t = train.add_parser("recursive", help="closed-book QA: the one-pass prompt, or a second pass through the "
                                            "same frozen LM (textual or neural recursion)")
-    t.add_argument("--mode", required=True, choices=MODES,
+    t.add_argument("--mode", required=True, choices=RECURSIVE_MODES,
                    help="one-pass: the closed-book soft prompt; textual: pass 2 reads sampled candidates; "
                         "neural: a connector maps pass 1's hidden states into pass 2")
     t.add_argument("--model", default="smollm2-135m-instruct", help="frozen backbone (e.g. gemma3-270m)")
@@ -591,7 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quick", action="store_true", help="a smoke run: 2 steps of 2 questions, 3 dev questions")
     t.set_defaults(func=cmd_train_recursive)
 
-    from odqa.training.idpt import MODES as IDPT_MODES, IDPTTrainConfig
+    from odqa.configs import IDPT_MODES, IDPTTrainConfig
 
     ic = IDPTTrainConfig()
     t = train.add_parser("idpt", help="multitask: the ID-PT prompt generator, or the plain-prompt / full "

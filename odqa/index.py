@@ -21,13 +21,13 @@ import math
 import os
 import shutil
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from odqa import __version__
+from odqa.configs import BM25Config
 from odqa.corpus import Passage, corpus_hash, read_corpus
 from odqa.errors import IndexCorruptError, IndexMismatchError, IndexNotFoundError, OdqaError
 from odqa.runs import atomic_write_bytes
@@ -35,34 +35,6 @@ from odqa.runs import atomic_write_bytes
 FAISS_TYPES = ("flat", "ivf", "hnsw")
 HASH_LIMIT = 512 * 2**20  # bytes; bigger files are checked by size only on open
 CHUNK = 256  # passages per saved embedding chunk: the unit of progress and of resume
-
-
-@dataclass(frozen=True)
-class BM25Config:
-    """BM25 scoring and tokenization, chosen on the dev split (bench/results/bm25_params*.md).
-
-    Lucene scoring with a high k1 and low b (little length normalisation), an English
-    stemmer and no stopword list: evidence page in top-20 90.5% on dev vs 84.5% for
-    the textbook k1=1.2, b=0.75 with stopwords.
-    """
-
-    method: str = "lucene"
-    k1: float = 3.0
-    b: float = 0.3
-    stemmer: str | None = "english"
-    stopwords: str | None = None
-
-    def tokenize(self, texts: list[str]) -> list[list[str]]:
-        import bm25s
-
-        stem = None
-        if self.stemmer:
-            import Stemmer
-
-            stem = Stemmer.Stemmer(self.stemmer).stemWords
-        return bm25s.tokenize(
-            texts, stopwords=self.stopwords, stemmer=stem, return_ids=False, show_progress=False
-        )
 
 
 def _faiss():

@@ -22,52 +22,19 @@ from __future__ import annotations
 import copy
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from odqa.errors import OdqaError, PipelineConfigError, TrainingDataError
+from odqa.configs import IDPTTrainConfig
+from odqa.errors import OdqaError, TrainingDataError
 from odqa.training.artifacts import ArtifactWriter, make_manifest, write_manifest
 from odqa.training.checkpoints import CHECKPOINT
 from odqa.training.frozen import FrozenCheck, weights_hash
 from odqa.training.loop import train_loop
 
-MODES = ("idpt", "prompt", "finetune")
-# idpt: the cross-attention network's rate; 1e-4 beat 1e-3 on the mixture's dev split (eval/RESULTS.md)
-DEFAULT_LR = {"idpt": 1e-4, "prompt": 0.03, "finetune": 3e-5}
 REPO = Path(__file__).resolve().parents[2]
-
-
-@dataclass
-class IDPTTrainConfig:
-    """Settings of one run (recorded in the checkpoint and the manifest)."""
-
-    mode: str = "idpt"
-    prompt_length: int = 20  # P: vectors of p(x), and of the plain shared prompt
-    encoder: str = "minilm-l6"
-    encoder_prompt_length: int = 8  # Q: learned vectors prepended to the encoder's input
-    attn_dim: int = 128
-    heads: int = 4
-    max_steps: int = 80
-    batch_size: int = 8
-    lr: float | None = None  # None: DEFAULT_LR[mode]; for idpt, the cross-attention network's rate
-    prompt_lr: float = 0.03  # prompt vectors (plain prompt; idpt's encoder prompt and output bias)
-    warmup_steps: int = 10
-    eval_every: int = 40
-    save_every: int = 10
-    patience: int = 3
-    dev_per_task: int = 8
-    max_input_tokens: int = 128
-    max_new_tokens: int = 12
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.mode not in MODES:
-            raise PipelineConfigError(f"unknown mode '{self.mode}'; use one of {list(MODES)}")
-        if self.lr is None:
-            self.lr = DEFAULT_LR[self.mode]
-
 
 class _Prefix:
     """Prepends per-example prompts ``[batch, P, d]`` (or nothing) to input embeddings, for ``batch_loss``."""

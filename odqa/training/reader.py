@@ -18,36 +18,18 @@ import math
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from odqa.configs import ReaderTrainConfig
 from odqa.errors import OdqaError, TrainingDataError
 from odqa.metrics import exact_match, f1, has_answer
 from odqa.runs import RunWriter, read_records
 from odqa.training.artifacts import ArtifactWriter, make_manifest
 from odqa.training.checkpoints import load_checkpoint, save_checkpoint
 from odqa.training.frozen import FrozenCheck
-
-
-@dataclass
-class ReaderTrainConfig:
-    """Settings of one prompt-tuning run (recorded in the checkpoint and the manifest)."""
-
-    prompt_length: int = 100  # Lester et al.'s default
-    template: str = "qa"  # the bare template: the soft prompt replaces instruction and examples
-    max_examples: int = 1000  # training questions used (contexts cost a pipeline run each)
-    epochs: int = 1
-    max_steps: int | None = None
-    batch_size: int = 8
-    lr: float = 0.03  # AdamW; the prompt's scale is the embedding table's (std ~0.14 for SmolLM2)
-    warmup_steps: int = 10
-    eval_every: int = 40
-    save_every: int = 10
-    patience: int = 3  # evaluations without a better dev EM before stopping
-    dev_limit: int | None = None
-    seed: int = 0
 
 
 # --- contexts ------------------------------------------------------------------------------
@@ -208,7 +190,6 @@ def train_reader(pipeline: str, train_items: list[dict], dev_items: list[dict], 
 
     from odqa.lm.backbone import load_backbone
     from odqa.lm.prompting import get_template
-    from odqa.lm.soft_prompt import SoftPrompt
 
     out = Path(out)
     work = out.parent / f"{out.name}.work"

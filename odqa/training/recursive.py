@@ -28,12 +28,14 @@ import hashlib
 import json
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from odqa.configs import RECURSIVE_MODES as MODES
+from odqa.configs import RecursiveTrainConfig
 from odqa.errors import OdqaError, TrainingDataError
 from odqa.metrics import exact_match, f1
 from odqa.runs import RunWriter, atomic_write_bytes, read_records
@@ -41,42 +43,6 @@ from odqa.training.artifacts import ArtifactWriter, make_manifest, read_manifest
 from odqa.training.checkpoints import CHECKPOINT
 from odqa.training.frozen import FrozenCheck
 from odqa.training.loop import train_loop
-
-MODES = ("one-pass", "textual", "neural")
-
-
-@dataclass
-class RecursiveTrainConfig:
-    """Settings of one run (recorded in the checkpoint and the manifest)."""
-
-    prompt_length: int = 20  # short: ~20-token inputs and a few hundred examples
-    max_examples: int = 2000
-    epochs: int = 3
-    max_steps: int | None = None
-    batch_size: int = 8
-    lr: float = 0.03  # soft prompts (AdamW), as the reader trainer
-    connector_lr: float = 1e-3
-    warmup_steps: int = 10
-    eval_every: int = 30
-    save_every: int = 10
-    patience: int = 3
-    dev_limit: int | None = 150
-    seed: int = 0
-    max_new_tokens: int = 16
-    # textual recursion: pass-1 sampling
-    num_candidates: int = 4
-    temperature: float = 0.7
-    top_p: float = 0.9
-    # neural recursion: the connector and its language-model pre-training
-    bottleneck: int = 128
-    pretrain: bool = True
-    pretrain_steps: int = 200
-    pretrain_batch_size: int = 8
-    pretrain_lr: float = 1e-3
-    chunk_tokens: int = 32
-    pretrain_dev_chunks: int = 48
-    pretrain_corpus: str = "wiki-vital"
-
 
 # --- data ----------------------------------------------------------------------------------------
 def _target_ids(tok, answer: str, newline_id: int | None) -> list[int]:

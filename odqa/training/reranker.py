@@ -31,11 +31,12 @@ import statistics
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from odqa.configs import RerankerTrainConfig
 from odqa.errors import ArtifactMismatchError, PipelineConfigError, TrainingDataError
 from odqa.metrics import has_answer
 from odqa.runs import atomic_write_bytes
@@ -49,34 +50,6 @@ ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 KS = (1, 5, 10, 20)
 DEV_CACHE = "dev-set.json"  # the dev questions' retrieved candidates, beside the checkpoint
 COMMIT_LIMIT = 5 * 1024 * 1024  # artifacts above this are rebuilt by command, not committed (DESIGN.md)
-
-
-@dataclass
-class RerankerTrainConfig:
-    """Settings of one re-ranker training run (recorded in the checkpoint and the manifest)."""
-
-    base: str = "minilm-l6"  # any HF encoder or cross-encoder (name, path or id)
-    epochs: int = 1
-    max_steps: int | None = None  # overrides epochs when set
-    batch_questions: int = 4  # B questions per step
-    negatives: int = 7  # k hard negatives per question (sampled when there are more)
-    lr: float = 3e-4
-    weight_decay: float = 0.01
-    warmup: float = 0.1  # fraction of the steps
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.1
-    lora_targets: list[str] = field(default_factory=lambda: ["query", "key", "value", "dense"])
-    max_length: int = 256
-    micro_batch: int = 16  # pairs per forward pass, grouped by length (the step's loss is over all of them)
-    max_examples: int | None = None  # a seeded random subset of the training file
-    eval_every: int | None = None  # steps between dev evaluations; None: once per epoch (and at the end)
-    save_every: int = 25  # steps between checkpoints
-    patience: int = 2  # dev evaluations without a better MRR before stopping
-    dev_limit: int | None = None  # first N dev questions
-    dev_candidates: int | None = None  # first N candidates of each (None: all the retrieval stages return)
-    eval_batch_size: int = 64
-    seed: int = 0
 
 
 # settings a resumed run must share with its checkpoint (epochs / max_steps may grow)
