@@ -137,7 +137,8 @@ def dev_scores(reader_settings: dict, soft_dir: Path, contexts: list[dict]) -> d
     return {"em": 100.0 * sum(ems) / n, "f1": 100.0 * sum(f1s) / n, "questions": len(ems)}
 
 
-def plot_curves(history: dict, path: Path, title: str) -> None:
+def plot_curves(history: dict, path: Path, title: str, dev_label: str = "dev EM") -> None:
+    """Train loss (left axis) and the dev metric (right axis, ``dev_label``) against the step."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -155,8 +156,8 @@ def plot_curves(history: dict, path: Path, title: str) -> None:
     ax2 = ax1.twinx()
     if history["dev"]:
         ax2.plot([d["step"] for d in history["dev"]], [d["em"] for d in history["dev"]], "o-", color="tab:red",
-                 label="dev EM")
-    ax2.set_ylabel("dev EM")
+                 label=dev_label)
+    ax2.set_ylabel(dev_label)
     fig.legend(loc="upper right")
     ax1.set_title(title)
     fig.tight_layout()

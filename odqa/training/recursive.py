@@ -229,7 +229,8 @@ def pretrain_connector(backbone, model_name: str, out: Path, config: RecursiveTr
 def _plot(history: dict, path: Path, title: str, metric: str) -> None:
     from odqa.training.reader import plot_curves
 
-    plot_curves({"loss": history["loss"], "dev": [{**d, "em": d[metric]} for d in history["dev"]]}, path, title)
+    plot_curves({"loss": history["loss"], "dev": [{**d, "em": d[metric]} for d in history["dev"]]}, path, title,
+                dev_label="held-out loss" if metric == "loss" else "dev EM")
 
 
 # --- the task training ---------------------------------------------------------------------------
