@@ -17,6 +17,7 @@ equals an uninterrupted one's. Timings, which differ run to run, go to ``timings
 
 from __future__ import annotations
 
+import hashlib
 import json
 import statistics
 from pathlib import Path
@@ -114,6 +115,50 @@ def timing_summary(records: list[dict]) -> dict:
             for k, v in stages.items()}
 
 
+RUN_KEY = "run.json"  # what the run's predictions were made with, beside them
+
+
+def run_key(qa) -> dict:
+    """What a run's predictions depend on: the pipeline's components and settings, with every
+    directory they name that holds a ``manifest.json`` (trained artifacts, indexes) stood in for by
+    that manifest's sha256, so a module re-trained at the same path counts as a change and the
+    repository's location does not."""
+    artifacts: dict[str, str] = {}
+
+    def sub(value):
+        if isinstance(value, dict):
+            return {k: sub(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [sub(v) for v in value]
+        if isinstance(value, str) and 0 < len(value) < 4096 and ("/" in value or value.startswith(".")):
+            manifest = Path(value) / "manifest.json"
+            if manifest.is_file():
+                digest = hashlib.sha256(manifest.read_bytes()).hexdigest()
+                artifacts[Path(value).name] = digest
+                return f"manifest:{digest}"
+        return value
+
+    spec = json.dumps(sub(qa.pipeline.to_dict()), sort_keys=True, default=str)
+    return {"pipeline": qa.source, "pipeline_sha256": hashlib.sha256(spec.encode()).hexdigest(),
+            "artifacts": artifacts}
+
+
+def check_run_key(out: Path, key: dict, resuming: bool) -> None:
+    """Refuse to add predictions to a run made by another pipeline or other trained modules."""
+    path = out / RUN_KEY
+    old = json.loads(path.read_text()) if path.exists() else None
+    if resuming and old is not None and old["pipeline_sha256"] != key["pipeline_sha256"]:
+        changed = sorted(n for n in set(old["artifacts"]) | set(key["artifacts"])
+                         if old["artifacts"].get(n) != key["artifacts"].get(n))
+        what = f"the trained modules or indexes {', '.join(changed)}" if changed else "the pipeline's settings"
+        raise OdqaError(f"'{out}' holds predictions made by another pipeline (changed: {what}; that run used "
+                        f"{old['pipeline']}); pass a new --out, or delete '{path.parent / 'predictions.jsonl'}' "
+                        "to start over")
+    if old != key:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, json.dumps(key, indent=2).encode("utf-8"))
+
+
 def evaluate(qa, questions: list[Question], out: Path, shard: int | None = None, shards: int = 1,
              progress: bool = True) -> dict:
     """Score ``questions`` (deduplicated by (id, question)) into ``out``; resumes a killed run."""
@@ -125,6 +170,7 @@ def evaluate(qa, questions: list[Question], out: Path, shard: int | None = None,
     out = Path(out)
     path = out / "predictions.jsonl"
     previous = read_records(path)
+    check_run_key(out, run_key(qa), resuming=bool(previous))
     done = {str(r["id"]) for r in previous}
     todo = [q for q in questions if q.id not in done]
     ems = [r["em"] for r in previous]

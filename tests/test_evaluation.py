@@ -252,7 +252,8 @@ def test_closed_book_report_has_no_retrieval_plot(tmp_path):
     from odqa.report import write_report
 
     record = {"id": "q1", "question": "Who wrote Romeo and Juliet?", "answers": ["William Shakespeare"],
-              "prediction": "Shakespeare", "em": 0.0, "f1": 0.67, "stages": {}, "timings": {"reader": 0.2, "total": 0.2}}
+              "prediction": "Shakespeare", "em": 0.0, "f1": 0.67, "stages": {},
+              "timings": {"reader": 0.2, "total": 0.2}}
     (tmp_path / "predictions.jsonl").write_text(json.dumps(record) + "\n")
     (tmp_path / "metrics.json").write_text(json.dumps({"questions": 1, "stages": {}, "lm_input_recall": 0.0,
                                                        "answer_lost_to_packing": 0.0, "em": 0.0, "f1": 66.67}))
@@ -261,3 +262,34 @@ def test_closed_book_report_has_no_retrieval_plot(tmp_path):
     report = write_report(tmp_path, "closed-book run", "odqa eval --pipeline closed_book.yml").read_text()
     assert "No retrieval stage: the pipeline answers closed-book." in report and "topk.png" not in report
     assert not (tmp_path / "topk.png").exists() and (tmp_path / "latency.png").exists()
+
+
+def test_a_run_resumes_only_with_the_pipeline_that_made_it(qa, tmp_path, write_pipeline):
+    out = tmp_path / "run"
+    evaluation.evaluate(qa, QUESTIONS[:2], out, progress=False)
+    key = json.loads((out / "run.json").read_text())
+    assert key == evaluation.run_key(qa) and key["pipeline_sha256"] and key["artifacts"]  # the index's manifest
+    evaluation.evaluate(qa, QUESTIONS, out, progress=False)  # the same pipeline resumes
+    other = odqa.load(str(write_pipeline(tmp_path / "other", top_k=3)))
+    message = r"holds predictions made by another pipeline \(changed: the pipeline's settings; .*pass a new --out"
+    with pytest.raises(odqa.errors.OdqaError, match=message + r", or delete .*predictions.jsonl"):
+        evaluation.evaluate(other, QUESTIONS, out, progress=False)
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == 4  # nothing was added
+
+
+def test_the_run_key_sees_a_module_retrained_at_the_same_path(tmp_path):
+    from types import SimpleNamespace
+
+    art = tmp_path / "artifacts" / "recursive-neural"
+    art.mkdir(parents=True)
+    (art / "manifest.json").write_text('{"steps": 10}')
+    spec = {"components": {"reader": {"init_parameters": {"recursion": str(art), "model": "smollm2-135m-instruct"}}}}
+    qa = SimpleNamespace(source="neural.yml", pipeline=SimpleNamespace(to_dict=lambda: spec))
+    out = tmp_path / "run"
+    evaluation.check_run_key(out, evaluation.run_key(qa), resuming=False)
+    (art / "manifest.json").write_text('{"steps": 200}')
+    message = "changed: the trained modules or indexes recursive-neural; that run used neural.yml"
+    with pytest.raises(odqa.errors.OdqaError, match=message):
+        evaluation.check_run_key(out, evaluation.run_key(qa), resuming=True)
+    evaluation.check_run_key(out, evaluation.run_key(qa), resuming=False)  # a fresh run takes the new key
+    assert json.loads((out / "run.json").read_text())["artifacts"]["recursive-neural"]
