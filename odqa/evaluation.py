@@ -13,6 +13,8 @@ records it computes:
 Records go to ``predictions.jsonl`` one by one, durably, so a killed run resumes where it
 stopped; metrics are computed from the records alone, so a resumed run's ``metrics.json``
 equals an uninterrupted one's. Timings, which differ run to run, go to ``timings.json``.
+``run.json`` records what made the predictions (:func:`run_key`), and a run made by another
+pipeline, or by a module re-trained at the same path, is not resumed (:func:`check_run_key`).
 """
 
 from __future__ import annotations
