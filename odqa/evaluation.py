@@ -141,8 +141,11 @@ def run_key(qa) -> dict:
         return value
 
     spec = json.dumps(sub(qa.pipeline.to_dict()), sort_keys=True, default=str)
+    settings = spec
+    for digest in artifacts.values():  # the same settings with any module: tells the two kinds of change apart
+        settings = settings.replace(f"manifest:{digest}", "manifest")
     return {"pipeline": qa.source, "pipeline_sha256": hashlib.sha256(spec.encode()).hexdigest(),
-            "artifacts": artifacts}
+            "settings_sha256": hashlib.sha256(settings.encode()).hexdigest(), "artifacts": artifacts}
 
 
 def check_run_key(out: Path, key: dict, resuming: bool) -> None:
@@ -150,9 +153,11 @@ def check_run_key(out: Path, key: dict, resuming: bool) -> None:
     path = out / RUN_KEY
     old = json.loads(path.read_text()) if path.exists() else None
     if resuming and old is not None and old["pipeline_sha256"] != key["pipeline_sha256"]:
-        changed = sorted(n for n in set(old["artifacts"]) | set(key["artifacts"])
+        modules = sorted(n for n in set(old["artifacts"]) | set(key["artifacts"])
                          if old["artifacts"].get(n) != key["artifacts"].get(n))
-        what = f"the trained modules or indexes {', '.join(changed)}" if changed else "the pipeline's settings"
+        changed = ["the pipeline's settings"] if old.get("settings_sha256") != key["settings_sha256"] else []
+        changed += [f"the trained modules or indexes {', '.join(modules)}"] if modules else []
+        what = " and ".join(changed)
         raise OdqaError(f"'{out}' holds predictions made by another pipeline (changed: {what}; that run used "
                         f"{old['pipeline']}); pass a new --out, or delete '{path.parent / 'predictions.jsonl'}' "
                         "to start over")
