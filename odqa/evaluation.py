@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from odqa.errors import OdqaError
 from odqa.metrics import exact_match, f1, has_answer
 from odqa.questions import Question, dedup
-from odqa.runs import RunWriter, atomic_write_bytes, read_records
+from odqa.runs import RunWriter, atomic_write_bytes, file_sha256, read_records
 
 KS = (1, 5, 20, 100)
 
@@ -135,7 +135,7 @@ def run_key(qa) -> dict:
         if isinstance(value, str) and 0 < len(value) < 4096 and ("/" in value or value.startswith(".")):
             manifest = Path(value) / "manifest.json"
             if manifest.is_file():
-                digest = hashlib.sha256(manifest.read_bytes()).hexdigest()
+                digest = file_sha256(manifest)
                 artifacts[Path(value).name] = digest
                 return f"manifest:{digest}"
         return value

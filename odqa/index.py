@@ -15,7 +15,6 @@ saved there in chunks, so restarting the same build resumes where it stopped.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -30,7 +29,7 @@ from odqa import __version__
 from odqa.configs import BM25Config
 from odqa.corpus import Passage, corpus_hash, read_corpus
 from odqa.errors import IndexCorruptError, IndexMismatchError, IndexNotFoundError, OdqaError
-from odqa.runs import atomic_write_bytes
+from odqa.runs import atomic_write_bytes, file_sha256
 
 FAISS_TYPES = ("flat", "ivf", "hnsw")
 HASH_LIMIT = 512 * 2**20  # bytes; bigger files are checked by size only on open
@@ -46,14 +45,6 @@ def _faiss():
             "or the 'gpu' extra"
         ) from None
     return faiss
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _make_faiss(kind: str, emb: np.ndarray) -> tuple[object, dict]:
@@ -169,7 +160,7 @@ def build_index(
     for f in sorted(partial.rglob("*")):
         if f.is_file():
             rel = f.relative_to(partial).as_posix()
-            files[rel] = {"bytes": f.stat().st_size, "sha256": _sha256(f)}
+            files[rel] = {"bytes": f.stat().st_size, "sha256": file_sha256(f)}
     manifest = {
         "kind": "odqa-index",
         "odqa_version": __version__,
@@ -257,7 +248,7 @@ class SearchIndex:
                 )
             # size is always checked; content hashes for files up to HASH_LIMIT (a psgs_w100-scale
             # index would take minutes to hash on every start)
-            if info["bytes"] <= HASH_LIMIT and _sha256(f) != info["sha256"]:
+            if info["bytes"] <= HASH_LIMIT and file_sha256(f) != info["sha256"]:
                 raise IndexCorruptError(f"index '{path}': file {rel} does not match its checksum; {fix}")
         return cls(path, manifest)
 

@@ -43,6 +43,7 @@ from odqa.lm.backbone import freeze
 from odqa.lm.generation import cached_prefix, greedy_generate
 from odqa.lm.prompting import clean_answer, encode_parts, get_template
 from odqa.metrics import normalize_answer
+from odqa.runs import file_sha256
 
 CONNECTOR = "connector.safetensors"
 TEMPLATE = "qa"  # the bare template: closed-book "Question: ...\nAnswer:", soft prompts replace instructions
@@ -437,7 +438,7 @@ class NeuralRecursionReader(_TwoPassReader):
         manifest_path = Path(self.recursion) / "manifest.json"
         trained = json.loads(manifest_path.read_text()).get("first_prompt_sha256") if manifest_path.exists() else None
         if trained:
-            given = hashlib.sha256(weights_path(self.first_prompt).read_bytes()).hexdigest()
+            given = file_sha256(weights_path(self.first_prompt))
             if given != trained:
                 raise ArtifactMismatchError(
                     f"recursion artifact '{self.recursion}' was trained on the states of another pass-1 prompt "

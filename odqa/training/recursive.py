@@ -24,7 +24,6 @@ pass-1 prompt (path and sha256); the pre-trained connector is an artifact of its
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import time
@@ -38,7 +37,7 @@ from odqa.configs import RECURSIVE_MODES as MODES
 from odqa.configs import RecursiveTrainConfig
 from odqa.errors import OdqaError, TrainingDataError
 from odqa.metrics import exact_match, f1
-from odqa.runs import RunWriter, atomic_write_bytes, read_records
+from odqa.runs import RunWriter, atomic_write_bytes, file_sha256, read_records
 from odqa.training.artifacts import ArtifactWriter, make_manifest, read_manifest, write_manifest
 from odqa.training.checkpoints import CHECKPOINT
 from odqa.training.frozen import FrozenCheck
@@ -234,10 +233,6 @@ def _plot(history: dict, path: Path, title: str, metric: str) -> None:
 
 
 # --- the task training ---------------------------------------------------------------------------
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def train_recursive(mode: str, model_name: str, train_items: list[dict], dev_items: list[dict], out: str | Path,
                     config: RecursiveTrainConfig, train_source: dict, first_prompt: str | None = None,
                     connector_dir: str | None = None, resume: bool = False, progress: bool = True) -> dict:
@@ -284,7 +279,7 @@ def train_recursive(mode: str, model_name: str, train_items: list[dict], dev_ite
     extra: dict = {}
     pretrained: dict | None = None
     if first_prompt:
-        key = {"mode": mode, "backbone": model_name, "first_prompt_sha256": _sha256(weights_path(first_prompt)),
+        key = {"mode": mode, "backbone": model_name, "first_prompt_sha256": file_sha256(weights_path(first_prompt)),
                "max_new_tokens": config.max_new_tokens}
         if mode == "textual":
             key.update(num_candidates=config.num_candidates, temperature=config.temperature, top_p=config.top_p,
@@ -367,7 +362,7 @@ def train_recursive(mode: str, model_name: str, train_items: list[dict], dev_ite
                     pretrain_connector(backbone, model_name, connector_path, config, corpus=config.pretrain_corpus,
                                        resume=resume, progress=progress)
                 connector = rec.Connector.load(connector_path, model_name, backbone.hidden_size).to(backbone.device)
-                pretrained = {"path": str(connector_path), "sha256": _sha256(connector_path / rec.CONNECTOR),
+                pretrained = {"path": str(connector_path), "sha256": file_sha256(connector_path / rec.CONNECTOR),
                               "dev_metrics": read_manifest(connector_path).get("dev_metrics", {}).get("best")}
             else:
                 connector = rec.Connector.for_backbone(model, tok, config.bottleneck)
@@ -415,7 +410,7 @@ def train_recursive(mode: str, model_name: str, train_items: list[dict], dev_ite
     )
     if first_prompt:
         manifest["first_prompt"] = str(first_prompt)
-        manifest["first_prompt_sha256"] = _sha256(weights_path(first_prompt))
+        manifest["first_prompt_sha256"] = file_sha256(weights_path(first_prompt))
     if mode == "neural":
         manifest["pretrained_connector"] = pretrained  # None: the no-pretraining ablation
         manifest["hidden_size"] = backbone.hidden_size

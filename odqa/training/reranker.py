@@ -23,7 +23,6 @@ the answer being in what the pipeline's ``ContextPacker`` fits into the reader's
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import random
@@ -39,7 +38,7 @@ import torch
 from odqa.configs import RerankerTrainConfig
 from odqa.errors import ArtifactMismatchError, PipelineConfigError, TrainingDataError
 from odqa.metrics import has_answer
-from odqa.runs import atomic_write_bytes
+from odqa.runs import atomic_write_bytes, file_sha256
 from odqa.training.artifacts import ArtifactWriter, make_manifest, read_manifest, write_manifest
 from odqa.training.checkpoints import load_checkpoint, save_checkpoint
 from odqa.training.data import Ctx, TrainExample
@@ -283,7 +282,7 @@ def build_dev_set(pipeline_path: str | Path, dev: str, limit: int | None = None,
 
     from odqa.questions import Question, dedup, load_questions
 
-    key = {"pipeline_sha256": hashlib.sha256(Path(pipeline_path).read_bytes()).hexdigest(), "dev": dev,
+    key = {"pipeline_sha256": file_sha256(pipeline_path), "dev": dev,
            "limit": limit, "max_candidates": max_candidates}
     saved = json.loads(cache.read_text()) if cache is not None and cache.exists() else None
     retrieval, source, packer = retrieval_pipeline(pipeline_path)
