@@ -10,10 +10,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from odqa.errors import ArtifactMismatchError
+from odqa.errors import ArtifactMismatchError, OdqaError
 from odqa.runs import atomic_write_bytes
 
 CHECKPOINT = "checkpoint.pt"
+
+
+def work_dir(out: str | Path, resume: bool, what: str = "run") -> Path:
+    """``OUT.work/``, beside the artifact ``out``: where a trainer keeps its checkpoint and caches.
+    Without ``resume``, a checkpoint left there by an earlier ``what`` is an error, not overwritten."""
+    out = Path(out)
+    work = out.parent / f"{out.name}.work"
+    if not resume and (work / CHECKPOINT).exists():
+        raise OdqaError(f"'{work}' holds a checkpoint of an earlier {what}; pass --resume to continue it, "
+                        "or delete the directory to start over")
+    return work
 
 
 def save_checkpoint(directory: str | Path, state: dict) -> Path:

@@ -30,7 +30,7 @@ import torch
 from odqa.configs import IDPTTrainConfig
 from odqa.errors import OdqaError, TrainingDataError
 from odqa.training.artifacts import ArtifactWriter, make_manifest, write_manifest
-from odqa.training.checkpoints import CHECKPOINT
+from odqa.training.checkpoints import work_dir
 from odqa.training.frozen import FrozenCheck, weights_hash
 from odqa.training.loop import train_loop
 
@@ -105,10 +105,7 @@ def train_idpt(train_examples, dev_examples, out: str | Path, config: IDPTTrainC
     out = Path(out)
     if config.mode == "finetune":
         check_finetune_out(out, backbone_name)
-    work = out.parent / f"{out.name}.work"
-    if (work / CHECKPOINT).exists() and not resume:
-        raise OdqaError(f"'{work}' holds a checkpoint of an earlier run; pass --resume to continue it, "
-                        "or delete the directory to start over")
+    work = work_dir(out, resume)
     train = [e for e in train_examples if not e.held_out]
     if not train:
         raise TrainingDataError("no training examples (held-out tasks are never trained on); pass a mixture "

@@ -28,7 +28,7 @@ from odqa.errors import OdqaError, TrainingDataError
 from odqa.metrics import exact_match, f1, has_answer
 from odqa.runs import RunWriter, read_records
 from odqa.training.artifacts import ArtifactWriter, make_manifest
-from odqa.training.checkpoints import load_checkpoint, save_checkpoint
+from odqa.training.checkpoints import load_checkpoint, save_checkpoint, work_dir
 from odqa.training.frozen import FrozenCheck
 
 
@@ -193,10 +193,7 @@ def train_reader(pipeline: str, train_items: list[dict], dev_items: list[dict], 
     from odqa.lm.prompting import get_template
 
     out = Path(out)
-    work = out.parent / f"{out.name}.work"
-    if work.exists() and not resume and load_checkpoint_exists(work):
-        raise OdqaError(f"'{work}' holds a checkpoint of an earlier run; pass --resume to continue it, "
-                        "or delete the directory to start over")
+    work = work_dir(out, resume)
     work.mkdir(parents=True, exist_ok=True)
     if not train_items:
         raise TrainingDataError("no training questions; pass a --train file with at least one question")
@@ -317,9 +314,3 @@ def train_reader(pipeline: str, train_items: list[dict], dev_items: list[dict], 
         plot_curves(history, tmp / "curves.png",
                     f"soft prompt ({config.prompt_length} vectors) on {'synthetic' if synthetic else 'real'} data")
     return json.loads((out / "manifest.json").read_text())
-
-
-def load_checkpoint_exists(work: Path) -> bool:
-    from odqa.training.checkpoints import CHECKPOINT
-
-    return (work / CHECKPOINT).exists()

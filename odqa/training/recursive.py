@@ -39,7 +39,7 @@ from odqa.errors import OdqaError, TrainingDataError
 from odqa.metrics import exact_match, f1
 from odqa.runs import RunWriter, atomic_write_bytes, file_sha256, read_records
 from odqa.training.artifacts import ArtifactWriter, make_manifest, read_manifest, write_manifest
-from odqa.training.checkpoints import CHECKPOINT
+from odqa.training.checkpoints import CHECKPOINT, work_dir
 from odqa.training.frozen import FrozenCheck
 from odqa.training.loop import train_loop
 
@@ -160,10 +160,7 @@ def pretrain_connector(backbone, model_name: str, out: Path, config: RecursiveTr
     from odqa.components.recursion import Connector
 
     model, tok = backbone.model, backbone.tokenizer
-    work = out.parent / f"{out.name}.work"
-    if not resume and (work / CHECKPOINT).exists():
-        raise OdqaError(f"'{work}' holds a checkpoint of an earlier pre-training; pass --resume to continue it, "
-                        "or delete the directory to start over")
+    work = work_dir(out, resume, "pre-training")
     work.mkdir(parents=True, exist_ok=True)
     c = config.chunk_tokens
     chunks = corpus_chunks(tok, corpus, c, config.seed,
@@ -257,10 +254,7 @@ def train_recursive(mode: str, model_name: str, train_items: list[dict], dev_ite
         raise TrainingDataError("no training questions; pass a --train set with at least one question")
     rec.check_sampling(config.num_candidates, config.temperature, config.top_p)
     out = Path(out)
-    work = out.parent / f"{out.name}.work"
-    if work.exists() and not resume and (work / CHECKPOINT).exists():
-        raise OdqaError(f"'{work}' holds a checkpoint of an earlier run; pass --resume to continue it, "
-                        "or delete the directory to start over")
+    work = work_dir(out, resume)
     work.mkdir(parents=True, exist_ok=True)
     rng = random.Random(config.seed)
     torch.manual_seed(config.seed)
