@@ -4,12 +4,18 @@ Pipeline files are Haystack YAML. Relative paths in them (``index_dir``,
 ``soft_prompt``, the recursive readers' ``first_prompt``/``second_prompt``/``recursion``, and
 ``model``/``encoder`` values starting with ``./`` or ``../``) are resolved against the YAML
 file's own directory, so a pipeline runs from any working directory.
+
+A pipeline file is data, not code: it is checked before anything it names is imported. Files
+over :data:`MAX_PIPELINE_BYTES`, YAML anchors and aliases (the "billion laughs" expansion) and
+nesting deeper than :data:`MAX_YAML_DEPTH` are refused; every component ``type`` must match
+:data:`ALLOWED_MODULES` as a string before its module is imported.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import fnmatch
 import importlib
 import inspect
 import time
@@ -22,10 +28,14 @@ from haystack import Pipeline, tracing
 from haystack.core.errors import PipelineRuntimeError
 
 from odqa.components._common import check_question
-from odqa.errors import MalformedYAMLError, OdqaError, PipelineConfigError, UnknownComponentError
+from odqa.errors import (BadQuestionError, MalformedYAMLError, OdqaError, PipelineConfigError, UnknownComponentError,
+                         UnsafePipelineError, from_os_error)
 
 PATH_PARAMS = {"index_dir", "soft_prompt", "first_prompt", "second_prompt", "recursion", "artifact"}
 MAYBE_PATH_PARAMS = {"model", "encoder", "query_encoder"}
+ALLOWED_MODULES = ("odqa", "haystack", "haystack_integrations")  # a type's module is one of these or inside one
+MAX_PIPELINE_BYTES = 1 << 20
+MAX_YAML_DEPTH = 64
 
 
 @dataclass
@@ -50,8 +60,25 @@ class Answer:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per pipeline stage, plus "total"
     meta: dict[str, Any] = field(default_factory=dict)
 
+    ok = True  # an answer, not a :class:`FailedAnswer`
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass
+class FailedAnswer:
+    """What :meth:`QA.ask_many` gives in place of an :class:`Answer` for a question it could not
+    answer (empty, too long, not text, ...); the other questions are answered as usual."""
+
+    question: Any
+    error: OdqaError
+
+    ok = False
+
+    def to_dict(self) -> dict[str, Any]:
+        question = self.question if isinstance(self.question, str) else repr(self.question)
+        return {"question": question, "error": str(self.error), "error_type": type(self.error).__name__}
 
 
 # --- per-stage timing through Haystack's tracing hook -----------------------------------
@@ -102,20 +129,59 @@ def _resolve_paths(data: dict, base: Path) -> None:
                 params[key] = str((base / value).resolve())
 
 
+def allowed_type(type_name: str) -> bool:
+    """Whether a component type (``module.Class``) lies inside :data:`ALLOWED_MODULES`, judged on
+    the string alone: nothing is imported to decide."""
+    module = type_name.rpartition(".")[0]
+    return any(fnmatch.fnmatchcase(module, root) or fnmatch.fnmatchcase(module, f"{root}.*")
+               for root in ALLOWED_MODULES) and all(part.isidentifier() for part in type_name.split("."))
+
+
 def _check_types(data: dict, source: str) -> None:
     for name, comp in data["components"].items():
         if not isinstance(comp, dict) or not isinstance(comp.get("type"), str):
             raise MalformedYAMLError(f"{source}: component '{name}' needs a 'type' (a dotted class path)")
+        if not isinstance(comp.get("init_parameters", {}), (dict, type(None))):
+            raise MalformedYAMLError(f"{source}: component '{name}': 'init_parameters' must be a mapping")
+        if not allowed_type(comp["type"]):
+            raise UnsafePipelineError(
+                f"{source}: component '{name}' has type '{comp['type'][:200]}', outside the modules a pipeline "
+                f"may use ({', '.join(m + '.*' for m in ALLOWED_MODULES)}); nothing was imported. Use an odqa "
+                "component (e.g. odqa.components.retrievers.BM25Retriever) or a Haystack one")
         module, _, cls = comp["type"].rpartition(".")
         try:
-            found = getattr(importlib.import_module(module), cls, None) if module else None
+            found = getattr(importlib.import_module(module), cls, None)
         except ImportError:
             found = None
-        if found is None:
+        if not isinstance(found, type):
             raise UnknownComponentError(
                 f"{source}: component '{name}' has unknown type '{comp['type']}'; use an odqa component "
                 "(e.g. odqa.components.retrievers.BM25Retriever) or an importable Haystack component"
             )
+
+
+def _check_yaml_events(text: str, source: str) -> None:
+    """Refuse anchors/aliases (their expansion is unbounded) and deep nesting, from the event
+    stream alone: nothing is composed or expanded yet."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        line = event.start_mark.line + 1 if event.start_mark else "?"
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise UnsafePipelineError(
+                f"{source}: line {line}: YAML anchors and aliases ('&name' / '*name') are not allowed in a "
+                "pipeline file; write each value out in full")
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                raise UnsafePipelineError(f"{source}: line {line}: nested more than {MAX_YAML_DEPTH} levels deep; "
+                                          "a pipeline file is a flat mapping of components and connections")
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+
+
+def _one_line(e: Exception) -> str:
+    """An exception's whole message on one line (Haystack's span several)."""
+    return " ".join(part.strip() for part in str(e).splitlines() if part.strip()) or type(e).__name__
 
 
 def load_pipeline(path: str | Path) -> Pipeline:
@@ -124,10 +190,17 @@ def load_pipeline(path: str | Path) -> Pipeline:
     if not path.is_file():
         raise PipelineConfigError(f"pipeline file '{path}' does not exist; see pipelines/ for the bundled ones")
     try:
+        size = path.stat().st_size
+        if size > MAX_PIPELINE_BYTES:
+            raise UnsafePipelineError(f"{path}: {size:,} bytes, over the {MAX_PIPELINE_BYTES:,}-byte limit for a "
+                                      "pipeline file; a pipeline is a few kilobytes of YAML")
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise MalformedYAMLError(f"{path}: not valid UTF-8 (byte offset {e.start}); save the file as UTF-8") from None
+    except OSError as e:
+        raise from_os_error(e, "the pipeline file") from None
     try:
+        _check_yaml_events(text, str(path))
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
@@ -145,13 +218,15 @@ def load_pipeline(path: str | Path) -> Pipeline:
     except OdqaError:
         raise
     except Exception as e:  # noqa: BLE001 - Haystack raises several types here; name the file
-        raise PipelineConfigError(f"{path}: {str(e).splitlines()[0]}") from e
+        raise PipelineConfigError(f"{path}: {_one_line(e)}") from e
 
 
 def _unwrap(e: PipelineRuntimeError) -> Exception:
     cause = e.__cause__
     while isinstance(cause, PipelineRuntimeError) and cause.__cause__ is not None:
         cause = cause.__cause__
+    if isinstance(cause, OSError):  # e.g. a model cache that cannot be written: say which path
+        return from_os_error(cause)
     return cause if isinstance(cause, OdqaError) else e
 
 
@@ -245,8 +320,22 @@ class QA:
         )
         return answer, out
 
-    def ask_many(self, questions: list[str], progress: bool = True) -> list[Answer]:
-        """Answer a list of questions in order, with a progress bar."""
+    def ask_many(self, questions: list[str], progress: bool = True,
+                 task: str | None = None) -> list[Answer | FailedAnswer]:
+        """Answer a list of questions in order, with a progress bar.
+
+        Returns one result per question, in order. A question that cannot be answered (a
+        :class:`~odqa.errors.BadQuestionError`: empty, not a string, too long, ...) gets a
+        :class:`FailedAnswer` holding the error in its place, and the others are still answered;
+        ``result.ok`` tells the two apart. Errors that would fail every question (a broken
+        pipeline, a missing index) still raise.
+        """
         from tqdm.auto import tqdm
 
-        return [self.ask(q) for q in tqdm(questions, desc="answering", unit="q", disable=not progress)]
+        results: list[Answer | FailedAnswer] = []
+        for q in tqdm(questions, desc="answering", unit="q", disable=not progress):
+            try:
+                results.append(self.ask(q, task=task))
+            except BadQuestionError as e:
+                results.append(FailedAnswer(q, e))
+        return results

@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 import odqa  # noqa: F401 - sets the offline defaults before anything else loads
-from odqa.errors import BadQuestionError, OdqaError
+from odqa.errors import BadQuestionError, OdqaError, from_os_error
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_PIPELINE = REPO / "pipelines" / "frozen_reader.yml"
@@ -99,29 +99,30 @@ def cmd_run(args) -> int:
         raise OdqaError("--questions needs --out FILE.jsonl for the answers")
     from tqdm.auto import tqdm
 
+    from odqa.api import FailedAnswer
     from odqa.questions import dedup, load_questions
-    from odqa.runs import RunWriter, read_records
+    from odqa.runs import OutputLock, RunWriter, read_records
 
-    questions = load_questions(args.questions)
+    questions = load_questions(args.questions)  # bad question texts are kept: each gets an error line
     unique = dedup(questions)
     if len(unique) < len(questions):
         print(f"{len(questions) - len(unique)} repeated (id, question) items answered once", file=sys.stderr)
     questions = unique
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    done = {str(r["id"]) for r in read_records(out)}
-    todo = [q for q in questions if q.id not in done]
-    if done:
-        print(f"resuming: {len(done)} of {len(questions)} already answered in {out}", file=sys.stderr)
     failed = 0
-    with RunWriter(out) as writer:
-        for q in tqdm(todo, desc="answering", unit="q"):
-            try:
-                record = {"id": q.id, "answers": q.answers, **ask(q.question).to_dict()}
-            except BadQuestionError as e:  # one bad question does not stop the batch
-                failed += 1
-                record = {"id": q.id, "answers": q.answers, "question": q.question, "error": str(e)}
-            writer.write(record)
+    with OutputLock(out):
+        done = {str(r["id"]) for r in read_records(out)}
+        todo = [q for q in questions if q.id not in done]
+        if done:
+            print(f"resuming: {len(done)} of {len(questions)} already answered in {out}", file=sys.stderr)
+        with RunWriter(out) as writer:
+            for q in tqdm(todo, desc="answering", unit="q"):
+                try:
+                    result = ask(q.question)
+                except BadQuestionError as e:  # one bad question does not stop the batch
+                    failed += 1
+                    result = FailedAnswer(q.question, e)
+                writer.write({"id": q.id, "answers": q.answers, **result.to_dict()})
     note = f" ({failed} could not be answered; see their 'error' field)" if failed else ""
     print(f"wrote {len(questions)} answers to {out}{note}", file=sys.stderr)
     return 0
@@ -691,6 +692,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # permissions, a full disk, a missing directory: the user can fix these
+        if args.debug:
+            raise
+        err = from_os_error(e)
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
     except Exception as e:  # noqa: BLE001 - the CLI never shows a traceback unless asked
         if args.debug:
             raise

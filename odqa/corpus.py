@@ -69,14 +69,15 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
         yield lineno, rec
 
 
-def _read_wiki_vital() -> Iterator[Passage]:
+# Each reader yields (line number, passage); the line number names a passage in error messages.
+def _read_wiki_vital() -> Iterator[tuple[int, Passage]]:
     path = bundled_data_path("wiki-vital")
     data = json.loads(path.read_text(encoding="utf-8"))
     for i, (title, rec) in enumerate(data.items()):
-        yield Passage(id=str(i), title=rec.get("title") or title, text=rec["extract"].strip())
+        yield i + 1, Passage(id=str(i), title=rec.get("title") or title, text=rec["extract"].strip())
 
 
-def _read_tsv(path: Path) -> Iterator[Passage]:
+def _read_tsv(path: Path) -> Iterator[tuple[int, Passage]]:
     lines = decode_lines(path)
     header = next(lines, None)
     if header is None:
@@ -102,10 +103,10 @@ def _read_tsv(path: Path) -> Iterator[Passage]:
             text = text[1:-1].replace('""', '"')
         if len(title) > 1 and title[0] == title[-1] == '"':
             title = title[1:-1].replace('""', '"')
-        yield Passage(id=pid, title=title, text=text)
+        yield lineno, Passage(id=pid, title=title, text=text)
 
 
-def _read_jsonl(path: Path) -> Iterator[Passage]:
+def _read_jsonl(path: Path) -> Iterator[tuple[int, Passage]]:
     for lineno, rec in iter_jsonl(path):
         text = rec.get("text", rec.get("contents"))
         if not isinstance(text, str) or not text.strip():
@@ -113,13 +114,13 @@ def _read_jsonl(path: Path) -> Iterator[Passage]:
         title = rec.get("title", "")
         if not isinstance(title, str):
             raise InputFormatError(f"{path}:{lineno}: 'title' must be a string")
-        yield Passage(id=str(rec.get("id", lineno)), title=title, text=text)
+        yield lineno, Passage(id=str(rec.get("id", lineno)), title=title, text=text)
 
 
 def read_corpus(spec: str) -> list[Passage]:
     """Read a corpus by bundled name or file path (see module docstring for formats)."""
     if spec == "wiki-vital":
-        passages = list(_read_wiki_vital())
+        numbered = list(_read_wiki_vital())
     else:
         path = Path(spec)
         if not path.exists():
@@ -127,21 +128,22 @@ def read_corpus(spec: str) -> list[Passage]:
                 f"corpus '{spec}' is neither the bundled 'wiki-vital' nor an existing file"
             )
         if path.suffix == ".tsv":
-            passages = list(_read_tsv(path))
+            numbered = list(_read_tsv(path))
         elif path.suffix in (".jsonl", ".json"):
-            passages = list(_read_jsonl(path))
+            numbered = list(_read_jsonl(path))
         else:
             raise InputFormatError(
                 f"corpus file '{spec}' has an unknown extension; use .tsv (DPR psgs_w100) or .jsonl"
             )
-    if not passages:
+    if not numbered:
         raise InputFormatError(f"corpus '{spec}' holds no passages")
-    seen: set[str] = set()
-    for p in passages:
+    seen: dict[str, int] = {}
+    for lineno, p in numbered:
         if p.id in seen:
-            raise InputFormatError(f"corpus '{spec}': passage id '{p.id}' appears twice; ids must be unique")
-        seen.add(p.id)
-    return passages
+            raise InputFormatError(f"{spec}:{lineno}: passage id '{p.id}' appears twice (first at line "
+                                   f"{seen[p.id]}); ids must be unique")
+        seen[p.id] = lineno
+    return [p for _, p in numbered]
 
 
 def corpus_hash(passages: list[Passage]) -> str:

@@ -26,6 +26,10 @@ class QuestionTooLongError(BadQuestionError):
     """The question alone does not fit in the reader's token budget."""
 
 
+class QuestionTypeError(BadQuestionError, TypeError):
+    """The question is not a string (e.g. a number or ``None``)."""
+
+
 # --- pipelines ---------------------------------------------------------------
 class PipelineConfigError(OdqaError):
     """A pipeline YAML file that cannot be loaded."""
@@ -37,6 +41,10 @@ class MalformedYAMLError(PipelineConfigError):
 
 class UnknownComponentError(PipelineConfigError):
     """The pipeline names a component type that cannot be imported."""
+
+
+class UnsafePipelineError(PipelineConfigError):
+    """A pipeline file odqa refuses to load: a type outside the allowlist, YAML aliases, too big."""
 
 
 # --- indexes -----------------------------------------------------------------
@@ -79,3 +87,47 @@ class BackboneChangedError(OdqaError):
 
 class TrainingDataError(InputFormatError):
     """Training data that cannot be used (no examples, no positives, unknown format)."""
+
+
+# --- files and output directories ----------------------------------------------
+class OutputExistsError(OdqaError):
+    """An output path that exists and is not odqa's to replace (it would be overwritten or deleted)."""
+
+
+class OutputLockedError(OdqaError):
+    """Another running odqa process is writing the same output."""
+
+
+class FileAccessError(OdqaError):
+    """The operating system refused a read or write (permissions, disk full, a missing directory)."""
+
+
+_OS_REASONS = {
+    "EACCES": ("permission denied", "make it writable or choose a path you can write"),
+    "EPERM": ("operation not permitted", "make it writable or choose a path you can write"),
+    "EROFS": ("the file system is read-only", "choose a path on a writable disk"),
+    "ENOSPC": ("no space left on the device", "free some disk space or choose a path on another disk"),
+    "EDQUOT": ("disk quota exceeded", "free some space or choose a path on another disk"),
+    "ENOENT": ("no such file or directory", "check the path, or create its parent directory"),
+    "ENOTDIR": ("a part of the path is a file, not a directory", "check the path"),
+    "EISDIR": ("it is a directory, not a file", "name a file"),
+    "EEXIST": ("it already exists", "choose another path"),
+    "ENAMETOOLONG": ("the path is too long", "choose a shorter path"),
+}
+
+
+def from_os_error(e: OSError, what: str | None = None, fix: str | None = None) -> FileAccessError:
+    """A one-line :class:`FileAccessError` for an :class:`OSError`, naming the path and the fix.
+
+    :param what: What the path is to odqa, e.g. ``"$ODQA_HOME, odqa's model cache"``.
+    :param fix: What to do, in place of the generic advice for the error's cause.
+    """
+    import errno
+
+    name = errno.errorcode.get(e.errno or 0, "")
+    reason, generic = _OS_REASONS.get(name, (e.strerror or str(e) or type(e).__name__, "check the path"))
+    fix = fix or generic
+    path = e.filename if e.filename is not None else "?"
+    target = f"'{path}'" + (f" -> '{e.filename2}'" if e.filename2 else "")
+    about = f" ({what})" if what else ""
+    return FileAccessError(f"cannot use {target}{about}: {reason}; {fix}")

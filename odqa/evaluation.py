@@ -29,7 +29,8 @@ from tqdm.auto import tqdm
 from odqa.errors import OdqaError
 from odqa.metrics import exact_match, f1, has_answer
 from odqa.questions import Question, dedup
-from odqa.runs import RunWriter, atomic_write_bytes, file_sha256, read_records
+from odqa.runs import (EVAL_RUN_KIND, OutputLock, RunWriter, atomic_write_bytes, check_replaceable, file_sha256,
+                       read_records)
 
 KS = (1, 5, 20, 100)
 
@@ -144,7 +145,7 @@ def run_key(qa) -> dict:
     settings = spec
     for digest in artifacts.values():  # the same settings with any module: tells the two kinds of change apart
         settings = settings.replace(f"manifest:{digest}", "manifest")
-    return {"pipeline": qa.source, "pipeline_sha256": hashlib.sha256(spec.encode()).hexdigest(),
+    return {"kind": EVAL_RUN_KIND, "pipeline": qa.source, "pipeline_sha256": hashlib.sha256(spec.encode()).hexdigest(),
             "settings_sha256": hashlib.sha256(settings.encode()).hexdigest(), "artifacts": artifacts}
 
 
@@ -152,14 +153,15 @@ def check_run_key(out: Path, key: dict, resuming: bool) -> None:
     """Refuse to add predictions to a run made by another pipeline or other trained modules."""
     path = out / RUN_KEY
     old = json.loads(path.read_text()) if path.exists() else None
-    if resuming and old is not None and old["pipeline_sha256"] != key["pipeline_sha256"]:
-        modules = sorted(n for n in set(old["artifacts"]) | set(key["artifacts"])
-                         if old["artifacts"].get(n) != key["artifacts"].get(n))
+    if resuming and old is not None and old.get("pipeline_sha256") != key["pipeline_sha256"]:
+        old_artifacts = old.get("artifacts", {})
+        modules = sorted(n for n in set(old_artifacts) | set(key["artifacts"])
+                         if old_artifacts.get(n) != key["artifacts"].get(n))
         changed = ["the pipeline's settings"] if old.get("settings_sha256") != key["settings_sha256"] else []
         changed += [f"the trained modules or indexes {', '.join(modules)}"] if modules else []
         what = " and ".join(changed)
         raise OdqaError(f"'{out}' holds predictions made by another pipeline (changed: {what}; that run used "
-                        f"{old['pipeline']}); pass a new --out, or delete '{path.parent / 'predictions.jsonl'}' "
+                        f"{old.get('pipeline', 'a merge of shard runs')}); pass a new --out, or delete '{path.parent / 'predictions.jsonl'}' "
                         "to start over")
     if old != key:
         out.mkdir(parents=True, exist_ok=True)
@@ -175,6 +177,12 @@ def evaluate(qa, questions: list[Question], out: Path, shard: int | None = None,
     if shard is not None:
         questions = questions[shard::shards]
     out = Path(out)
+    check_replaceable(out, (EVAL_RUN_KIND,), "an evaluation run")
+    with OutputLock(out):
+        return _evaluate(qa, questions, out, progress)
+
+
+def _evaluate(qa, questions: list[Question], out: Path, progress: bool) -> dict:
     path = out / "predictions.jsonl"
     previous = read_records(path)
     check_run_key(out, run_key(qa), resuming=bool(previous))
@@ -207,6 +215,12 @@ def finish(out: Path, order: list[str] | None = None) -> dict:
 
 def merge(shard_dirs: list[Path], out: Path) -> dict:
     """Join shard runs' predictions into ``out`` and score them together."""
+    check_replaceable(out, (EVAL_RUN_KIND,), "an evaluation run")
+    with OutputLock(out):
+        return _merge(shard_dirs, out)
+
+
+def _merge(shard_dirs: list[Path], out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     seen, merged = set(), []
     for d in shard_dirs:
@@ -219,6 +233,8 @@ def merge(shard_dirs: list[Path], out: Path) -> dict:
                 merged.append(r)
     lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in merged)
     atomic_write_bytes(out / "predictions.jsonl", lines.encode("utf-8"))
+    atomic_write_bytes(out / RUN_KEY, json.dumps({"kind": EVAL_RUN_KIND, "merged_from": [str(d) for d in shard_dirs]},
+                                                 indent=2).encode("utf-8"))
     return finish(out)
 
 

@@ -11,10 +11,14 @@ Layout of ``indexes/NAME/``::
 A build writes into ``.NAME.partial`` beside the target and renames it into place
 at the end, so a killed build never leaves a half-written index. Embeddings are
 saved there in chunks, so restarting the same build resumes where it stopped.
+A build holds ``.NAME.lock`` (one builder at a time), replaces only an odqa index
+(``--force``), and is byte-reproducible: two builds of one corpus give identical files.
+``manifest.json`` carries its own checksum (``manifest_sha256``), checked on open.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -29,7 +33,7 @@ from odqa import __version__
 from odqa.configs import BM25Config
 from odqa.corpus import Passage, corpus_hash, read_corpus
 from odqa.errors import IndexCorruptError, IndexMismatchError, IndexNotFoundError, OdqaError
-from odqa.runs import atomic_write_bytes, file_sha256
+from odqa.runs import INDEX_KIND, OutputLock, atomic_write_bytes, check_replaceable, declared_kind, file_sha256
 
 FAISS_TYPES = ("flat", "ivf", "hnsw")
 HASH_LIMIT = 512 * 2**20  # bytes; bigger files are checked by size only on open
@@ -69,6 +73,21 @@ def _make_faiss(kind: str, emb: np.ndarray) -> tuple[object, dict]:
     return index, params
 
 
+def manifest_digest(manifest: dict) -> str:
+    """The sha256 of a manifest's content without its own ``manifest_sha256`` field."""
+    import hashlib
+
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def _bm25_corpus(token_lists: list[list[str]]) -> tuple[list[list[int]], dict[str, int]]:
+    """Token ids over a sorted vocabulary: bm25s numbers its vocabulary in set order, which
+    follows Python's per-process string hashing, so two builds would write different files."""
+    vocab = {t: i for i, t in enumerate(sorted({t for tokens in token_lists for t in tokens}))}
+    return [[vocab[t] for t in tokens] for tokens in token_lists], vocab
+
+
 def build_index(
     corpus: str,
     out: str | Path,
@@ -91,15 +110,27 @@ def build_index(
     the chunks, encodes any still missing, and writes the index. Returns the index dir,
     or the partial dir for a shard run.
     """
-    from odqa.encoders import load_encoder, probe_embedding
-
     if faiss_type not in FAISS_TYPES:
         raise OdqaError(f"unknown FAISS index type '{faiss_type}'; use one of {list(FAISS_TYPES)}")
     if shards < 1 or (shard is not None and not 0 <= shard < shards):
         raise OdqaError(f"--shard must be in 0..{shards - 1} for --shards {shards}, got {shard}")
     out = Path(out)
-    if out.exists() and not force:
+    check_replaceable(out, (INDEX_KIND,), "an index")  # --force replaces an odqa index, nothing else
+    if out.exists() and any(out.iterdir()) and not force:
         raise OdqaError(f"index '{out}' already exists; pass --force to rebuild it, or choose another --out")
+    partial = out.parent / f".{out.name}.partial"
+    if not (partial / "build.json").exists():
+        check_replaceable(partial, (INDEX_KIND,), "a partial index build")
+    # shard runs write disjoint chunk files, each atomically, so only the final build is exclusive
+    with OutputLock(out) if shard is None else contextlib.nullcontext():
+        return _build(corpus, out, partial, encoder, query_encoder, faiss_type, bm25, batch_size, limit,
+                      progress, shard, shards)
+
+
+def _build(corpus, out: Path, partial: Path, encoder, query_encoder, faiss_type, bm25, batch_size, limit,
+           progress, shard, shards) -> Path:
+    from odqa.encoders import load_encoder, probe_embedding
+
     passages = read_corpus(corpus)
     if limit:
         passages = passages[:limit]
@@ -107,7 +138,6 @@ def build_index(
     spec = {"corpus_hash": chash, "encoder": encoder, "query_encoder": query_encoder, "faiss": faiss_type,
             "bm25": bm25.__dict__, "count": len(passages)}
 
-    partial = out.parent / f".{out.name}.partial"
     build_file = partial / "build.json"
     if partial.exists():
         try:
@@ -136,7 +166,7 @@ def build_index(
     if not (partial / "bm25" / "params.index.json").exists():
         tokens = bm25.tokenize([p.retrieval_text() for p in passages])
         retriever = bm25s.BM25(method=bm25.method, k1=bm25.k1, b=bm25.b)
-        retriever.index(tokens, show_progress=progress)
+        retriever.index(_bm25_corpus(tokens), show_progress=progress)
         tmp_bm25 = partial / f"bm25.{os.getpid()}.tmp"
         shutil.rmtree(tmp_bm25, ignore_errors=True)
         retriever.save(str(tmp_bm25), show_progress=False)
@@ -177,15 +207,18 @@ def build_index(
         "bm25": {**bm25.__dict__, "library": "bm25s", "text": "title\\ntext"},
         "files": files,
     }
+    manifest["manifest_sha256"] = manifest_digest(manifest)
     atomic_write_bytes(partial / "manifest.json", json.dumps(manifest, indent=2).encode())
 
-    if out.exists():  # --force: swap the old one out, then delete it
+    if out.exists() and declared_kind(out) == INDEX_KIND:  # --force: swap the old one out, then delete it
         old = out.parent / f".{out.name}.old"
         shutil.rmtree(old, ignore_errors=True)
         os.replace(out, old)
         os.replace(partial, out)
         shutil.rmtree(old, ignore_errors=True)
     else:
+        if out.exists():  # an empty directory (checked above)
+            out.rmdir()
         os.replace(partial, out)
     return out
 
@@ -223,19 +256,30 @@ class SearchIndex:
     @classmethod
     def open(cls, path: str | Path) -> "SearchIndex":
         path = Path(path)
-        hint = f"build it with: odqa index build --corpus wiki-vital --out {path}"
-        if not path.is_dir():
-            raise IndexNotFoundError(f"index directory '{path}' does not exist; {hint}")
+        if not path.exists():
+            raise IndexNotFoundError(f"index directory '{path}' does not exist; build it with: "
+                                     f"odqa index build --corpus wiki-vital --out {path}")
         mpath = path / "manifest.json"
-        if not mpath.exists():
-            raise IndexNotFoundError(f"'{path}' is not an odqa index (no manifest.json); {hint}")
+        if not path.is_dir() or not mpath.exists():
+            # never suggest building into a directory that is not odqa's: a build there would refuse
+            raise IndexNotFoundError(
+                f"'{path}' is not an odqa index (no manifest.json); point index_dir at an index, or build "
+                "one into a new directory: odqa index build --corpus wiki-vital --out indexes/NAME")
+        rebuild = f"rebuild with `odqa index build ... --out {path} --force`"
         try:
             manifest = json.loads(mpath.read_text(encoding="utf-8"))
             files = manifest["files"]
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
-            raise IndexCorruptError(
-                f"index '{path}': manifest.json is unreadable; rebuild with `odqa index build ... --out {path} --force`"
-            ) from None
+            if manifest.get("kind") != INDEX_KIND:
+                raise KeyError
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
+            raise IndexCorruptError(f"index '{path}': manifest.json is unreadable or not an odqa index "
+                                    f"manifest; {rebuild}") from None
+        if "manifest_sha256" not in manifest:
+            raise IndexCorruptError(f"index '{path}': manifest.json carries no checksum (built by an older odqa); "
+                                    f"{rebuild}")
+        if manifest_digest(manifest) != manifest["manifest_sha256"]:
+            raise IndexCorruptError(f"index '{path}': manifest.json was edited (it does not match its own "
+                                    f"checksum); {rebuild}")
         for rel, info in files.items():
             f = path / rel
             fix = f"rebuild with `odqa index build --corpus {manifest.get('corpus', 'CORPUS')} --out {path} --force`"

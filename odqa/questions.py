@@ -32,7 +32,7 @@ SPLITS = ("train", "dev", "test")
 @dataclass
 class Question:
     id: str
-    question: str
+    question: str  # from a file read without require_answers: whatever the line held, checked when asked
     answers: list[str] = field(default_factory=list)
     root_id: str | None = None
     evidence_title: str | None = None
@@ -118,7 +118,8 @@ def fanoutqa_wiki() -> list[Question]:
 
 def dedup(questions: list[Question]) -> list[Question]:
     """Keep the first of each (id, question): FanOutQA repeats identical sub-questions under one id."""
-    return list({(q.id, q.question): q for q in questions}.values())
+    return list({(q.id, q.question if isinstance(q.question, str) else repr(q.question)): q
+                 for q in questions}.values())
 
 
 def _answer_list(value, where: str, required: bool) -> list[str]:
@@ -139,12 +140,13 @@ def _read_jsonl_questions(path: Path, require_answers: bool) -> list[Question]:
     out = []
     for lineno, rec in iter_jsonl(path):
         where = f"{path}:{lineno}"
-        if not isinstance(rec.get("question"), str):
-            raise InputFormatError(f"{where}: missing 'question' field (a string)")
-        if not rec["question"].strip():
-            raise InputFormatError(f"{where}: the 'question' field is empty")
+        if require_answers:  # a scored set with a bad question is a broken set; a run answers around it
+            if not isinstance(rec.get("question"), str):
+                raise InputFormatError(f"{where}: missing 'question' field (a string)")
+            if not rec["question"].strip():
+                raise InputFormatError(f"{where}: the 'question' field is empty")
         answers = _answer_list(rec.get("answers", rec.get("answer")), where, require_answers)
-        out.append(Question(id=str(rec.get("id", lineno)), question=rec["question"], answers=answers))
+        out.append(Question(id=str(rec.get("id", lineno)), question=rec.get("question"), answers=answers))
     return out
 
 
@@ -160,7 +162,7 @@ def _read_dpr_csv(path: Path, require_answers: bool) -> list[Question]:
         question, sep, raw = line.partition("\t")
         if not sep:
             raise InputFormatError(f"{where}: expected `question<TAB>[answers]`, found no tab")
-        if not question.strip():
+        if require_answers and not question.strip():
             raise InputFormatError(f"{where}: the question is empty")
         try:
             answers = json.loads(raw)
@@ -178,7 +180,9 @@ def read_questions_file(path: str | Path, require_answers: bool = False) -> list
 
     ``.jsonl``: one ``{"question": ..., "id"?: ..., "answer"|"answers"?: [...]}`` per line
     (NQ-open's format). ``.csv``/``.tsv``: DPR's ``nq-test.csv``. With ``require_answers``
-    (evaluation), every question needs a non-empty answer list.
+    (evaluation, training), every question needs a non-empty question and answer list; without
+    it (``odqa run``), a missing, empty or non-string question is kept as it is, so that the run
+    answers it with an error record and goes on to the next.
     """
     path = Path(path)
     if not path.exists():

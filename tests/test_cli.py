@@ -150,10 +150,11 @@ def test_questions_without_out(capsys, warm, questions_file):
 
 def test_malformed_questions_file(capsys, tmp_path, warm):
     path = tmp_path / "q.jsonl"
-    path.write_text('{"question": "a?"}\n{"question": "b?"}\n{"id": 3}\n', encoding="utf-8")
+    path.write_text('{"question": "a?"}\n{"question": "b?"}\n{"id": 3}\n{"question": "c \\"d\\"?"}\n{"x"\n',
+                    encoding="utf-8")
     line = assert_one_error_line(capsys, main(["run", warm, "--questions", str(path), "--out", str(tmp_path / "o")]))
-    assert ":3:" in line and "question" in line
-    assert not (tmp_path / "o").exists() or (tmp_path / "o").read_text() == ""
+    assert ":5:" in line and "invalid JSON" in line  # a line that is not JSON at all stops the run before it starts
+    assert not (tmp_path / "o").exists()
 
 
 def test_non_utf8_questions_file(capsys, tmp_path, warm):

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from odqa.errors import ArtifactMismatchError
+from odqa.runs import check_replaceable
 
 
 _COMMAND: list[str] | None = None
@@ -67,6 +68,7 @@ class ArtifactWriter:
         self.tmp = self.out.parent / f".{self.out.name}.partial"
 
     def __enter__(self) -> Path:
+        check_replaceable(self.out, None, "a trained artifact")  # only an artifact (a manifest's kind) is replaced
         shutil.rmtree(self.tmp, ignore_errors=True)
         self.tmp.mkdir(parents=True)
         return self.tmp

@@ -11,15 +11,17 @@ import numpy as np
 import torch
 
 from odqa.errors import ArtifactMismatchError, OdqaError
-from odqa.runs import atomic_write_bytes
+from odqa.runs import atomic_write_bytes, check_replaceable
 
 CHECKPOINT = "checkpoint.pt"
 
 
 def work_dir(out: str | Path, resume: bool, what: str = "run") -> Path:
     """``OUT.work/``, beside the artifact ``out``: where a trainer keeps its checkpoint and caches.
-    Without ``resume``, a checkpoint left there by an earlier ``what`` is an error, not overwritten."""
+    Without ``resume``, a checkpoint left there by an earlier ``what`` is an error, not overwritten.
+    An ``out`` that exists and is not an odqa artifact is refused before any training starts."""
     out = Path(out)
+    check_replaceable(out, None, "a trained artifact")
     work = out.parent / f"{out.name}.work"
     if not resume and (work / CHECKPOINT).exists():
         raise OdqaError(f"'{work}' holds a checkpoint of an earlier {what}; pass --resume to continue it, "

@@ -38,7 +38,7 @@ import torch
 from odqa.configs import RerankerTrainConfig
 from odqa.errors import ArtifactMismatchError, PipelineConfigError, TrainingDataError
 from odqa.metrics import has_answer
-from odqa.runs import atomic_write_bytes, file_sha256
+from odqa.runs import atomic_write_bytes, check_replaceable, file_sha256
 from odqa.training.artifacts import ArtifactWriter, make_manifest, read_manifest, write_manifest
 from odqa.training.checkpoints import load_checkpoint, save_checkpoint
 from odqa.training.data import Ctx, TrainExample
@@ -387,6 +387,7 @@ def train_reranker(pipeline: str | Path, train: str | Path | list, dev: str, out
 
     cfg = config or RerankerTrainConfig()
     out, ckpt = Path(out), checkpoint_dir(out)
+    check_replaceable(out, None, "a trained artifact")  # before any training, not after it
     files = [train] if isinstance(train, (str, Path)) else list(train)
     examples = [ex for f in files for ex in read_examples(f)]
     train = files[0] if len(files) == 1 else [str(f) for f in files]

@@ -6,7 +6,7 @@ import pytest
 from haystack import Document, Pipeline
 
 from odqa.components.retrievers import BM25Retriever, DenseRetriever
-from odqa.errors import EmptyQuestionError, IndexCorruptError, IndexMismatchError, IndexNotFoundError
+from odqa.errors import BadQuestionError, EmptyQuestionError, IndexCorruptError, IndexMismatchError, IndexNotFoundError
 from odqa.index import BM25Config, build_index
 
 from conftest import CORPUS
@@ -45,9 +45,12 @@ class TestBM25Retriever:
         assert 1 < len(many) <= len(CORPUS)
         assert len({d.id for d in many}) == len(many)
 
-    @pytest.mark.parametrize("query", ["zzzz qqqq", "?"])
-    def test_no_match_gives_no_documents(self, flat_index, query):
-        assert BM25Retriever(index_dir=flat_index).run(query=query) == {"documents": []}
+    def test_no_match_gives_no_documents(self, flat_index):
+        assert BM25Retriever(index_dir=flat_index).run(query="zzzz qqqq") == {"documents": []}
+
+    def test_punctuation_only_question_is_refused(self, flat_index):
+        with pytest.raises(BadQuestionError, match="'\\?' has no letter or digit"):
+            BM25Retriever(index_dir=flat_index).run(query="?")
 
     def test_index_settings_are_used_at_query_time(self, tmp_path, corpus_jsonl, st_encoder):
         # the query is tokenized with the index's own BM25 settings (here: English stopwords, no stemmer)
