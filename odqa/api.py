@@ -148,6 +148,11 @@ def _check_types(data: dict, source: str) -> None:
                 f"{source}: component '{name}' has type '{comp['type'][:200]}', outside the modules a pipeline "
                 f"may use ({', '.join(m + '.*' for m in ALLOWED_MODULES)}); nothing was imported. Use an odqa "
                 "component (e.g. odqa.components.retrievers.BM25Retriever) or a Haystack one")
+        for where, nested in _nested_types(comp.get("init_parameters") or {}, "init_parameters"):
+            if not allowed_type(nested):
+                raise UnsafePipelineError(
+                    f"{source}: component '{name}' {where} names type '{nested[:200]}', outside the modules a "
+                    f"pipeline may use ({', '.join(m + '.*' for m in ALLOWED_MODULES)}); nothing was imported")
         module, _, cls = comp["type"].rpartition(".")
         try:
             found = getattr(importlib.import_module(module), cls, None)
@@ -158,6 +163,15 @@ def _check_types(data: dict, source: str) -> None:
                 f"{source}: component '{name}' has unknown type '{comp['type']}'; use an odqa component "
                 "(e.g. odqa.components.retrievers.BM25Retriever) or an importable Haystack component"
             )
+
+
+def _check_connections(connections, source: str) -> None:
+    shape = "a list of {sender: COMPONENT.SOCKET, receiver: COMPONENT.SOCKET} mappings"
+    if not isinstance(connections, list):
+        raise MalformedYAMLError(f"{source}: 'connections' must be {shape}, got {type(connections).__name__}")
+    for i, c in enumerate(connections):
+        if not (isinstance(c, dict) and isinstance(c.get("sender"), str) and isinstance(c.get("receiver"), str)):
+            raise MalformedYAMLError(f"{source}: connection {i + 1} is {str(c)[:80]!r}; 'connections' must be {shape}")
 
 
 def _check_yaml_events(text: str, source: str) -> None:
@@ -179,9 +193,26 @@ def _check_yaml_events(text: str, source: str) -> None:
             depth -= 1
 
 
+def _nested_types(value, where: str):
+    """Every dotted ``type`` inside a component's init parameters (Haystack deserializes those too)."""
+    if isinstance(value, dict):
+        if isinstance(value.get("type"), str) and "." in value["type"]:
+            yield where, value["type"]
+        for key, sub in value.items():
+            yield from _nested_types(sub, f"{where}.{key}")
+    elif isinstance(value, list):
+        for i, sub in enumerate(value):
+            yield from _nested_types(sub, f"{where}[{i}]")
+
+
 def _one_line(e: Exception) -> str:
-    """An exception's whole message on one line (Haystack's span several)."""
-    return " ".join(part.strip() for part in str(e).splitlines() if part.strip()) or type(e).__name__
+    """An exception's whole message on one line. Haystack's deserialization errors dump the
+    component's data over many lines before the cause; keep their first line and the cause."""
+    text = str(e)
+    head, sep, cause = text.partition("Original error:")
+    if sep:
+        text = head.strip().splitlines()[0].replace(" with the following data:", "").rstrip(":") + ": " + cause
+    return " ".join(part.strip() for part in text.splitlines() if part.strip()) or type(e).__name__
 
 
 def load_pipeline(path: str | Path) -> Pipeline:
@@ -212,6 +243,7 @@ def load_pipeline(path: str | Path) -> Pipeline:
             f"{path}: not a Haystack pipeline (expected a mapping with 'components' and 'connections')"
         )
     _check_types(data, str(path))
+    _check_connections(data.get("connections", []), str(path))
     _resolve_paths(data, path.parent)
     try:
         return Pipeline.from_dict(data, allowed_modules=["odqa.*"])

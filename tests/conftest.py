@@ -130,6 +130,58 @@ def odqa_home(tmp_path_factory) -> Path:
         os.environ["ODQA_HOME"] = old
 
 
+_HOLDER = """
+import sys, time
+from odqa.runs import OutputLock
+with OutputLock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+@pytest.fixture
+def hold_lock():
+    """``hold_lock(target)``: another process that holds odqa's output lock on ``target`` until the
+    test ends (or until the test kills it); returns its ``Popen``."""
+    import subprocess
+    import sys
+
+    procs = []
+
+    def start(target) -> "subprocess.Popen":
+        proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(target)], stdout=subprocess.PIPE, text=True,
+                                cwd=Path(__file__).resolve().parent.parent)
+        procs.append(proc)
+        assert proc.stdout.readline().strip() == "locked"
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A directory in which this process cannot create anything: a ``chmod 555`` directory, or,
+    for root (whom file modes do not stop), ``/sys``, where the kernel refuses new entries."""
+    if os.geteuid() != 0:
+        d = tmp_path / "read-only"
+        d.mkdir()
+        d.chmod(0o555)
+        yield d
+        d.chmod(0o755)
+        return
+    probe = Path("/sys/odqa-write-probe")
+    try:
+        probe.mkdir()
+    except OSError:
+        yield Path("/sys")
+        return
+    probe.rmdir()
+    pytest.skip("root with a writable /sys: no directory here refuses writes")
+
+
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("models")

@@ -11,7 +11,7 @@ from haystack import Pipeline
 from haystack.core.errors import PipelineRuntimeError
 
 import odqa
-from odqa.api import QA, Answer, PassageRef, load_pipeline
+from odqa.api import MAX_PIPELINE_BYTES, QA, Answer, FailedAnswer, PassageRef, load_pipeline
 from odqa.components import FrozenLMReader
 from odqa.errors import (
     BadQuestionError,
@@ -23,8 +23,10 @@ from odqa.errors import (
     OdqaError,
     PipelineConfigError,
     QuestionTooLongError,
+    QuestionTypeError,
     TextEncodingError,
     UnknownComponentError,
+    UnsafePipelineError,
 )
 from odqa.index import build_index
 
@@ -107,6 +109,37 @@ def test_ask_many(qa):
     assert qa.ask_many([], progress=False) == []
 
 
+def test_ask_many_keeps_every_answer_around_a_bad_question(qa):
+    good = "Who wrote Romeo and Juliet?"
+    results = qa.ask_many([good, "", 123, "?!", good], progress=False)
+    assert [r.ok for r in results] == [True, False, False, False, True]
+    assert isinstance(results[0], Answer) and results[0].answer == results[4].answer
+    failed = results[1:4]
+    assert all(isinstance(r, FailedAnswer) for r in failed)
+    assert [type(r.error) for r in failed] == [EmptyQuestionError, QuestionTypeError, BadQuestionError]
+    assert failed[1].to_dict() == {"question": "123", "error": str(failed[1].error), "error_type": "QuestionTypeError"}
+
+
+def test_a_question_that_is_not_a_string(qa):
+    with pytest.raises(QuestionTypeError, match=r"the question must be a string, got int \(123\)"):
+        qa.ask(123)
+    with pytest.raises(QuestionTypeError, match="got NoneType"):
+        qa.ask(None)
+
+
+def test_whitespace_in_a_question_does_not_change_the_answer(qa):
+    clean = qa.ask("Who wrote Romeo and Juliet?")
+    messy = qa.ask("Who\n\nwrote\r\nRomeo \t and\u00a0Juliet\n?\n\n")
+    assert messy.question == clean.question == "Who wrote Romeo and Juliet?"
+    assert messy.answer == clean.answer and [p.id for p in messy.passages] == [p.id for p in clean.passages]
+
+
+@pytest.mark.parametrize("question", ["?", "?!...", " - ", "\u2026"])
+def test_a_question_without_words_is_refused(qa, question):
+    with pytest.raises(BadQuestionError, match="has no letter or digit.*ask a question in words"):
+        qa.ask(question)
+
+
 def test_packer_and_reader_must_agree(tmp_path, pipeline_yaml):
     data = yaml.safe_load(pipeline_yaml.read_text())
     data["components"]["packer"]["init_parameters"]["context_length"] = 999
@@ -153,6 +186,13 @@ def test_non_utf8_question(qa):
         qa.ask("Who wrote Romeo and Juliet \udce9?")
 
 
+def test_a_bad_question_is_quoted_only_in_part(qa):
+    with pytest.raises(BadQuestionError) as e:
+        qa.ask("Who wrote \udce9" * 5000)
+    msg = str(e.value)
+    assert len(msg) < 250 and "(55,000 characters)" in msg and "not valid UTF-8" in msg
+
+
 # --- pipeline file errors -------------------------------------------------------------------------
 def test_missing_pipeline_file(tmp_path):
     with pytest.raises(PipelineConfigError, match="does not exist"):
@@ -192,6 +232,89 @@ def test_unknown_component(tmp_path, pipeline_yaml):
     assert "odqa.components.retrievers.NoSuchRetriever" in str(e.value) and "'bm25'" in str(e.value)
 
 
+# --- a pipeline file is data: nothing it names runs before it is checked ------------------------
+def _with_type(tmp_path, pipeline_yaml, type_) -> Path:
+    data = yaml.safe_load(pipeline_yaml.read_text())
+    data["components"]["bm25"]["type"] = type_
+    path = tmp_path / "p.yml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+def test_a_type_outside_the_allowlist_is_not_imported(tmp_path, pipeline_yaml, capfd):
+    import sys
+
+    assert "this" not in sys.modules
+    with pytest.raises(UnsafePipelineError) as e:
+        load_pipeline(_with_type(tmp_path, pipeline_yaml, "this.X"))
+    assert "Beautiful is better than ugly" not in capfd.readouterr().out  # `import this` prints the Zen
+    assert "this" not in sys.modules
+    msg = str(e.value)
+    assert "component 'bm25' has type 'this.X', outside the modules a pipeline may use" in msg
+    assert "odqa.*, haystack.*, haystack_integrations.*" in msg and "nothing was imported" in msg
+    assert not msg.rstrip().endswith("either:")
+
+
+def test_a_module_whose_import_writes_a_file_is_never_imported(tmp_path, pipeline_yaml, monkeypatch):
+    import sys
+
+    marker = tmp_path / "pwned"
+    (tmp_path / "evil_mod.py").write_text(f"open({str(marker)!r}, 'w').write('x')\nclass X: pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for type_ in ("evil_mod.X", "odqa_evil.X", "haystackx.X", "Bare"):
+        with pytest.raises(UnsafePipelineError, match=f"'{type_}', outside"):
+            load_pipeline(_with_type(tmp_path, pipeline_yaml, type_))
+    assert not marker.exists() and "evil_mod" not in sys.modules
+
+
+def test_a_nested_type_outside_the_allowlist(tmp_path, pipeline_yaml):
+    data = yaml.safe_load(pipeline_yaml.read_text())
+    data["components"]["join"]["init_parameters"]["join_mode"] = {"type": "evil_mod.Mode", "init_parameters": {}}
+    path = tmp_path / "p.yml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    with pytest.raises(UnsafePipelineError, match="'join' init_parameters.join_mode names type 'evil_mod.Mode'"):
+        load_pipeline(path)
+
+
+def test_haystack_errors_keep_their_cause(tmp_path, pipeline_yaml):
+    data = yaml.safe_load(pipeline_yaml.read_text())
+    data["components"]["join"]["init_parameters"]["join_mode"] = "nope"
+    path = tmp_path / "p.yml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    with pytest.raises(PipelineConfigError) as e:
+        load_pipeline(path)
+    assert "component 'join'" in str(e.value) and "Unknown join mode 'nope'" in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+BILLION_LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(12)
+) + "components: {}\nconnections: []\n"
+
+
+@pytest.mark.parametrize("text, fragment", [
+    (BILLION_LAUGHS, "line 1: YAML anchors and aliases"),
+    ("components: &c {}\nconnections: []\n", "line 1: YAML anchors and aliases"),
+    ("components:\n  x: " + "[" * 200 + "]" * 200 + "\n", "nested more than 64 levels deep"),
+])
+def test_yaml_that_could_hang_is_refused_before_expansion(tmp_path, text, fragment):
+    import time
+
+    path = tmp_path / "p.yml"
+    path.write_text(text, encoding="utf-8")
+    start = time.perf_counter()
+    with pytest.raises(UnsafePipelineError, match=fragment):
+        load_pipeline(path)
+    assert time.perf_counter() - start < 2
+
+
+def test_a_pipeline_file_over_the_size_limit(tmp_path):
+    path = tmp_path / "big.yml"
+    path.write_text("components: {}\n# " + "x" * MAX_PIPELINE_BYTES + "\n", encoding="utf-8")
+    with pytest.raises(UnsafePipelineError, match="over the 1,048,576-byte limit"):
+        load_pipeline(path)
+
+
 def test_bad_connection(tmp_path, pipeline_yaml):
     data = yaml.safe_load(pipeline_yaml.read_text())
     data["connections"].append({"sender": "nowhere.documents", "receiver": "reader.documents"})
@@ -200,6 +323,21 @@ def test_bad_connection(tmp_path, pipeline_yaml):
     with pytest.raises(PipelineConfigError) as e:
         load_pipeline(path)
     assert str(path) in str(e.value)
+
+
+@pytest.mark.parametrize("connections, fragment", [
+    ("nope", "'connections' must be a list of {sender: COMPONENT.SOCKET, receiver: COMPONENT.SOCKET} mappings, got str"),
+    ([{"sender": ["a"], "receiver": "reader.documents"}], "connection 1 is"),
+    ([None], "connection 1 is 'None'"),
+])
+def test_connections_of_the_wrong_shape(tmp_path, pipeline_yaml, connections, fragment):
+    data = yaml.safe_load(pipeline_yaml.read_text())
+    data["connections"] = connections
+    path = tmp_path / "p.yml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    with pytest.raises(MalformedYAMLError) as e:
+        load_pipeline(path)
+    assert fragment in str(e.value)
 
 
 def test_pipeline_without_reader(tmp_path, pipeline_yaml):

@@ -425,3 +425,123 @@ def test_help_loads_neither_torch_nor_a_trainer():
             "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('odqa.training')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# --- hardening: nothing lost, nothing clobbered, every fixable cause one line ---------------------
+def test_index_build_force_never_deletes_a_directory_odqa_did_not_make(capsys, tmp_path, corpus_jsonl, st_encoder):
+    precious = tmp_path / "precious"
+    (precious / "sub").mkdir(parents=True)
+    (precious / "thesis.txt").write_text("x")
+    code = main(["index", "build", "--corpus", corpus_jsonl, "--out", str(precious), "--force",
+                 "--encoder", st_encoder])
+    line = assert_one_error_line(capsys, code)
+    assert code == 2 and f"'{precious}' exists and is not made by odqa" in line and "--force" not in line
+    assert (precious / "thesis.txt").read_text() == "x" and (precious / "sub").is_dir()
+
+
+def test_a_pipeline_pointing_at_a_non_index_is_not_told_to_build_there(capsys, tmp_path, write_pipeline):
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "hosts").write_text("x")
+    path = write_pipeline(tmp_path, index_dir=etc)
+    line = assert_one_error_line(capsys, main(["run", str(path), "--question", "Who wrote Hamlet?"]))
+    assert f"'{etc}' is not an odqa index" in line and f"--out {etc}" not in line
+
+
+@pytest.mark.parametrize("command", ["run", "eval"])
+def test_an_out_inside_a_read_only_directory(capsys, tmp_path, warm, read_only_dir, command):
+    qfile = tmp_path / "q.jsonl"
+    qfile.write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS[:2]), encoding="utf-8")
+    out = read_only_dir / "odqa-test-out" / ("a.jsonl" if command == "run" else "run")
+    argv = (["run", warm, "--questions", str(qfile), "--out", str(out)] if command == "run" else
+            ["eval", "--pipeline", warm, "--questions", str(qfile), "--out", str(out)])
+    code = main(argv)
+    line = assert_one_error_line(capsys, code)
+    assert code == 2 and "unexpected" not in line
+    assert f"cannot use '{read_only_dir / 'odqa-test-out'}'" in line
+    assert any(r in line for r in ("permission denied", "operation not permitted", "read-only"))
+
+
+def test_a_read_only_odqa_home(capsys, tmp_path, write_pipeline, read_only_dir, monkeypatch):
+    # a GGUF backbone is dequantized once into $ODQA_HOME/models; a home that cannot be written says so
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF")
+    path = write_pipeline(tmp_path, lm=str(gguf))
+    monkeypatch.setenv("ODQA_HOME", str(read_only_dir / "odqa-home"))
+    code = main(["ask", "Who wrote Hamlet?", "--pipeline", str(path)])
+    line = assert_one_error_line(capsys, code)
+    assert code == 2 and "unexpected" not in line
+    assert f"$ODQA_HOME is {read_only_dir / 'odqa-home'}" in line and "set ODQA_HOME to a writable directory" in line
+
+
+def test_os_errors_name_the_path_and_the_fix():
+    import errno
+
+    from odqa.errors import FileAccessError, from_os_error
+
+    e = from_os_error(OSError(errno.ENOSPC, "No space left on device", "/data/run/predictions.jsonl"))
+    assert isinstance(e, FileAccessError) and e.exit_code == 2
+    assert str(e) == ("cannot use '/data/run/predictions.jsonl': no space left on the device; free some disk space "
+                      "or choose a path on another disk")
+    e = from_os_error(PermissionError(errno.EACCES, "Permission denied", "/ro/x"))
+    assert str(e) == "cannot use '/ro/x': permission denied; make it writable or choose a path you can write"
+
+
+def test_two_evals_into_one_directory(capsys, tmp_path, warm, hold_lock):
+    qfile = tmp_path / "q.jsonl"
+    qfile.write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS[:3]), encoding="utf-8")
+    out = tmp_path / "run"
+    pid = hold_lock(out).pid  # another `odqa eval ... --out run` still writing
+    code = main(["eval", "--pipeline", warm, "--questions", str(qfile), "--out", str(out)])
+    line = assert_one_error_line(capsys, code)
+    assert f"'{out}' is being written by another odqa process (PID {pid} " in line
+    assert not (out / "predictions.jsonl").exists()
+
+
+def test_two_runs_into_one_file(capsys, tmp_path, warm, questions_file, hold_lock):
+    out = tmp_path / "answers.jsonl"
+    pid = hold_lock(out).pid
+    line = assert_one_error_line(capsys, main(["run", warm, "--questions", str(questions_file), "--out", str(out)]))
+    assert f"PID {pid}" in line and not out.exists()
+
+
+def test_eval_out_that_is_not_an_eval_run(capsys, tmp_path, warm):
+    qfile = tmp_path / "q.jsonl"
+    qfile.write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS[:3]), encoding="utf-8")
+    out = tmp_path / "notes"
+    out.mkdir()
+    (out / "metrics.json").write_text("mine")
+    line = assert_one_error_line(capsys, main(["eval", "--pipeline", warm, "--questions", str(qfile),
+                                               "--out", str(out)]))
+    assert f"'{out}' exists and is not made by odqa" in line and (out / "metrics.json").read_text() == "mine"
+
+
+def test_run_out_that_is_not_a_run_file_is_left_alone(capsys, tmp_path, warm, questions_file):
+    out = tmp_path / "thesis.txt"
+    out.write_text("chapter one\nchapter two\n")
+    line = assert_one_error_line(capsys, main(["run", warm, "--questions", str(questions_file), "--out", str(out)]))
+    assert "is not an odqa run file" in line and out.read_text() == "chapter one\nchapter two\n"
+
+
+def test_run_answers_around_empty_missing_and_non_string_questions(capsys, tmp_path, warm):
+    path = tmp_path / "q.jsonl"
+    rows = [QUESTIONS[0], {"id": "empty", "question": ""}, {"id": "missing"}, {"id": "number", "question": 7},
+            {"id": "blank", "question": " \n\t"}, QUESTIONS[1]]
+    path.write_text("".join(json.dumps(q) + "\n" for q in rows), encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    assert main(["run", warm, "--questions", str(path), "--out", str(out)]) == 0
+    records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [r["id"] for r in records] == ["q1", "empty", "missing", "number", "blank", "q2"]
+    assert [r.get("error_type") for r in records] == [None, "EmptyQuestionError", "QuestionTypeError",
+                                                      "QuestionTypeError", "EmptyQuestionError", None]
+    assert "got NoneType" in records[2]["error"] and "got int (7)" in records[3]["error"]
+    assert isinstance(records[0]["answer"], str) and isinstance(records[5]["answer"], str)
+    assert "4 could not be answered" in capsys.readouterr().err
+
+
+def test_ask_normalises_whitespace(capsys, warm):
+    assert main(["ask", "Who wrote Romeo and Juliet?", "--pipeline", warm, "--json"]) == 0
+    clean = json.loads(capsys.readouterr().out)
+    assert main(["ask", "Who\n\nwrote\r\nRomeo and Juliet\n?\n\n", "--pipeline", warm, "--json"]) == 0
+    messy = json.loads(capsys.readouterr().out)
+    assert messy["question"] == "Who wrote Romeo and Juliet?" and messy["answer"] == clean["answer"]

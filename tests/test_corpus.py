@@ -121,6 +121,8 @@ def test_duplicate_ids(tmp_path, suffix):
     with pytest.raises(InputFormatError) as e:
         read_corpus(str(path))
     assert "'x'" in str(e.value) and "twice" in str(e.value)
+    first, again = (1, 3) if suffix == "jsonl" else (2, 4)  # the tsv has a header line
+    assert f"dup.{suffix}:{again}: passage id 'x' appears twice (first at line {first})" in str(e.value)
 
 
 def test_missing_file_and_unknown_extension(tmp_path):

@@ -4,6 +4,9 @@ the manifest, atomic and resumable builds, and the errors on opening a bad index
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +17,8 @@ import odqa.encoders
 import odqa.index
 from odqa.corpus import corpus_hash, read_corpus
 from odqa.encoders import DPREncoder, SentenceTransformerEncoder, load_encoder
-from odqa.errors import IndexCorruptError, IndexMismatchError, IndexNotFoundError, OdqaError
+from odqa.errors import (IndexCorruptError, IndexMismatchError, IndexNotFoundError, OdqaError, OutputExistsError,
+                         OutputLockedError)
 from odqa.index import BM25Config, SearchIndex, build_index, open_index
 
 from conftest import CORPUS, HIDDEN
@@ -209,7 +213,74 @@ def test_bad_shard_arguments(tmp_path, corpus_jsonl, st_encoder):
         build_index(corpus_jsonl, tmp_path / "idx", encoder=st_encoder, shard=2, shards=2)
 
 
+# --- what a build may replace; reproducible, locked builds -----------------------------------
+def test_force_replaces_only_an_odqa_index(tmp_path, corpus_jsonl, st_encoder):
+    precious = tmp_path / "precious"
+    (precious / "sub").mkdir(parents=True)
+    (precious / "thesis.txt").write_text("x")
+    for force in (False, True):
+        with pytest.raises(OutputExistsError) as e:
+            build_index(corpus_jsonl, precious, encoder=st_encoder, progress=False, force=force)
+        msg = str(e.value)
+        assert f"'{precious}' exists and is not made by odqa" in msg and "--force" not in msg
+    assert (precious / "thesis.txt").read_text() == "x" and (precious / "sub").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["precious"]  # no partial build, no lock left
+
+
+def test_a_build_into_an_empty_directory(tmp_path, corpus_jsonl, st_encoder):
+    (tmp_path / "idx").mkdir()
+    build_index(corpus_jsonl, tmp_path / "idx", encoder=st_encoder, progress=False, limit=3)
+    assert open_index(tmp_path / "idx").manifest["count"] == 3
+
+
+def test_a_build_while_another_runs_is_refused(tmp_path, corpus_jsonl, st_encoder, hold_lock):
+    pid = hold_lock(tmp_path / "idx").pid
+    with pytest.raises(OutputLockedError, match=f"PID {pid}"):
+        build_index(corpus_jsonl, tmp_path / "idx", encoder=st_encoder, progress=False)
+    assert not (tmp_path / "idx").exists()
+
+
+def test_two_clean_builds_are_byte_identical(tmp_path, corpus_jsonl, st_encoder):
+    # separate processes with different string-hash seeds: bm25s numbered its vocabulary in set order
+    code = ("import sys; from odqa.index import build_index; "
+            "build_index(sys.argv[1], sys.argv[2], encoder=sys.argv[3], faiss_type=sys.argv[4], progress=False)")
+    for kind in ("flat", "ivf"):
+        outs = [tmp_path / f"{kind}{seed}" for seed in (1, 2)]
+        for seed, out in zip((1, 2), outs):
+            env = {**os.environ, "PYTHONHASHSEED": str(seed)}
+            subprocess.run([sys.executable, "-c", code, corpus_jsonl, str(out), st_encoder, kind], env=env,
+                           check=True, cwd=Path(__file__).resolve().parent.parent)
+        files = [sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) for out in outs]
+        assert files[0] == files[1] and "bm25/vocab.index.json" in files[0]
+        for rel in files[0]:
+            assert (outs[0] / rel).read_bytes() == (outs[1] / rel).read_bytes(), f"{kind}: {rel} differs"
+
+
 # --- opening ---------------------------------------------------------------------------------
+def test_a_directory_that_is_not_an_index(tmp_path):
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "passwd").write_text("x")
+    with pytest.raises(IndexNotFoundError) as e:
+        open_index(etc)
+    msg = str(e.value)
+    assert f"'{etc}' is not an odqa index" in msg and f"--out {etc}" not in msg  # never build into it
+
+
+def test_an_edited_manifest_is_refused(copy_index):
+    index_dir = copy_index()
+    path = index_dir / "manifest.json"
+    manifest = json.loads(path.read_text())
+    path.write_text(json.dumps({**manifest, "encoder": "someone-else/encoder"}, indent=2))
+    with pytest.raises(IndexCorruptError, match="manifest.json was edited .*--force"):
+        open_index(index_dir)
+    del manifest["manifest_sha256"]
+    path.write_text(json.dumps(manifest, indent=2))
+    with pytest.raises(IndexCorruptError, match="carries no checksum"):
+        open_index(index_dir)
+
+
+
 def test_open_missing_index(tmp_path):
     with pytest.raises(IndexNotFoundError) as e:
         open_index(tmp_path / "nowhere")
