@@ -683,6 +683,11 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.disable_progress_bar()  # an error after a model load must still be one line
     hf_logging.set_verbosity_error()
     try:
+        if args.cmd == "train" and getattr(args, "out", None):  # one trainer per artifact at a time
+            from odqa.runs import OutputLock
+
+            with OutputLock(args.out):
+                return args.func(args)
         return args.func(args)
     except OdqaError as e:
         if args.debug:

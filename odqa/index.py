@@ -272,8 +272,9 @@ class SearchIndex:
             if manifest.get("kind") != INDEX_KIND:
                 raise KeyError
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
-            raise IndexCorruptError(f"index '{path}': manifest.json is unreadable or not an odqa index "
-                                    f"manifest; {rebuild}") from None
+            raise IndexCorruptError(f"index '{path}': manifest.json is unreadable or not an odqa index manifest; "
+                                    "point index_dir at an odqa index, or build one into a new directory with "
+                                    "`odqa index build --corpus CORPUS --out indexes/NAME`") from None
         if "manifest_sha256" not in manifest:
             raise IndexCorruptError(f"index '{path}': manifest.json carries no checksum (built by an older odqa); "
                                     f"{rebuild}")

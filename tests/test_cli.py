@@ -545,3 +545,12 @@ def test_ask_normalises_whitespace(capsys, warm):
     assert main(["ask", "Who\n\nwrote\r\nRomeo and Juliet\n?\n\n", "--pipeline", warm, "--json"]) == 0
     messy = json.loads(capsys.readouterr().out)
     assert messy["question"] == "Who wrote Romeo and Juliet?" and messy["answer"] == clean["answer"]
+
+
+@pytest.mark.parametrize("trainer", [["reader", "--train", "t.jsonl"], ["reranker", "--train", "t.jsonl"],
+                                     ["recursive", "--mode", "one-pass"], ["idpt", "--mode", "prompt"]])
+def test_two_trainers_into_one_artifact(capsys, tmp_path, hold_lock, trainer):
+    out = tmp_path / "artifact"
+    pid = hold_lock(out).pid
+    line = assert_one_error_line(capsys, main(["train", *trainer, "--out", str(out)]))
+    assert f"'{out}' is being written by another odqa process (PID {pid} " in line
