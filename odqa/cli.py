@@ -132,7 +132,7 @@ def cmd_eval(args) -> int:
     from odqa import evaluation
     from odqa.report import write_report
 
-    from odqa.training.artifacts import command_line
+    from odqa.artifacts import command_line
 
     command = command_line()
     if args.rest and args.rest[0] == "idpt":
@@ -675,7 +675,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
-    from odqa.training.artifacts import set_command
+    from odqa.artifacts import set_command
 
     set_command(argv)  # manifests record the command that made them
     from transformers.utils import logging as hf_logging

@@ -100,7 +100,7 @@ def measure_overhead(systems: dict, texts: list[str], fixed_tokens: int = 8) -> 
 
 
 def _trainable(lm) -> dict:
-    from odqa.training.artifacts import read_manifest
+    from odqa.artifacts import read_manifest
 
     if lm.kind == "frozen":
         return {"total": 0}

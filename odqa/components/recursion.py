@@ -10,7 +10,7 @@ second pass of the same frozen LM on a question:
   ``Candidate: ...`` lines by the same ``qa`` template, after its own soft prompt, and writes
   the answer greedily.
 - :class:`NeuralRecursionReader`: pass 1 answers greedily and its final hidden states go
-  through a small trained :class:`Connector` into pass 2's input embeddings:
+  through a small trained :class:`~odqa.lm.connector.Connector` into pass 2's input embeddings:
   ``[soft prompt 2 ; connector(h1) ; question]``. LM -> Connector -> LM.
 
 Which pass-1 positions the connector reads: the question's and the pass-1 answer's (greedy,
@@ -35,112 +35,18 @@ from typing import Any
 import torch
 from haystack import Document, component, default_from_dict, default_to_dict
 from haystack.dataclasses import GeneratedAnswer
-from torch import nn
 
 from odqa.components._common import check_question
-from odqa.errors import ArtifactMismatchError, PipelineConfigError, QuestionTooLongError, ResourceNotFoundError
+from odqa.errors import ArtifactMismatchError, PipelineConfigError, QuestionTooLongError
 from odqa.lm.backbone import freeze
+from odqa.lm.connector import Connector, embed_ids, first_pass_states, second_pass_inputs
 from odqa.lm.generation import cached_prefix, greedy_generate
 from odqa.lm.prompting import clean_answer, encode_parts, get_template
 from odqa.metrics import normalize_answer
 from odqa.runs import file_sha256
 
-CONNECTOR = "connector.safetensors"
 TEMPLATE = "qa"  # the bare template: closed-book "Question: ...\nAnswer:", soft prompts replace instructions
 CANDIDATE_TITLE = "Candidate"
-
-
-# --- the connector ------------------------------------------------------------------------------
-class Connector(nn.Module):
-    """Maps the frozen LM's final hidden states ``[..., d]`` to input embeddings ``[..., d]``.
-
-    ``connector(h) = scale * h / rms(h) + up(gelu(down(h / rms(h))))``: a bottleneck MLP (d -> r -> d)
-    beside a learned-scale identity path. At initialisation ``scale`` and ``up.weight`` are zero
-    and ``up.bias`` is the input embedding of the newline token (:meth:`for_backbone`), so the
-    connector writes one blank line per position: pass 2 starts as a one-pass reader with a few
-    blank lines before the question, and training grows the signal from there (``up``'s gradient
-    is not zero: ``down`` is random). Two starts we measured and dropped, on SmolLM2: the identity
-    rescaled to the embeddings' RMS (with tied embeddings a final state points at the next token's
-    embedding) made the language-modelling loss *worse* than no context (8.5 against 4.0 nats on
-    held-out windows; a few outlier dimensions dominate the normalised states); exact zeros read
-    fine (3.9) but gave NaN gradients, since every layer's RMSNorm sits at its singular point
-    for an all-zero position. At d=576, r=128 it has 148k parameters (0.6 MB in fp32).
-
-    Usage:
-        >>> connector = Connector(hidden_size=576, bottleneck=128)
-        >>> connector(torch.randn(2, 7, 576)).shape
-        torch.Size([2, 7, 576])
-    """
-
-    def __init__(self, hidden_size: int, bottleneck: int = 128, scale: float = 0.0, blank: torch.Tensor | None = None):
-        super().__init__()
-        if hidden_size < 1 or bottleneck < 1:
-            raise PipelineConfigError(f"connector sizes must be positive, got hidden_size={hidden_size}, "
-                                      f"bottleneck={bottleneck}")
-        self.hidden_size = hidden_size
-        self.bottleneck = bottleneck
-        self.scale = nn.Parameter(torch.tensor(float(scale)))
-        self.down = nn.Linear(hidden_size, bottleneck)
-        self.up = nn.Linear(bottleneck, hidden_size)
-        nn.init.zeros_(self.up.weight)
-        with torch.no_grad():
-            self.up.bias.copy_(blank if blank is not None else torch.zeros(hidden_size))
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        if hidden.shape[-1] != self.hidden_size:
-            raise PipelineConfigError(f"the connector takes [..., {self.hidden_size}] hidden states, got "
-                                      f"{tuple(hidden.shape)}; it was made for another model")
-        x = hidden.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
-        out = self.scale * x + self.up(nn.functional.gelu(self.down(x)))
-        return out.to(hidden.dtype)
-
-    @property
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-    @classmethod
-    def for_backbone(cls, model, tokenizer, bottleneck: int = 128) -> "Connector":
-        """A fresh connector for ``model`` that starts by writing the newline token's input embedding
-        (through the embedding layer, so Gemma's sqrt(d) scaling is included) at every position."""
-        ids = tokenizer.encode("\n", add_special_tokens=False) or [tokenizer.eos_token_id]
-        embedding = model.get_input_embeddings()
-        with torch.no_grad():
-            blank = embedding(torch.tensor([ids[-1]], device=embedding.weight.device))[0].float()
-        return cls(int(embedding.weight.shape[1]), bottleneck, blank=blank).to(embedding.weight.device)
-
-    def save(self, directory: str | Path) -> Path:
-        from safetensors.torch import save_file
-
-        path = Path(directory) / CONNECTOR
-        save_file({k: v.detach().float().cpu().contiguous() for k, v in self.state_dict().items()}, str(path))
-        return path
-
-    @classmethod
-    def load(cls, directory: str | Path, backbone_name: str | None = None, hidden_size: int | None = None) -> "Connector":
-        """Load ``connector.safetensors`` from an artifact dir, checking the backbone and hidden size."""
-        from safetensors.torch import load_file
-
-        from odqa.training.artifacts import check_backbone, read_manifest
-
-        path = Path(directory) / CONNECTOR
-        if not path.exists():
-            raise ResourceNotFoundError(f"connector '{directory}' not found (expected a dir with {CONNECTOR}); "
-                                        "train one with `odqa train recursive --mode neural`")
-        manifest = read_manifest(directory)
-        try:
-            state = load_file(str(path))
-            d, r = (int(x) for x in state["down.weight"].shape[::-1])
-        except Exception as e:  # noqa: BLE001 - safetensors raises several types for a bad file
-            raise ArtifactMismatchError(f"connector '{path}' is unreadable ({e}); re-create it") from None
-        if backbone_name is not None:
-            check_backbone(manifest, f"connector '{directory}'", backbone_name, hidden_size or d)
-        if hidden_size is not None and d != hidden_size:
-            raise ArtifactMismatchError(f"connector '{directory}' maps {d}-dim states, but the backbone has "
-                                        f"hidden size {hidden_size}; it was made for another model")
-        connector = cls(d, r)
-        connector.load_state_dict(state)
-        return connector
 
 
 # --- the two passes, shared by the readers and the trainer ----------------------------------------
@@ -160,28 +66,6 @@ def dedup_candidates(texts: list[str]) -> list[str]:
             seen.add(key)
             out.append(answer)
     return out
-
-
-def _embed(model, ids: list[int]) -> torch.Tensor:
-    embedding = model.get_input_embeddings()
-    return embedding(torch.tensor([ids], dtype=torch.long, device=embedding.weight.device))[0]
-
-
-@torch.no_grad()
-def first_pass_states(model, soft, prefix_ids: list[int], body_ids: list[int], answer_ids: list[int]) -> torch.Tensor:
-    """Final hidden states (after the last norm) of pass 1 over ``[soft ; prefix ; body ; answer]``,
-    at the body's and the answer's positions: ``[len(body) + len(answer), d]``."""
-    embeds = _embed(model, list(prefix_ids) + list(body_ids) + list(answer_ids)).unsqueeze(0)
-    if soft is not None:
-        embeds = soft(embeds)
-    mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
-    hidden = model.get_decoder()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state[0]
-    return hidden[hidden.shape[0] - len(body_ids) - len(answer_ids):]
-
-
-def second_pass_inputs(model, connector: Connector, states: torch.Tensor, body_ids: list[int]) -> torch.Tensor:
-    """Pass 2's input after its soft prompt and prefix: ``[connector(h1) ; embed(body)]``, ``[m + n, d]``."""
-    return torch.cat([connector(states), _embed(model, body_ids)], dim=0)
 
 
 def strip_stops(ids: list[int], stops: list[int], pad_id: int | None) -> list[int]:
@@ -346,7 +230,7 @@ def sample_candidates(backbone, soft1, query: str, num_candidates: int, temperat
     prefix, body = closed_book_parts(tok, query)
     ids = prefix + body
     _check_length(len(ids) + soft1.length + max_new_tokens, context_length, query)
-    embeds = soft1(_embed(model, ids).unsqueeze(0))
+    embeds = soft1(embed_ids(model, ids).unsqueeze(0))
     question_seed = (seed * 1_000_003 + int(hashlib.sha1(query.encode("utf-8")).hexdigest()[:8], 16)) % 2**31
     device = embeds.device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -496,7 +380,7 @@ class NeuralRecursionReader(_TwoPassReader):
             tail = second_pass_inputs(model, self._connector, states, body_ids).unsqueeze(0)
             prefix = cached_prefix(self._prefix_keys[1], model, self._soft2, prefix_ids)
             if prefix is None:
-                tail = torch.cat([_embed(model, prefix_ids).unsqueeze(0), tail], dim=1)
+                tail = torch.cat([embed_ids(model, prefix_ids).unsqueeze(0), tail], dim=1)
             new, logp = greedy_generate(model, prefix, tail, self.max_new_tokens, backbone.stop_token_ids)
         text, score = _decode(backbone, new, logp)
         n_in = self._soft2.length + len(prefix_ids) + int(tail.shape[1])

@@ -10,6 +10,7 @@ backbone lives on ``backbone.device``.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from dataclasses import dataclass
@@ -105,3 +106,18 @@ def load_backbone(name: str, dtype: str = "float32", device: str | torch.device 
         _CACHE[key] = backbone
         return backbone
 
+
+def weights_hash(model: torch.nn.Module) -> str:
+    """sha256 over every parameter and buffer, by name, in a fixed order (dtype and shape included)."""
+    h = hashlib.sha256()
+    state = model.state_dict(keep_vars=False)
+    seen: set[int] = set()
+    for name in sorted(state):
+        t = state[name]
+        if t.data_ptr() in seen and t.numel():  # tied weights (e.g. lm_head = embed_tokens) hash once
+            continue
+        seen.add(t.data_ptr())
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()

@@ -7,12 +7,12 @@ A ``.safetensors`` file on its own is accepted too; then only the hidden size is
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from odqa.artifacts import check_backbone, read_manifest, write_manifest
 from odqa.errors import ArtifactMismatchError, ResourceNotFoundError
 
 WEIGHTS = "soft_prompt.safetensors"
@@ -42,6 +42,16 @@ def soft_prompt_length(path: str | None) -> int:
 
 
 class SoftPrompt(nn.Module):
+    """P learned vectors in the frozen LM's embedding space, prepended to every input (prompt tuning).
+
+        prompt = SoftPrompt.from_vocab(backbone.model.get_input_embeddings(), torch.arange(20))
+        embeds = prompt(backbone.model.get_input_embeddings()(input_ids))   # [batch, 20 + seq, d]
+        prompt.save("pipelines/artifacts/NAME", {"backbone": backbone.name})
+        SoftPrompt.load("pipelines/artifacts/NAME", backbone.name, backbone.hidden_size)
+
+    Only ``prompt`` is trained; the backbone it feeds stays frozen.
+    """
+
     def __init__(self, embeddings: torch.Tensor):
         super().__init__()
         self.prompt = nn.Parameter(embeddings.detach().clone())
@@ -74,25 +84,20 @@ class SoftPrompt(nn.Module):
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         save_file({"prompt": self.prompt.detach().float().cpu().contiguous()}, str(out / WEIGHTS))
-        meta = {"kind": "soft_prompt", "length": self.length, "hidden_size": int(self.prompt.shape[1]), **manifest}
-        (out / "manifest.json").write_text(json.dumps(meta, indent=2))
+        write_manifest(out, {"kind": "soft_prompt", "length": self.length, "hidden_size": int(self.prompt.shape[1]),
+                             **manifest})
         return out
 
     @classmethod
     def load(cls, path: str | Path, backbone_name: str, hidden_size: int) -> "SoftPrompt":
-        """Load a soft prompt and check it was made for this backbone."""
+        """Load a soft prompt and check it was made for this backbone (:func:`odqa.artifacts.check_backbone`)."""
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         weights = weights_path(path)
-        manifest_path = weights.parent / "manifest.json"
-        manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-        made_for = manifest.get("backbone")
-        if made_for and made_for != backbone_name:
-            raise ArtifactMismatchError(
-                f"soft prompt '{path}' was trained for backbone '{made_for}', but the reader uses "
-                f"'{backbone_name}'; set the reader's model to '{made_for}' or train a prompt for this backbone"
-            )
+        manifest = read_manifest(weights.parent)
+        manifest.pop("hidden_size", None)  # the tensor's own shape is checked below, against [P, d]
+        check_backbone(manifest, f"soft prompt '{path}'", backbone_name, hidden_size)
         try:
             tensor = load_file(str(weights))["prompt"]
         except (SafetensorError, KeyError, OSError) as e:

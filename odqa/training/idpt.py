@@ -2,7 +2,7 @@
 
 One written-out loop trains three systems with the same data, step budget and batch size:
 
-``--mode idpt``      only the :class:`~odqa.components.idpt.PromptGenerator` (encoder prompt,
+``--mode idpt``      only the :class:`~odqa.lm.prompt_generator.PromptGenerator` (encoder prompt,
                      cross-attention, projection); the LM and the encoder stay frozen.
 ``--mode prompt``    one shared :class:`~odqa.lm.soft_prompt.SoftPrompt` (plain prompt tuning).
 ``--mode finetune``  a *copy* of the backbone, every weight (the T0++-style baseline), saved
@@ -29,9 +29,10 @@ import torch
 
 from odqa.configs import IDPTTrainConfig
 from odqa.errors import OdqaError, TrainingDataError
-from odqa.training.artifacts import ArtifactWriter, make_manifest, write_manifest
+from odqa.artifacts import ArtifactWriter, make_manifest, write_manifest
 from odqa.training.checkpoints import work_dir
-from odqa.training.frozen import FrozenCheck, weights_hash
+from odqa.lm.backbone import weights_hash
+from odqa.training.frozen import FrozenCheck
 from odqa.training.loop import train_loop
 
 REPO = Path(__file__).resolve().parents[2]
@@ -70,7 +71,7 @@ def check_finetune_out(out: Path, backbone: str) -> None:
 def encode(tok, inputs: str, target: str | None, newline_id: int | None,
            max_input_tokens: int) -> tuple[list[int], int]:
     """LM token ids of input (+ `` target`` + newline when training) and the input's length."""
-    from odqa.components.idpt import truncate_ids
+    from odqa.lm.prompt_generator import truncate_ids
 
     prompt = truncate_ids(tok(inputs)["input_ids"], max_input_tokens)
     if target is None:
@@ -97,7 +98,8 @@ def train_idpt(train_examples, dev_examples, out: str | Path, config: IDPTTrainC
     Returns the artifact's manifest. ``<out>.work/`` holds the checkpoint; rerun with
     ``resume=True`` after a kill to continue.
     """
-    from odqa.components.idpt import IDPTLM, PromptGenerator, load_encoder
+    from odqa.components.idpt import IDPTLM
+    from odqa.lm.prompt_generator import PromptGenerator, load_encoder
     from odqa.idpt_eval import score_examples, summarize
     from odqa.lm.backbone import Backbone, load_backbone
     from odqa.training.reader import batch_loss, init_prompt, plot_curves

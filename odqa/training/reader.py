@@ -27,7 +27,7 @@ from odqa.configs import ReaderTrainConfig
 from odqa.errors import OdqaError, TrainingDataError
 from odqa.metrics import exact_match, f1, has_answer
 from odqa.runs import RunWriter, read_records
-from odqa.training.artifacts import ArtifactWriter, make_manifest
+from odqa.artifacts import ArtifactWriter, make_manifest
 from odqa.training.checkpoints import load_checkpoint, save_checkpoint, work_dir
 from odqa.training.frozen import FrozenCheck
 

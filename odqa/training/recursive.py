@@ -38,7 +38,7 @@ from odqa.configs import RecursiveTrainConfig
 from odqa.errors import OdqaError, TrainingDataError
 from odqa.metrics import exact_match, f1
 from odqa.runs import RunWriter, atomic_write_bytes, file_sha256, read_records
-from odqa.training.artifacts import ArtifactWriter, make_manifest, read_manifest, write_manifest
+from odqa.artifacts import ArtifactWriter, make_manifest, read_manifest, write_manifest
 from odqa.training.checkpoints import CHECKPOINT, work_dir
 from odqa.training.frozen import FrozenCheck
 from odqa.training.loop import train_loop
@@ -157,7 +157,7 @@ def pretrain_connector(backbone, model_name: str, out: Path, config: RecursiveTr
 
     Writes the connector artifact to ``out`` (reusable by any later task training).
     """
-    from odqa.components.recursion import Connector
+    from odqa.lm.connector import Connector
 
     model, tok = backbone.model, backbone.tokenizer
     work = work_dir(out, resume, "pre-training")
@@ -172,11 +172,11 @@ def pretrain_connector(backbone, model_name: str, out: Path, config: RecursiveTr
     connector = Connector.for_backbone(model, tok, config.bottleneck)
 
     def item(ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        from odqa.components.recursion import _embed
+        from odqa.lm.connector import embed_ids
 
         with torch.no_grad():
-            h = model.get_decoder()(inputs_embeds=_embed(model, ids[:c]).unsqueeze(0)).last_hidden_state[0]
-        e = torch.cat([connector(h), _embed(model, ids[c:])])
+            h = model.get_decoder()(inputs_embeds=embed_ids(model, ids[:c]).unsqueeze(0)).last_hidden_state[0]
+        e = torch.cat([connector(h), embed_ids(model, ids[c:])])
         return e, torch.tensor([-100] * c + ids[c:])
 
     def batch_loss(idx: list[int]) -> torch.Tensor:
@@ -184,7 +184,7 @@ def pretrain_connector(backbone, model_name: str, out: Path, config: RecursiveTr
 
     @torch.no_grad()
     def dev_losses() -> dict:
-        from odqa.components.recursion import _embed
+        from odqa.lm.connector import embed_ids
 
         def tail_loss(e: torch.Tensor, y: list[int]) -> float:  # loss on y[1:], y at the end of e
             lab = torch.full((e.shape[0],), -100, dtype=torch.long)
@@ -194,10 +194,10 @@ def pretrain_connector(backbone, model_name: str, out: Path, config: RecursiveTr
         conn, none, text = [], [], []
         for ids in dev:
             x, y = ids[:c], ids[c:]
-            h = model.get_decoder()(inputs_embeds=_embed(model, x).unsqueeze(0)).last_hidden_state[0]
-            conn.append(tail_loss(torch.cat([connector(h), _embed(model, y)]), y))
-            none.append(tail_loss(_embed(model, y), y))
-            text.append(tail_loss(_embed(model, ids), y))
+            h = model.get_decoder()(inputs_embeds=embed_ids(model, x).unsqueeze(0)).last_hidden_state[0]
+            conn.append(tail_loss(torch.cat([connector(h), embed_ids(model, y)]), y))
+            none.append(tail_loss(embed_ids(model, y), y))
+            text.append(tail_loss(embed_ids(model, ids), y))
         mean = lambda v: round(sum(v) / len(v), 4)  # noqa: E731
         return {"loss": mean(conn), "loss_no_context": mean(none), "loss_text_context": mean(text)}
 
@@ -240,6 +240,7 @@ def train_recursive(mode: str, model_name: str, train_items: list[dict], dev_ite
         when it exists, else pre-trained and written there.
     """
     from odqa.components import recursion as rec
+    from odqa.lm import connector as lmc
     from odqa.lm.backbone import load_backbone
     from odqa.lm.soft_prompt import SoftPrompt, weights_path
     from odqa.training.reader import batch_loss as prompt_loss
@@ -326,13 +327,13 @@ def train_recursive(mode: str, model_name: str, train_items: list[dict], dev_ite
                 with torch.no_grad():
                     for r in dev_recs:
                         prefix, body = rec.closed_book_parts(tok, r["question"], r["candidates"])
-                        embeds = soft(rec._embed(model, prefix + body).unsqueeze(0))
+                        embeds = soft(lmc.embed_ids(model, prefix + body).unsqueeze(0))
                         preds.append(rec.clean_answer(rec.greedy_from_embeds(backbone, embeds, config.max_new_tokens)[0]))
                 return _scores(preds, dev_recs)
         else:  # neural
             def first(it: dict) -> dict:
                 prefix, body = rec.closed_book_parts(tok, it["question"])
-                embeds = soft1(rec._embed(model, prefix + body).unsqueeze(0))
+                embeds = soft1(lmc.embed_ids(model, prefix + body).unsqueeze(0))
                 new, _ = rec.greedy_generate(model, None, embeds, config.max_new_tokens, backbone.stop_token_ids)
                 answer_ids = rec.strip_stops(new, backbone.stop_token_ids, tok.pad_token_id)
                 return {"first_answer_ids": answer_ids, "first_answer": tok.decode(answer_ids, skip_special_tokens=True)}
@@ -346,20 +347,20 @@ def train_recursive(mode: str, model_name: str, train_items: list[dict], dev_ite
 
             def states(r: dict) -> tuple[list[int], list[int], torch.Tensor]:
                 prefix, body = rec.closed_book_parts(tok, r["question"])
-                return prefix, body, rec.first_pass_states(model, soft1, prefix, body, r["first_answer_ids"])
+                return prefix, body, lmc.first_pass_states(model, soft1, prefix, body, r["first_answer_ids"])
 
             train_states = [states(r) for r in train_recs]  # pass 1 is frozen: computed once
             dev_states = [states(r) for r in dev_recs]
             if config.pretrain:
                 connector_path = Path(connector_dir) if connector_dir else out.parent / f"connector-lm-{_slug(model_name)}"
-                if not (connector_path / rec.CONNECTOR).exists():
+                if not (connector_path / lmc.CONNECTOR).exists():
                     pretrain_connector(backbone, model_name, connector_path, config, corpus=config.pretrain_corpus,
                                        resume=resume, progress=progress)
-                connector = rec.Connector.load(connector_path, model_name, backbone.hidden_size).to(backbone.device)
-                pretrained = {"path": str(connector_path), "sha256": file_sha256(connector_path / rec.CONNECTOR),
+                connector = lmc.Connector.load(connector_path, model_name, backbone.hidden_size).to(backbone.device)
+                pretrained = {"path": str(connector_path), "sha256": file_sha256(connector_path / lmc.CONNECTOR),
                               "dev_metrics": read_manifest(connector_path).get("dev_metrics", {}).get("best")}
             else:
-                connector = rec.Connector.for_backbone(model, tok, config.bottleneck)
+                connector = lmc.Connector.for_backbone(model, tok, config.bottleneck)
             modules["connector"] = connector
             groups.append({"params": list(connector.parameters()), "lr": config.connector_lr})
             examples = []
@@ -370,8 +371,8 @@ def train_recursive(mode: str, model_name: str, train_items: list[dict], dev_ite
                 items = []
                 for i in idx:
                     prefix, body, h, target = examples[i]
-                    e = torch.cat([rec._embed(model, prefix), rec.second_pass_inputs(model, connector, h, body),
-                                   rec._embed(model, target)])
+                    e = torch.cat([lmc.embed_ids(model, prefix), lmc.second_pass_inputs(model, connector, h, body),
+                                   lmc.embed_ids(model, target)])
                     lab = torch.full((e.shape[0],), -100, dtype=torch.long)
                     lab[e.shape[0] - len(target):] = torch.tensor(target)
                     items.append((e, lab))
@@ -381,7 +382,7 @@ def train_recursive(mode: str, model_name: str, train_items: list[dict], dev_ite
                 preds = []
                 with torch.no_grad():
                     for prefix, body, h in dev_states:
-                        e = torch.cat([rec._embed(model, prefix), rec.second_pass_inputs(model, connector, h, body)])
+                        e = torch.cat([lmc.embed_ids(model, prefix), lmc.second_pass_inputs(model, connector, h, body)])
                         text = rec.greedy_from_embeds(backbone, soft(e.unsqueeze(0)), config.max_new_tokens)[0]
                         preds.append(rec.clean_answer(text))
                 return _scores(preds, dev_recs)

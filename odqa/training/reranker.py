@@ -22,14 +22,12 @@ the answer being in what the pipeline's ``ContextPacker`` fits into the reader's
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import random
 import statistics
 import sys
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -39,13 +37,12 @@ from odqa.configs import RerankerTrainConfig
 from odqa.errors import ArtifactMismatchError, PipelineConfigError, TrainingDataError
 from odqa.metrics import has_answer
 from odqa.runs import atomic_write_bytes, check_replaceable, file_sha256
-from odqa.training.artifacts import ArtifactWriter, make_manifest, read_manifest, write_manifest
+from odqa.artifacts import ArtifactWriter, make_manifest, write_manifest
 from odqa.training.checkpoints import load_checkpoint, save_checkpoint
 from odqa.training.data import Ctx, TrainExample
-from odqa.training.frozen import FrozenCheck, weights_hash
+from odqa.lm.cross_encoder import KIND, load_base, pair_text, quiet_transformers, score_pairs
+from odqa.training.frozen import FrozenCheck
 
-KIND = "reranker"
-ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 KS = (1, 5, 10, 20)
 DEV_CACHE = "dev-set.json"  # the dev questions' retrieved candidates, beside the checkpoint
 COMMIT_LIMIT = 5 * 1024 * 1024  # artifacts above this are rebuilt by command, not committed (DESIGN.md)
@@ -62,52 +59,6 @@ def checkpoint_dir(out: str | Path) -> Path:
     return out.parent / f"{out.name}.ckpt"
 
 
-# --- the model ------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _quiet_transformers():
-    """No load report or progress bar for the expected fresh head, no deprecation noise from peft."""
-    from transformers.utils import logging as hf_logging
-
-    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():  # peft still calls transformers' deprecated is_gradient_checkpointing
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
-def base_weights(model: torch.nn.Module, fresh: set[str]) -> torch.nn.ParameterDict:
-    """The base's pretrained weights (all but the ``fresh``, newly initialised ones), as a module of
-    their own that shares the very tensors ``model`` uses, so :class:`FrozenCheck` sees any change
-    made to them through the LoRA-wrapped model. Dots become ``/`` (module names cannot hold dots)."""
-    return torch.nn.ParameterDict({n.replace(".", "/"): p for n, p in model.named_parameters() if n not in fresh})
-
-
-def load_base(name: str):
-    """``(model, tokenizer, frozen view, fresh parameter names)`` of a base encoder, frozen, in eval mode."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from odqa.resources import resolve_model
-
-    ref = resolve_model(name)
-    with _quiet_transformers():
-        model, info = AutoModelForSequenceClassification.from_pretrained(ref.path, num_labels=1,
-                                                                         output_loading_info=True)
-        tokenizer = AutoTokenizer.from_pretrained(ref.path)
-    from odqa.lm.backbone import resolve_device
-
-    model.requires_grad_(False)
-    model.eval()
-    model.to(resolve_device())
-    fresh = set(info["missing_keys"])
-    return model, tokenizer, base_weights(model, fresh), fresh
-
-
 def _head_modules(fresh: set[str]) -> list[str]:
     """Modules trained whole (peft ``modules_to_save``): the head, and any other freshly made module."""
     return sorted({"classifier"} | {k.rsplit(".", 1)[0] for k in fresh})
@@ -120,42 +71,6 @@ def lora_config(cfg: RerankerTrainConfig, fresh: set[str]):
     return LoraConfig(task_type="SEQ_CLS", r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=list(cfg.lora_targets), modules_to_save=heads,
                       exclude_modules=[h for h in heads if h != "classifier"] or None)
-
-
-def load_reranker(directory: str | Path):
-    """Load a re-ranker artifact: ``(model, tokenizer, manifest)``, the adapter merged into an
-    in-memory copy of the base (the base's files are never written)."""
-    from peft import PeftModel
-    from safetensors import safe_open
-
-    directory = Path(directory).expanduser()
-    if not directory.is_dir():
-        raise ArtifactMismatchError(f"re-ranker artifact '{directory}' does not exist; train one with "
-                                    f"`odqa train reranker --out {directory}`")
-    manifest = read_manifest(directory, kind=KIND)
-    if manifest.get("kind") != KIND:
-        raise ArtifactMismatchError(f"artifact '{directory}' has no kind '{KIND}' in its manifest.json; "
-                                    "pass a directory written by `odqa train reranker`")
-    missing = [f for f in ADAPTER_FILES if not (directory / f).is_file()]
-    if missing or not manifest.get("base_model"):
-        what = f"is missing {', '.join(missing)}" if missing else "names no base_model in its manifest"
-        raise ArtifactMismatchError(f"re-ranker artifact '{directory}' {what}; re-create it with `odqa train reranker`")
-    with safe_open(str(directory / ADAPTER_FILES[0]), "pt") as f:
-        if not any(".classifier." in k or k.startswith("classifier.") for k in f.keys()):
-            raise PipelineConfigError(f"re-ranker artifact '{directory}' has no trained classification head; "
-                                      "re-create it with `odqa train reranker`")
-    base, tokenizer, frozen, _ = load_base(manifest["base_model"])
-    expected = manifest.get("base_model_hash")
-    if expected and weights_hash(frozen) != expected:
-        raise ArtifactMismatchError(
-            f"re-ranker artifact '{directory}' was trained on base '{manifest['base_model']}' with weight hash "
-            f"{expected[:12]}, but that name now loads other weights ({weights_hash(frozen)[:12]}); "
-            "install the same base model or retrain the re-ranker"
-        )
-    with _quiet_transformers():
-        model = PeftModel.from_pretrained(base, str(directory)).merge_and_unload()
-    model.eval()
-    return model, tokenizer, manifest
 
 
 # --- training data --------------------------------------------------------------------------
@@ -197,7 +112,6 @@ def make_group(ex: TrainExample, batch: list[TrainExample], k: int, rng: random.
 
 def step_loss(model, tokenizer, batch: list[TrainExample], cfg: RerankerTrainConfig, rng: random.Random):
     """Listwise softmax cross-entropy: each question's positive against its negatives."""
-    from odqa.components.rankers import pair_text
 
     groups = [make_group(ex, batch, cfg.negatives, rng) for ex in batch]
     questions = [ex.question for ex, g in zip(batch, groups) for _ in g]
@@ -328,7 +242,6 @@ def ranking_metrics(dev: DevSet, orders: list[list[int]]) -> dict:
 def rerank_orders(model, tokenizer, dev: DevSet, cfg: RerankerTrainConfig, progress: bool = True) -> list[list[int]]:
     from tqdm.auto import tqdm
 
-    from odqa.components.rankers import pair_text, score_pairs
 
     was_training = model.training
     model.eval()
@@ -404,7 +317,7 @@ def train_reranker(pipeline: str | Path, train: str | Path | list, dev: str, out
     settings = {k: v for k, v in asdict(cfg).items() if k in RESUME_KEYS}
     settings["train"] = [str(Path(f).resolve()) for f in files]
     with FrozenCheck(frozen, cfg.base) as check:
-        with _quiet_transformers():
+        with quiet_transformers():
             model = get_peft_model(base, lora_config(cfg, fresh))
         trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
         n_trainable = sum(p.numel() for p in trainable.values())

@@ -14,7 +14,7 @@ from haystack.dataclasses import GeneratedAnswer
 
 from odqa.components.idpt import IDPTLM, KIND, PromptGenerator, load_encoder, truncate_ids
 from odqa.errors import ArtifactMismatchError, PipelineConfigError, ResourceNotFoundError
-from odqa.training.frozen import weights_hash
+from odqa.lm.backbone import weights_hash
 
 from conftest import HIDDEN
 
@@ -196,7 +196,7 @@ def test_component_answers_with_a_generator(generator_dir, tiny_lm):
 def test_component_runs_every_system(tiny_lm, soft_prompt_dir, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from odqa.training.artifacts import write_manifest
+    from odqa.artifacts import write_manifest
 
     frozen = IDPTLM(model=tiny_lm, max_new_tokens=2)
     assert frozen.run(query=TEXT, task="closedbook")["answers"][0].meta["system"] == "frozen"
@@ -216,7 +216,7 @@ def test_component_runs_every_system(tiny_lm, soft_prompt_dir, tmp_path):
 
 def test_component_errors(tiny_lm, tiny_lm_plain, tmp_path, generator_dir):
     from odqa.errors import EmptyQuestionError
-    from odqa.training.artifacts import write_manifest
+    from odqa.artifacts import write_manifest
 
     with pytest.raises(PipelineConfigError, match="unknown task 'poetry'"):
         IDPTLM(model=tiny_lm, task="poetry")

@@ -11,9 +11,9 @@ from haystack import Pipeline
 
 from conftest import HIDDEN
 from odqa.components.recursion import (
-    CONNECTOR, Connector, NeuralRecursionReader, TextualRecursionReader, check_sampling, closed_book_parts,
-    dedup_candidates, first_pass_states,
+    NeuralRecursionReader, TextualRecursionReader, check_sampling, closed_book_parts, dedup_candidates,
 )
+from odqa.lm.connector import CONNECTOR, Connector, first_pass_states
 from odqa.errors import ArtifactMismatchError, PipelineConfigError, QuestionTooLongError, ResourceNotFoundError
 from odqa.lm.soft_prompt import SoftPrompt
 

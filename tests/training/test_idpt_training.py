@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from odqa.errors import OdqaError, TrainingDataError
-from odqa.lm.backbone import load_backbone
+from odqa.lm.backbone import load_backbone, weights_hash
+from odqa.lm.tasks import TOPICS
 from odqa.training import multitask as mt
-from odqa.training.frozen import weights_hash
 from odqa.training.idpt import IDPTTrainConfig, check_finetune_out, train_idpt
 
 from conftest import CORPUS
@@ -26,7 +26,7 @@ def _mixture(directory: Path) -> Path:
     splits: dict[str, list] = {"train": [], "dev": [], "test": []}
     for i, p in enumerate(CORPUS):
         split = "train" if i < 20 else "dev" if i < 25 else "test"
-        splits[split].append(mt._make("topic", p["id"], {"text": p["text"]}, [mt.TOPICS[i % 11]], rng))
+        splits[split].append(mt._make("topic", p["id"], {"text": p["text"]}, [TOPICS[i % 11]], rng))
         splits[split].append(mt._make("closedbook", p["id"], {"text": f"What is {p['title']}?"}, [p["title"]], rng))
         if split == "test":
             masked = mt.mask_subject(p["text"], p["title"]) or p["text"]
@@ -206,7 +206,7 @@ def test_data_multitask_cli_writes_the_mixture(tmp_path, monkeypatch, capsys):
     rng = random.Random(0)
     monkeypatch.setattr(mt, "_wiki_records", lambda: [
         {"title": f"Thing{i}", "text": f"Thing{i} is a thing made in {1900 + i}.", "description": f"Thing {i}",
-         "topic": mt.TOPICS[i % 11]} for i in range(200)])
+         "topic": TOPICS[i % 11]} for i in range(200)])
     monkeypatch.setattr(mt, "_cloze_examples", lambda split, n, seed: [
         mt._make("cloze", f"{split}{i}", {"text": "Mars is red.", "question": "What colour?"}, ["red"], rng)
         for i in range(n)])

@@ -10,7 +10,8 @@ import pytest
 
 from odqa.errors import PipelineConfigError, ResourceNotFoundError, TrainingDataError
 from odqa.training import multitask as mt
-from odqa.training.multitask import read_multitask, render
+from odqa.lm.tasks import TASKS, TOPICS, render
+from odqa.training.multitask import read_multitask
 
 
 def _write(path, records):
@@ -93,7 +94,7 @@ def test_hf_dataset_dir_needs_datasets(tmp_path, monkeypatch):
 
 # --- templates -----------------------------------------------------------------------------------
 def test_render_every_task_and_template():
-    for name, spec in mt.TASKS.items():
+    for name, spec in TASKS.items():
         assert 2 <= len(spec.templates) <= 3
         for t in spec.templates:
             extra = {"question": "When?"} if name == "cloze" else {}
@@ -115,18 +116,18 @@ def test_render_errors():
 
 
 def test_clusters_and_held_out_kind():
-    clusters = {s.cluster for s in mt.TASKS.values()}
+    clusters = {s.cluster for s in TASKS.values()}
     assert {"classification", "generation", "qa", "naming"} <= clusters
-    held = [s for s in mt.TASKS.values() if s.held_out]
+    held = [s for s in TASKS.values() if s.held_out]
     assert [s.name for s in held] == ["subject"]
-    assert not [s for s in mt.TASKS.values() if s.cluster == held[0].cluster and not s.held_out]  # whole cluster out
-    assert len(mt.TOPICS) == 11 and "Uncategorized" not in mt.TOPICS
+    assert not [s for s in TASKS.values() if s.cluster == held[0].cluster and not s.held_out]  # whole cluster out
+    assert len(TOPICS) == 11 and "Uncategorized" not in TOPICS
 
 
 # --- builders on hand-made records ----------------------------------------------------------
 WIKI = [{"title": f"Thing {i} (band)" if i % 3 == 0 else f"Thing{i}",
          "text": f"Thing{i} is a thing number {i}. Thing{i} was made in {1900 + i} by people of the town.",
-         "description": f"Thing number {i}", "topic": mt.TOPICS[i % len(mt.TOPICS)] if i % 7 else "Uncategorized"}
+         "description": f"Thing number {i}", "topic": TOPICS[i % len(TOPICS)] if i % 7 else "Uncategorized"}
         for i in range(400)]
 
 
@@ -146,9 +147,9 @@ def test_wiki_tasks_are_deterministic_and_stay_in_their_split():
         titles = {e.id.split("-", 1)[1] for e in a}
         assert all(mt.wiki_split(t) == "test" for t in titles)
         assert {e.template for e in mt._wiki_task_examples(task, WIKI, "train", 60, 0)} == {
-            t.name for t in mt.TASKS[task].templates}
+            t.name for t in TASKS[task].templates}
     topics = mt._wiki_task_examples("topic", WIKI, "train", 200, 0)
-    assert all(e.answers[0] in mt.TOPICS for e in topics)  # "Uncategorized" left out
+    assert all(e.answers[0] in TOPICS for e in topics)  # "Uncategorized" left out
     subject = mt._wiki_task_examples("subject", WIKI, "test", 5, 0)
     assert all(e.held_out and e.synthetic and "___" in e.inputs and e.answers[0] not in e.inputs for e in subject)
 

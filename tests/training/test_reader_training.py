@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from odqa.errors import BackboneChangedError, OdqaError, TrainingDataError
-from odqa.training.frozen import FrozenCheck, weights_hash
+from odqa.lm.backbone import weights_hash
+from odqa.training.frozen import FrozenCheck
 from odqa.training.reader import ReaderTrainConfig, batch_loss, train_reader
 
 TRAIN = [

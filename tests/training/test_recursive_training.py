@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from odqa.errors import OdqaError, PipelineConfigError, TrainingDataError
-from odqa.training.frozen import weights_hash
+from odqa.lm.backbone import weights_hash
 from odqa.training.recursive import RecursiveTrainConfig, embeds_loss, train_recursive
 
 TRAIN = [
@@ -74,7 +74,7 @@ def test_textual_caches_candidates_once_and_keeps_the_backbone(tiny_lm, backbone
 
 
 def test_neural_pretrains_the_connector_then_trains_on_the_task(tiny_lm, backbone, tmp_path, config, first_prompt):
-    from odqa.components.recursion import CONNECTOR, Connector
+    from odqa.lm.connector import CONNECTOR, Connector
 
     before = weights_hash(backbone.model)
     out, conn = tmp_path / "neural", tmp_path / "connector-lm"
@@ -155,7 +155,7 @@ def test_a_new_pass_one_remakes_the_caches_and_refuses_the_old_checkpoint(tiny_l
 
 
 def test_embeds_loss_trains_only_what_it_is_given(backbone):
-    from odqa.components.recursion import Connector
+    from odqa.lm.connector import Connector
 
     model = backbone.model
     connector = Connector.for_backbone(model, backbone.tokenizer, 8)
@@ -224,7 +224,7 @@ def _real_hash(env) -> str:
     import subprocess
     import sys
 
-    code = ("from odqa.lm.backbone import load_backbone; from odqa.training.frozen import weights_hash; "
+    code = ("from odqa.lm.backbone import load_backbone; from odqa.lm.backbone import weights_hash; "
             "print(weights_hash(load_backbone('smollm2-135m-instruct').model))")
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           check=True).stdout.strip()

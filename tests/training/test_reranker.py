@@ -19,13 +19,15 @@ import torch
 from safetensors import safe_open
 
 from conftest import CORPUS, user_env
-from odqa.components.rankers import CrossEncoderRanker, pair_text, score_pairs
+from odqa.components.rankers import CrossEncoderRanker
+from odqa.lm.cross_encoder import load_base, load_reranker, pair_text, score_pairs
 from odqa.errors import ArtifactMismatchError, BackboneChangedError, ResourceNotFoundError, TrainingDataError
 from odqa.training import reranker as rr
 from odqa.training.checkpoints import load_checkpoint
 from odqa.training.data import Ctx, TrainExample
-from odqa.training.frozen import FrozenCheck, weights_hash
-from odqa.training.reranker import RerankerTrainConfig, checkpoint_dir, load_reranker, train_reranker
+from odqa.lm.backbone import weights_hash
+from odqa.training.frozen import FrozenCheck
+from odqa.training.reranker import RerankerTrainConfig, checkpoint_dir, train_reranker
 
 # (passage index, answer span): cloze questions made by blanking the span out of the passage
 CLOZES = [(0, "William Shakespeare"), (1, "Australia"), (2, "Leonardo da Vinci"), (3, "1915"), (4, "Red Planet"),
@@ -137,7 +139,7 @@ def test_base_hash_is_the_untouched_base(trained, bare_bert):
     """The manifest's base hash is the hash of the base as it loads from disk, so the hash taken
     after training (which FrozenCheck compared with it) was that of the untouched base."""
     out, result = trained
-    _, _, frozen, fresh = rr.load_base(bare_bert)
+    _, _, frozen, fresh = load_base(bare_bert)
     assert fresh == {"classifier.weight", "classifier.bias"}
     assert weights_hash(frozen) == result["manifest"]["base_model_hash"]
     assert not any(p.requires_grad for p in frozen.parameters())
@@ -146,7 +148,7 @@ def test_base_hash_is_the_untouched_base(trained, bare_bert):
 def test_frozen_check_catches_a_changed_base(bare_bert):
     from peft import get_peft_model
 
-    base, _, frozen, fresh = rr.load_base(bare_bert)
+    base, _, frozen, fresh = load_base(bare_bert)
     with pytest.raises(BackboneChangedError, match="weights changed"):
         with FrozenCheck(frozen, bare_bert):
             model = get_peft_model(base, rr.lora_config(config(bare_bert), fresh))
@@ -157,7 +159,7 @@ def test_frozen_check_catches_a_changed_base(bare_bert):
 def test_frozen_check_ignores_adapter_updates(bare_bert):
     from peft import get_peft_model
 
-    base, _, frozen, fresh = rr.load_base(bare_bert)
+    base, _, frozen, fresh = load_base(bare_bert)
     with FrozenCheck(frozen, bare_bert) as check:
         model = get_peft_model(base, rr.lora_config(config(bare_bert), fresh))
         with torch.no_grad():
@@ -237,13 +239,13 @@ def test_ranker_loads_artifact_and_ranks(trained, docs, bare_bert):
     scores = [d.score for d in ranked]
     assert scores == sorted(scores, reverse=True)
     # the merged model scores as the adapter on the unmerged base does
-    base, tokenizer, _, _ = rr.load_base(bare_bert)
+    base, tokenizer, _, _ = load_base(bare_bert)
     unmerged = PeftModel.from_pretrained(base, str(out)).eval()
     by_id = {d.id: d for d in docs}
     pairs = [("Who wrote Romeo and Juliet?", pair_text(by_id[d.id].meta["title"], by_id[d.id].content)) for d in ranked]
     assert score_pairs(unmerged, tokenizer, pairs, 8, 512) == pytest.approx(scores, abs=1e-4)
     # and not as the base with its fresh head would: the head came from the artifact
-    fresh, tok, _, _ = rr.load_base(bare_bert)
+    fresh, tok, _, _ = load_base(bare_bert)
     assert score_pairs(fresh, tok, pairs, 8, 512) != pytest.approx(scores, abs=1e-4)
 
 
@@ -413,7 +415,7 @@ def test_quick_training_on_minilm_and_the_real_index(tmp_path):
     assert m["dev_metrics"]["candidates_per_question"] > 20  # the join's candidates, not a handful
     assert m["size_bytes"] < 5 * 2**20
     model, _, manifest = load_reranker(out)
-    _, _, frozen, _ = rr.load_base("minilm-l6")
+    _, _, frozen, _ = load_base("minilm-l6")
     assert weights_hash(frozen) == manifest["base_model_hash"]
     ranker = CrossEncoderRanker(model=str(out))
     from haystack import Document

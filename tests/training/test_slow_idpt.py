@@ -65,7 +65,7 @@ def test_train_idpt_quick_on_the_real_models(mixture, env, tmp_path):
 
     from odqa.components.idpt import IDPTLM, load_encoder
     from odqa.lm.backbone import load_backbone
-    from odqa.training.frozen import weights_hash
+    from odqa.lm.backbone import weights_hash
 
     assert weights_hash(load_backbone("smollm2-135m-instruct").model) == manifest["backbone_hash"]
     assert weights_hash(load_encoder("minilm-l6")[0]) == manifest["encoder_hash"]

@@ -61,6 +61,6 @@ def test_train_reader_quick_on_the_real_backbone(env, tmp_path):
 
     # the hash recorded by the command is the real backbone's, computed here on a fresh load
     from odqa.lm.backbone import load_backbone
-    from odqa.training.frozen import weights_hash
+    from odqa.lm.backbone import weights_hash
 
     assert weights_hash(load_backbone("smollm2-135m-instruct").model) == manifest["backbone_hash"]
