@@ -50,11 +50,11 @@ import bm25s
 import numpy as np
 from tqdm.auto import tqdm
 
-from odqa.corpus import read_corpus
+from odqa.data.corpus import read_corpus
 from odqa.index import BM25Config
 from odqa.metrics import has_answer
-from odqa.questions import dedup as dedup_questions
-from odqa.questions import load_questions
+from odqa.data.questions import dedup as dedup_questions
+from odqa.data.questions import load_questions
 
 KS = (1, 5, 20, 100)
 METHODS = ("lucene", "robertson", "atire", "bm25l", "bm25+")

@@ -49,11 +49,11 @@ os.environ.setdefault("HAYSTACK_TELEMETRY_ENABLED", "False")  # no network here;
 import numpy as np
 from tqdm.auto import tqdm
 
-from odqa.corpus import read_corpus
+from odqa.data.corpus import read_corpus
 from odqa.index import BM25Config
 from odqa.metrics import has_answer
-from odqa.questions import dedup as dedup_questions
-from odqa.questions import load_questions
+from odqa.data.questions import dedup as dedup_questions
+from odqa.data.questions import load_questions
 
 K = 20
 

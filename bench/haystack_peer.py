@@ -95,11 +95,11 @@ from tqdm.auto import tqdm  # noqa: E402
 
 import odqa  # noqa: E402
 import odqa.api  # noqa: E402
-from odqa.corpus import corpus_hash, read_corpus  # noqa: E402
+from odqa.data.corpus import corpus_hash, read_corpus  # noqa: E402
 from odqa.lm.backbone import load_backbone  # noqa: E402
 from odqa.lm.prompting import EXAMPLES, INSTRUCTION, clean_answer, get_template  # noqa: E402
 from odqa.metrics import exact_match, f1, has_answer  # noqa: E402
-from odqa.questions import dedup, load_questions  # noqa: E402
+from odqa.data.questions import dedup, load_questions  # noqa: E402
 from odqa.resources import odqa_home, resolve_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -448,7 +448,7 @@ torch {torch.__version__} with {torch.get_num_threads()} threads, no GPU. The wh
 Load average (1 min) {load_before[0]:.1f} before answering, {load_after[0]:.1f} after; the machine was
 shared with other jobs, so timings are indicative.
 
-{label} Questions: `{QUESTIONS}`, deduplicated by (id, question) with `odqa.questions.dedup`.
+{label} Questions: `{QUESTIONS}`, deduplicated by (id, question) with `odqa.data.questions.dedup`.
 Every system answered each question in turn, in one process, after one warm-up question each.
 
 | system | retrieval | prompt | EM | F1 | context recall | median s/q |

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 import odqa
 from odqa.api import load_pipeline
 from odqa.metrics import has_answer
-from odqa.questions import dedup, load_questions
+from odqa.data.questions import dedup, load_questions
 
 ROOT = Path(__file__).resolve().parent.parent
 

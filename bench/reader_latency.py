@@ -39,7 +39,7 @@ from odqa.lm.backbone import load_backbone
 from odqa.lm.generation import PrefixCache
 from odqa.lm.prompting import encode_prefix, get_template
 from odqa.lm.soft_prompt import SoftPrompt
-from odqa.questions import load_questions
+from odqa.data.questions import load_questions
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "smollm2-135m-instruct"

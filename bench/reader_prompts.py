@@ -28,7 +28,7 @@ import odqa  # noqa: F401
 from odqa.api import load_pipeline
 from odqa.components import ContextPacker, FrozenLMReader
 from odqa.metrics import contains_normalized, exact_match, f1, has_answer
-from odqa.questions import load_questions
+from odqa.data.questions import load_questions
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -60,7 +60,7 @@ PAIRS = [("one-pass", "textual"), ("one-pass", "neural"), ("textual", "neural"),
 
 
 def cmd_sample(args) -> int:
-    from odqa.questions import dedup, load_questions
+    from odqa.data.questions import dedup, load_questions
 
     qs = dedup(load_questions(args.source))
     picked = sorted(random.Random(args.seed).sample(range(len(qs)), min(args.n, len(qs))))
@@ -181,7 +181,7 @@ def markdown(summary: dict) -> str:
 
 
 def chart(rows: list[dict], diffs: list[dict], path: Path) -> None:
-    from odqa.report import _pyplot
+    from odqa.eval.report import _pyplot
 
     plt = _pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))

@@ -100,7 +100,7 @@ def cmd_run(args) -> int:
     from tqdm.auto import tqdm
 
     from odqa.api import FailedAnswer
-    from odqa.questions import dedup, load_questions
+    from odqa.data.questions import dedup, load_questions
     from odqa.runs import OutputLock, RunWriter, read_records
 
     questions = load_questions(args.questions)  # bad question texts are kept: each gets an error line
@@ -129,8 +129,8 @@ def cmd_run(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from odqa import evaluation
-    from odqa.report import write_report
+    from odqa.eval import harness as evaluation
+    from odqa.eval.report import write_report
 
     from odqa.artifacts import command_line
 
@@ -138,7 +138,7 @@ def cmd_eval(args) -> int:
     if args.rest and args.rest[0] == "idpt":
         return cmd_eval_idpt(args, command)
     if args.rest and args.rest[0] == "retrieval":  # score a DPR retriever-output file; no pipeline runs
-        from odqa import retrieval_eval
+        from odqa.eval import retrieval as retrieval_eval
 
         if len(args.rest) > 1 or not args.results:
             raise OdqaError("odqa eval retrieval takes its file as --results FILE: "
@@ -166,7 +166,7 @@ def cmd_eval(args) -> int:
         if not args.pipeline or not args.questions:
             raise OdqaError("odqa eval needs --pipeline and --questions")
         import odqa as api
-        from odqa.questions import load_questions
+        from odqa.data.questions import load_questions
 
         questions = load_questions(args.questions, require_answers=True)[: args.limit]
         qa = api.load(args.pipeline)
@@ -191,8 +191,8 @@ def cmd_eval(args) -> int:
 
 
 def cmd_train_reader(args) -> int:
-    from odqa.questions import load_questions
-    from odqa.training.data import read_training_data
+    from odqa.data.questions import load_questions
+    from odqa.data.negatives import read_training_data
     from odqa.training.reader import ReaderTrainConfig, train_reader
 
     examples = read_training_data(args.train)
@@ -219,7 +219,7 @@ def cmd_train_reader(args) -> int:
 
 
 def cmd_train_recursive(args) -> int:
-    from odqa.questions import dedup, load_questions
+    from odqa.data.questions import dedup, load_questions
     from odqa.training.recursive import RecursiveTrainConfig, train_recursive
 
     def items(spec: str) -> list[dict]:
@@ -306,10 +306,10 @@ def cmd_data_cloze(args) -> int:
     import time
     from collections import Counter
 
-    from odqa.corpus import read_corpus
+    from odqa.data.corpus import read_corpus
     from odqa.errors import TrainingDataError
-    from odqa.training.cloze import KINDS, add_noise, cloze_split, make_cloze
-    from odqa.training.data import mine_hard_negatives, write_training_data
+    from odqa.data.cloze import KINDS, add_noise, cloze_split, make_cloze
+    from odqa.data.negatives import mine_hard_negatives, write_training_data
 
     out = Path(args.out)
     stem = _synthetic_name(out)
@@ -346,10 +346,10 @@ def cmd_data_cloze(args) -> int:
 
 
 def cmd_data_negatives(args) -> int:
-    from odqa.training.data import mine_hard_negatives, read_training_data, write_training_data
+    from odqa.data.negatives import mine_hard_negatives, read_training_data, write_training_data
 
-    from odqa.questions import is_question_set
-    from odqa.training.data import examples_from_questions
+    from odqa.data.questions import is_question_set
+    from odqa.data.negatives import examples_from_questions
 
     if is_question_set(args.train):
         examples, qstats = examples_from_questions(args.train, exclude=args.exclude)
@@ -372,7 +372,7 @@ def cmd_data_negatives(args) -> int:
 
 
 def cmd_data_multitask(args) -> int:
-    from odqa.training.multitask import MixtureSizes, write_mixture
+    from odqa.data.multitask import MixtureSizes, write_mixture
 
     sizes = MixtureSizes(train=args.train_per_task, dev=args.dev_per_task, test=args.test_per_task)
     manifest = write_mixture(args.out, sizes, seed=args.seed)
@@ -384,7 +384,7 @@ def cmd_data_multitask(args) -> int:
 
 def cmd_train_idpt(args) -> int:
     from odqa.training.idpt import IDPTTrainConfig, default_finetune_out, train_idpt
-    from odqa.training.multitask import read_multitask
+    from odqa.data.multitask import read_multitask
 
     config = IDPTTrainConfig(
         mode=args.mode, prompt_length=args.prompt_length, encoder=args.encoder,
@@ -416,7 +416,7 @@ def cmd_train_idpt(args) -> int:
 
 
 def cmd_eval_idpt(args, command: str) -> int:
-    from odqa.idpt_eval import evaluate_idpt, report_table
+    from odqa.eval.multitask import evaluate_idpt, report_table
 
     if not args.out:
         raise OdqaError("odqa eval idpt needs --out DIR, e.g. --out eval/runs/idpt")

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from odqa import __version__
 from odqa.configs import BM25Config
-from odqa.corpus import Passage, corpus_hash, read_corpus
+from odqa.data.corpus import Passage, corpus_hash, read_corpus
 from odqa.errors import IndexCorruptError, IndexMismatchError, IndexNotFoundError, OdqaError
 from odqa.runs import INDEX_KIND, OutputLock, atomic_write_bytes, check_replaceable, declared_kind, file_sha256
 

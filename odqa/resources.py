@@ -9,7 +9,7 @@ Bundled names
 models     ``smollm2-135m-instruct`` (GGUF, dequantized once and cached), ``minilm-l6``;
            optional: ``gemma3-270m`` (Gemma-3-270m base, GGUF in four chunk packages; Gemma terms)
 corpus     ``wiki-vital`` (10,033 Wikipedia lead paragraphs)
-questions  ``fanoutqa-wiki`` (see :mod:`odqa.questions`)
+questions  ``fanoutqa-wiki`` (see :mod:`odqa.data.questions`)
 """
 
 from __future__ import annotations

@@ -405,6 +405,45 @@ def copy_index(tmp_path, flat_index):
     return make
 
 
+# --- ID-PT: a tiny prompt generator and its artifact -------------------------------------------
+def make_generator(encoder_dir: str, prompt_length: int = 5, randomize: bool = True):
+    """A small ID-PT prompt generator on ``encoder_dir``, seeded; its projection randomised unless told not to."""
+    import torch
+
+    from odqa.lm.prompt_generator import PromptGenerator, load_encoder
+
+    encoder, _ = load_encoder(encoder_dir)
+    torch.manual_seed(0)
+    gen = PromptGenerator(encoder, HIDDEN, prompt_length=prompt_length, encoder_prompt_length=3, attn_dim=16, heads=4,
+                          init_prompt=torch.randn(prompt_length, HIDDEN))
+    if randomize:  # the projection starts at zero (p(x) = the plain prompt); give it weights to test the rest
+        torch.nn.init.normal_(gen.out.weight, std=0.5)
+    return gen.eval()
+
+
+def generator_prompt(gen, encoder_dir, texts):
+    """``(p(x), encoding)`` of ``texts`` through ``gen``."""
+    import torch
+
+    from odqa.lm.prompt_generator import load_encoder
+
+    _, tok = load_encoder(encoder_dir)
+    enc = gen.tokenize(tok, texts)
+    with torch.no_grad():
+        return gen(enc["input_ids"], enc["attention_mask"]), enc
+
+
+@pytest.fixture(scope="module")
+def generator_dir(tmp_path_factory, tiny_lm, bare_bert) -> str:
+    """An ID-PT generator artifact made for ``tiny_lm`` with the ``bare_bert`` encoder."""
+    from odqa.lm.backbone import weights_hash
+
+    gen = make_generator(bare_bert)
+    out = tmp_path_factory.mktemp("idpt") / "generator"
+    gen.save(out, {"backbone": tiny_lm, "encoder": bare_bert, "encoder_hash": weights_hash(gen.encoder)})
+    return str(out)
+
+
 # --- pipeline files --------------------------------------------------------------------------
 def _rel(target: str | Path, base: Path) -> str:
     """``target`` relative to ``base``, spelled with a leading ``./`` or ``../`` (as the API expects)."""

@@ -15,7 +15,7 @@ import pytest
 import odqa
 import odqa.encoders
 import odqa.index
-from odqa.corpus import corpus_hash, read_corpus
+from odqa.data.corpus import corpus_hash, read_corpus
 from odqa.encoders import DPREncoder, SentenceTransformerEncoder, load_encoder
 from odqa.errors import (IndexCorruptError, IndexMismatchError, IndexNotFoundError, OdqaError, OutputExistsError,
                          OutputLockedError)

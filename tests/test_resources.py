@@ -12,7 +12,7 @@ import pytest
 import transformers
 
 import odqa.resources as resources
-from odqa.corpus import read_corpus
+from odqa.data.corpus import read_corpus
 from odqa.errors import ResourceNotFoundError
 from odqa.resources import ModelRef, bundled_data_path, cached_gguf_dir, model_dir, odqa_home, resolve_model
 

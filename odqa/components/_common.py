@@ -7,7 +7,7 @@ import unicodedata
 
 from haystack import Document
 
-from odqa.corpus import Passage
+from odqa.data.corpus import Passage
 from odqa.errors import BadQuestionError, EmptyQuestionError, QuestionTypeError
 
 

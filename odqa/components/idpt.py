@@ -45,7 +45,7 @@ class IDPTLM:
         """
         :param model: The frozen backbone: a bundled name, local path or HF id.
         :param artifact: An ``idpt_generator``, ``soft_prompt`` or ``finetuned_lm`` artifact dir, or ``None``.
-        :param task: Default task (``TASK`` or ``TASK/TEMPLATE``, see :mod:`odqa.training.multitask`) when
+        :param task: Default task (``TASK`` or ``TASK/TEMPLATE``, see :mod:`odqa.data.multitask`) when
             ``run`` gets none; ``None`` means the query is already a fully rendered input.
         :param max_new_tokens: Longest answer, in tokens.
         :param max_input_tokens: Longest input read; longer inputs keep their head and tail.

@@ -52,9 +52,13 @@ class ContextPacker:
     truncated) and a later, shorter one may still fit. Its id is reported in ``dropped_ids``.
 
     Usage:
+        >>> from haystack import Document
+        >>> docs = [Document(id="h", content="Hamlet is a tragedy by William Shakespeare.", meta={"title": "Hamlet"}),
+        ...         Document(id="long", content="word " * 1000, meta={"title": "Too long"})]
         >>> packer = ContextPacker(model="smollm2-135m-instruct", context_length=384)
-        >>> out = packer.run(query="Who wrote Hamlet?", documents=ranked_docs)
-        >>> out["documents"], out["dropped_ids"], out["budget"]
+        >>> out = packer.run(query="Who wrote Hamlet?", documents=docs)
+        >>> [d.id for d in out["documents"]], out["dropped_ids"]
+        (['h'], ['long'])
     """
 
     def __init__(self, model: str, template: str = "qa-completion", context_length: int = 384,

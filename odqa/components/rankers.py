@@ -21,9 +21,12 @@ class CrossEncoderRanker:
     encoder without a trained classification head, so a pipeline never ranks with random weights.
 
     Usage:
-        >>> ranker = CrossEncoderRanker(model="pipelines/artifacts/reranker-minilm-synthetic", top_k=10)
-        >>> ranker.warm_up()
-        >>> ranker.run(query="Who wrote Hamlet?", documents=docs)["documents"]
+        >>> from haystack import Document
+        >>> docs = [Document(id="c", content="Canberra is the capital of Australia.", meta={"title": "Canberra"}),
+        ...         Document(id="h", content="Hamlet is a tragedy by William Shakespeare.", meta={"title": "Hamlet"})]
+        >>> ranker = CrossEncoderRanker(model="pipelines/artifacts/reranker-minilm-synthetic", top_k=1)
+        >>> [d.id for d in ranker.run(query="Who wrote Hamlet?", documents=docs)["documents"]]
+        ['h']
     """
 
     def __init__(self, model: str, top_k: int | None = None, batch_size: int = 32, max_length: int = 512):

@@ -31,8 +31,11 @@ class FrozenLMReader:
     the same as without it. Beam search always runs ``generate`` on the whole input.
 
     Usage:
+        >>> from haystack import Document
+        >>> packed = [Document(content="Hamlet is a tragedy by William Shakespeare.", meta={"title": "Hamlet"})]
         >>> reader = FrozenLMReader(model="smollm2-135m-instruct")
         >>> reader.run(query="Who wrote Hamlet?", documents=packed)["answers"][0].data
+        'William Shakespeare'
     """
 
     def __init__(self, model: str = "smollm2-135m-instruct", template: str = "qa-completion",

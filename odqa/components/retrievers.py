@@ -19,6 +19,7 @@ class BM25Retriever:
         >>> retriever = BM25Retriever(index_dir="indexes/wiki-vital", top_k=20)
         >>> retriever.warm_up()
         >>> retriever.run(query="Who wrote Romeo and Juliet?")["documents"][0].meta["title"]
+        'Romeo and Juliet'
     """
 
     def __init__(self, index_dir: str, top_k: int = 20):
@@ -68,6 +69,7 @@ class DenseRetriever:
         >>> retriever = DenseRetriever(index_dir="indexes/wiki-vital", top_k=20)
         >>> retriever.warm_up()
         >>> retriever.run(query="Who wrote Romeo and Juliet?")["documents"][0].meta["title"]
+        'Romeo and Juliet'
     """
 
     def __init__(self, index_dir: str, encoder: str | None = None, query_encoder: str | None = None, top_k: int = 20):

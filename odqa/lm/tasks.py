@@ -2,7 +2,7 @@
 
 The templates are what the frozen LM reads at inference (``IDPTLM(task=...)``) as much as in
 training, so they live here, beside the other prompt formats, not with the trainer. The
-mixture built from them is :mod:`odqa.training.multitask`.
+mixture built from them is :mod:`odqa.data.multitask`.
 
     render("topic", "The alpaca is a domesticated camelid ...")   # -> ("classify", "Classify the topic ...")
     render("cloze/read", "PASSAGE", question="Who ...?")

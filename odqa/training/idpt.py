@@ -93,14 +93,14 @@ def _dev_subset(examples, per_task: int):
 
 def train_idpt(train_examples, dev_examples, out: str | Path, config: IDPTTrainConfig, backbone_name: str,
                data_source: dict, resume: bool = False, progress: bool = True) -> dict:
-    """Train one mode on multitask examples (:class:`~odqa.training.multitask.MultitaskExample`).
+    """Train one mode on multitask examples (:class:`~odqa.data.multitask.MultitaskExample`).
 
     Returns the artifact's manifest. ``<out>.work/`` holds the checkpoint; rerun with
     ``resume=True`` after a kill to continue.
     """
     from odqa.components.idpt import IDPTLM
     from odqa.lm.prompt_generator import PromptGenerator, load_encoder
-    from odqa.idpt_eval import score_examples, summarize
+    from odqa.eval.multitask import score_examples, summarize
     from odqa.lm.backbone import Backbone, load_backbone
     from odqa.training.reader import batch_loss, init_prompt, plot_curves
 

@@ -128,7 +128,7 @@ def _scores(preds: list[str], items: list[dict]) -> dict:
 def corpus_chunks(tok, corpus: str, chunk: int, seed: int, limit: int) -> list[list[int]]:
     """Up to ``limit`` token windows of ``2 * chunk``, one from the start of each passage long enough,
     passages in a seeded random order (only as many are tokenized as needed)."""
-    from odqa.corpus import read_corpus
+    from odqa.data.corpus import read_corpus
 
     passages = read_corpus(corpus)
     random.Random(seed).shuffle(passages)

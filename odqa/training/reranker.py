@@ -39,7 +39,7 @@ from odqa.metrics import has_answer
 from odqa.runs import atomic_write_bytes, check_replaceable, file_sha256
 from odqa.artifacts import ArtifactWriter, make_manifest, write_manifest
 from odqa.training.checkpoints import load_checkpoint, save_checkpoint
-from odqa.training.data import Ctx, TrainExample
+from odqa.data.negatives import Ctx, TrainExample
 from odqa.lm.cross_encoder import KIND, load_base, pair_text, quiet_transformers, score_pairs
 from odqa.training.frozen import FrozenCheck
 
@@ -77,7 +77,7 @@ def lora_config(cfg: RerankerTrainConfig, fresh: set[str]):
 def read_examples(path: str | Path) -> list[TrainExample]:
     """Training examples from a jsonl file of :meth:`TrainExample.to_dict` records, checked for use
     by the re-ranker: every example needs a positive passage, and some need hard negatives."""
-    from odqa.training.data import read_training_data
+    from odqa.data.negatives import read_training_data
 
     path = Path(path)
     examples = read_training_data(path)
@@ -142,7 +142,7 @@ def step_loss(model, tokenizer, batch: list[TrainExample], cfg: RerankerTrainCon
 class DevSet:
     """Dev questions with the candidates the pipeline's retrieval stages return for each."""
 
-    questions: list  # odqa.questions.Question
+    questions: list  # odqa.data.questions.Question
     candidates: list[list]  # haystack Documents, in retrieval order
     flags: list[list[bool]]  # has_answer of each candidate's text
     packer: object  # the pipeline's ContextPacker
@@ -194,7 +194,7 @@ def build_dev_set(pipeline_path: str | Path, dev: str, limit: int | None = None,
     from haystack import Document
     from tqdm.auto import tqdm
 
-    from odqa.questions import Question, dedup, load_questions
+    from odqa.data.questions import Question, dedup, load_questions
 
     key = {"pipeline_sha256": file_sha256(pipeline_path), "dev": dev,
            "limit": limit, "max_candidates": max_candidates}

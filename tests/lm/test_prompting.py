@@ -131,9 +131,9 @@ def test_split_is_clean_on_the_bundled_tokenizer():
     import os
 
     from conftest import ORIGINAL_ODQA_HOME
-    from odqa.corpus import read_corpus
+    from odqa.data.corpus import read_corpus
     from odqa.lm.backbone import load_backbone
-    from odqa.questions import load_questions
+    from odqa.data.questions import load_questions
 
     saved = os.environ.get("ODQA_HOME")
     if ORIGINAL_ODQA_HOME is None:  # share the dequantized backbone with the user's runs

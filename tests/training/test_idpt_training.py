@@ -12,7 +12,7 @@ import pytest
 from odqa.errors import OdqaError, TrainingDataError
 from odqa.lm.backbone import load_backbone, weights_hash
 from odqa.lm.tasks import TOPICS
-from odqa.training import multitask as mt
+from odqa.data import multitask as mt
 from odqa.training.idpt import IDPTTrainConfig, check_finetune_out, train_idpt
 
 from conftest import CORPUS
@@ -164,7 +164,7 @@ def test_unknown_mode():
 
 
 def test_eval_idpt_reports_every_system(mixture, tmp_path, tiny_lm, bare_bert):
-    from odqa.idpt_eval import evaluate_idpt
+    from odqa.eval.multitask import evaluate_idpt
 
     idpt_dir, prompt_dir = tmp_path / "idpt", tmp_path / "prompt"
     _train(mixture, idpt_dir, _config("idpt", bare_bert, max_steps=1), tiny_lm)

@@ -24,7 +24,7 @@ from odqa.lm.cross_encoder import load_base, load_reranker, pair_text, score_pai
 from odqa.errors import ArtifactMismatchError, BackboneChangedError, ResourceNotFoundError, TrainingDataError
 from odqa.training import reranker as rr
 from odqa.training.checkpoints import load_checkpoint
-from odqa.training.data import Ctx, TrainExample
+from odqa.data.negatives import Ctx, TrainExample
 from odqa.lm.backbone import weights_hash
 from odqa.training.frozen import FrozenCheck
 from odqa.training.reranker import RerankerTrainConfig, checkpoint_dir, train_reranker

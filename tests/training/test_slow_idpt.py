@@ -34,8 +34,8 @@ def mixture(tmp_path_factory, env) -> Path:
 
 
 def test_bundled_mixture_splits_and_held_out_kind(mixture):
-    from odqa.questions import fanoutqa_closedbook, split_of
-    from odqa.training.multitask import read_multitask, wiki_split
+    from odqa.data.questions import fanoutqa_closedbook, split_of
+    from odqa.data.multitask import read_multitask, wiki_split
 
     splits = {s: read_multitask(mixture, s) for s in ("train", "dev", "test")}
     assert {e.task for e in splits["train"]} == {"topic", "description", "cloze", "closedbook"}

@@ -1,11 +1,11 @@
-"""``report.md`` and PNG plots for an evaluation run (see :mod:`odqa.evaluation`)."""
+"""``report.md`` and PNG plots for an evaluation run (see :mod:`odqa.eval.harness`)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from odqa.evaluation import KS
+from odqa.eval.harness import KS
 from odqa.runs import read_records
 
 
@@ -74,7 +74,7 @@ def _topk_plot(path: Path, curves: dict[str, list[float]], title: str) -> None:
 def write_retrieval_report(out: Path, metrics: dict, curve: list[float], title: str, command: str,
                            label: str = "retriever") -> Path:
     """``report.md`` and ``topk.png`` (``curve`` labelled ``label``) for ``odqa eval retrieval``
-    (see :mod:`odqa.retrieval_eval`)."""
+    (see :mod:`odqa.eval.retrieval`)."""
     lines = [f"# {title}", "", f"Command: `{command}`", "",
              f"Questions: {metrics['questions']}; ctxs per question: {metrics['mean_ctxs']:g} on average. "
              "A ctx holds the answer when DPR's `has_answer` finds it in its text (not its title).", "",

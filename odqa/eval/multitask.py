@@ -115,7 +115,7 @@ def evaluate_idpt(data: str, systems: dict[str, str | None], out: str | Path, mo
                   max_new_tokens: int = 16, command: str = "") -> dict:
     """Score each system (``name -> artifact dir``; ``None`` for the frozen LM) on the test split."""
     from odqa.components.idpt import IDPTLM
-    from odqa.training.multitask import read_multitask
+    from odqa.data.multitask import read_multitask
 
     if not systems:
         raise OdqaError("odqa eval idpt needs at least one system: --idpt, --soft-prompt, --finetuned or --zero-shot")
@@ -221,7 +221,7 @@ def write_report(out: Path, metrics: dict) -> Path:
 
 
 def _plot(path: Path, metrics: dict) -> None:
-    from odqa.report import _pyplot
+    from odqa.eval.report import _pyplot
 
     plt = _pyplot()
     systems = metrics["systems"]

@@ -16,7 +16,7 @@ task            cluster       what                                              
 ==============  ============  ===========================================================  ========
 ``topic``       classification  the topic of a lead paragraph, one of 11                   accuracy
 ``description`` generation    the article's short description, from its lead               F1
-``cloze``       qa            a synthetic cloze question (:mod:`odqa.training.cloze`)      EM
+``cloze``       qa            a synthetic cloze question (:mod:`odqa.data.cloze`)      EM
                               answered from its passage
 ``closedbook``  qa            a FanOutQA sub-question, closed-book                         EM
 ``subject``     naming        the lead with the subject's name masked: name it             EM
@@ -31,7 +31,7 @@ description, places, dates), while the model need not learn a new output space.
 The topic "Uncategorized" (1,000 leads, the tail of the alphabet, not a topic) is left out,
 so the classification task has 11 labels. Splits are fixed by a hash of the passage title
 (70% train / 10% dev / 20% test, the same for every wiki task, so no passage crosses splits)
-and, for ``closedbook``, by :func:`odqa.questions.split_of` on the root question (the splits
+and, for ``closedbook``, by :func:`odqa.data.questions.split_of` on the root question (the splits
 of ``fanoutqa-closedbook``). Every record says whether it is synthetic (``cloze``,
 ``subject``: made by odqa from the corpus) or real labels (``topic``, ``description``,
 ``closedbook``).
@@ -46,7 +46,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from odqa.corpus import iter_jsonl
+from odqa.data.corpus import iter_jsonl
 from odqa.errors import ResourceNotFoundError, TrainingDataError
 from odqa.lm.tasks import TASKS, render
 from odqa.runs import atomic_write_bytes
@@ -270,8 +270,8 @@ def _wiki_task_examples(task: str, wiki: list[dict], split: str, n: int, seed: i
 
 
 def _cloze_examples(split: str, n: int, seed: int) -> list[MultitaskExample]:
-    from odqa.corpus import read_corpus
-    from odqa.training.cloze import make_cloze
+    from odqa.data.corpus import read_corpus
+    from odqa.data.cloze import make_cloze
 
     passages = [p for p in read_corpus("wiki-vital") if wiki_split(p.title) == split]
     rng = random.Random(f"{seed}:cloze:{split}")
@@ -287,7 +287,7 @@ def _cloze_examples(split: str, n: int, seed: int) -> list[MultitaskExample]:
 
 
 def _closedbook_examples(split: str, n: int, seed: int) -> list[MultitaskExample]:
-    from odqa.questions import dedup, fanoutqa_closedbook, split_of
+    from odqa.data.questions import dedup, fanoutqa_closedbook, split_of
 
     qs = [q for q in dedup(fanoutqa_closedbook()) if split_of(q.root_id) == split]
     rng = random.Random(f"{seed}:closedbook:{split}")
@@ -348,9 +348,9 @@ def write_mixture(out_dir: str | Path, sizes: MixtureSizes = MixtureSizes(), see
         "sources": {"topic": "wiki-vital topic labels (11; 'Uncategorized' left out)",
                     "description": "wiki-vital short descriptions",
                     "subject": "wiki-vital leads with the title masked (made by odqa; synthetic)",
-                    "cloze": "synthetic cloze questions (odqa.training.cloze) with their passage",
+                    "cloze": "synthetic cloze questions (odqa.data.cloze) with their passage",
                     "closedbook": "FanOutQA dev sub-questions (fanoutqa-closedbook splits)"},
-        "splits": "wiki tasks: sha1 of the title, 70/10/20 train/dev/test; closedbook: odqa.questions.split_of",
+        "splits": "wiki tasks: sha1 of the title, 70/10/20 train/dev/test; closedbook: odqa.data.questions.split_of",
     }
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return manifest

@@ -25,9 +25,9 @@ import random
 import re
 from dataclasses import dataclass, replace
 
-from odqa.corpus import Passage
+from odqa.data.corpus import Passage
 from odqa.metrics import has_answer
-from odqa.training.data import Ctx, TrainExample
+from odqa.data.negatives import Ctx, TrainExample
 
 KINDS = ("DATE", "NUMBER", "ENTITY")
 MAX_TYPE_SHARE = 0.5  # no answer type above half of the examples

@@ -21,7 +21,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from odqa.corpus import decode_lines, iter_jsonl, read_corpus
+from odqa.data.corpus import decode_lines, iter_jsonl, read_corpus
 from odqa.errors import InputFormatError, ResourceNotFoundError
 from odqa.metrics import contains_normalized
 from odqa.resources import bundled_data_path

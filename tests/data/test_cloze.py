@@ -1,4 +1,4 @@
-"""odqa.training.cloze: sentence splitting, answer candidates by type, question rewriting, filters,
+"""odqa.data.cloze: sentence splitting, answer candidates by type, question rewriting, filters,
 determinism, the passage-level train/dev split and type balance."""
 
 from __future__ import annotations
@@ -7,13 +7,13 @@ from collections import Counter
 
 import pytest
 
-from odqa.corpus import Passage
+from odqa.data.corpus import Passage
 from odqa.metrics import has_answer
-from odqa.training.cloze import (
+from odqa.data.cloze import (
     KINDS, candidates, clean_title, cloze_split, given_names, make_cloze, make_question, passage_split,
     split_sentences,
 )
-from odqa.training.data import TrainExample
+from odqa.data.negatives import TrainExample
 
 from conftest import CORPUS
 
@@ -223,7 +223,7 @@ def test_clean_title(title, clean):
 def test_noisy_question_keeps_wh_phrase_and_title_and_shortens():
     import random
 
-    from odqa.training.cloze import noisy_question
+    from odqa.data.cloze import noisy_question
 
     q = ("The Fahrenheit scale is a temperature scale based on one proposed in what year by the physicist "
          "Daniel Gabriel Fahrenheit?")
@@ -238,7 +238,7 @@ def test_noisy_question_keeps_wh_phrase_and_title_and_shortens():
 
 
 def test_add_noise_keeps_answers_sources_and_splits():
-    from odqa.training.cloze import add_noise
+    from odqa.data.cloze import add_noise
 
     examples = _examples([APOLLO, EVEREST, CITY], per_passage=3)
     noisy = add_noise(examples, keep=0.3, seed=1)

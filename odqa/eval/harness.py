@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from odqa.errors import OdqaError
 from odqa.metrics import exact_match, f1, has_answer
-from odqa.questions import Question, dedup
+from odqa.data.questions import Question, dedup
 from odqa.runs import (EVAL_RUN_KIND, OutputLock, RunWriter, atomic_write_bytes, check_replaceable, file_sha256,
                        read_records)
 

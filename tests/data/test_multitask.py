@@ -9,9 +9,9 @@ import random
 import pytest
 
 from odqa.errors import PipelineConfigError, ResourceNotFoundError, TrainingDataError
-from odqa.training import multitask as mt
+from odqa.data import multitask as mt
 from odqa.lm.tasks import TASKS, TOPICS, render
-from odqa.training.multitask import read_multitask
+from odqa.data.multitask import read_multitask
 
 
 def _write(path, records):

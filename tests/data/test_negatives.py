@@ -1,4 +1,4 @@
-"""odqa.training.data: the readers (odqa jsonl, DPR json, NQ-open jsonl) and their errors, the atomic
+"""odqa.data.negatives: the readers (odqa jsonl, DPR json, NQ-open jsonl) and their errors, the atomic
 writer, hard-negative mining on the tiny fixture index, and the `odqa data` commands."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from odqa.cli import main
-from odqa.corpus import Passage
+from odqa.data.corpus import Passage
 from odqa.errors import TextEncodingError, TrainingDataError
 from odqa.metrics import has_answer
-from odqa.training.cloze import cloze_split, make_cloze
-from odqa.training.data import (
+from odqa.data.cloze import cloze_split, make_cloze
+from odqa.data.negatives import (
     Ctx, TrainExample, mine_hard_negatives, read_training_data, write_training_data,
 )
 
@@ -232,8 +232,8 @@ def test_cli_data_errors(tmp_path, capsys, corpus_jsonl, flat_index):
 
 # --- real questions as training data ----------------------------------------------------------------
 def test_examples_from_a_bundled_question_set_leave_out_the_benchmark():
-    from odqa.questions import load_questions
-    from odqa.training.data import examples_from_questions
+    from odqa.data.questions import load_questions
+    from odqa.data.negatives import examples_from_questions
 
     examples, stats = examples_from_questions("fanoutqa-closedbook:train", exclude="fanoutqa-wiki")
     benchmark = {(q.id, q.question) for q in load_questions("fanoutqa-wiki")}
@@ -247,7 +247,7 @@ def test_examples_from_a_bundled_question_set_leave_out_the_benchmark():
 @pytest.mark.parametrize("answer, ok", [("yes", False), ("No", False), ("12", False), ("3.5", False),
                                         ("1969", True), ("Canberra", True), ("12 km", True)])
 def test_distant_supervision_refuses_answers_that_match_anywhere(answer, ok):
-    from odqa.training.data import _distant_answer_ok
+    from odqa.data.negatives import _distant_answer_ok
 
     assert _distant_answer_ok(answer) is ok
 

@@ -1,7 +1,7 @@
 """Training examples for the re-ranker and the reader's soft prompt.
 
 One record type, :class:`TrainExample`, whatever the source: odqa's synthetic cloze data
-(:mod:`odqa.training.cloze`), DPR's training json, or NQ-open jsonl. Every example says
+(:mod:`odqa.data.cloze`), DPR's training json, or NQ-open jsonl. Every example says
 whether it is synthetic, so manifests and reports can label what a module learned from.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from odqa.corpus import iter_jsonl, read_json
+from odqa.data.corpus import iter_jsonl, read_json
 from odqa.errors import InputFormatError, TextEncodingError, TrainingDataError
 from odqa.metrics import has_answer
 from odqa.runs import atomic_write_bytes
@@ -174,14 +174,14 @@ def _distant_answer_ok(answer: str) -> bool:
 def examples_from_questions(spec: str, exclude: str | None = None) -> tuple[list[TrainExample], dict]:
     """Training examples (no passages yet) from a question set, for :func:`mine_hard_negatives`.
 
-    :param spec: A question set as :func:`odqa.questions.load_questions` takes it, e.g.
+    :param spec: A question set as :func:`odqa.data.questions.load_questions` takes it, e.g.
         ``fanoutqa-closedbook:train``: real questions, labelled ``synthetic=False``.
     :param exclude: Another question set whose questions (by id and text) are left out, e.g.
         ``fanoutqa-wiki`` to keep the benchmark's questions out of training entirely.
     :returns: ``(examples, stats)``; questions whose answers cannot be matched in text (yes/no,
         numbers under 4 characters) are dropped and counted.
     """
-    from odqa.questions import dedup, load_questions
+    from odqa.data.questions import dedup, load_questions
 
     questions = dedup(load_questions(spec, require_answers=True))
     excluded = {(q.id, q.question) for q in load_questions(exclude)} if exclude else set()

@@ -7,9 +7,9 @@ import json
 import pytest
 
 import odqa
-from odqa import evaluation
+from odqa.eval import harness as evaluation
 from odqa.cli import main
-from odqa.questions import Question
+from odqa.data.questions import Question
 
 QUESTIONS = [
     Question(id="q1", question="Who wrote Romeo and Juliet?", answers=["William Shakespeare"]),
@@ -88,7 +88,7 @@ def test_bad_shard(qa, tmp_path):
 
 
 def test_report_files(full_run):
-    from odqa.report import write_report
+    from odqa.eval.report import write_report
 
     out, _ = full_run
     report = write_report(out, "test run", "odqa eval ...").read_text()
@@ -189,7 +189,7 @@ def write_results(tmp_path, data, name="dpr_results.json"):
 
 
 def test_retrieval_eval_numbers(tmp_path):
-    from odqa import retrieval_eval
+    from odqa.eval import retrieval as retrieval_eval
 
     metrics = retrieval_eval.evaluate_file(write_results(tmp_path, DPR_RESULTS), progress=False)
     assert metrics["questions"] == 3
@@ -202,7 +202,7 @@ def test_retrieval_eval_numbers(tmp_path):
 
 
 def test_retrieval_eval_falls_back_to_the_flag_without_text(tmp_path):
-    from odqa import retrieval_eval
+    from odqa.eval import retrieval as retrieval_eval
 
     data = [{"question": "q", "answers": ["x"], "ctxs": [ctx(flag=False), ctx(flag=True)]},
             {"question": "r", "answers": ["y"], "ctxs": [ctx(flag=False), ctx("y here", flag=False)]}]
@@ -212,7 +212,7 @@ def test_retrieval_eval_falls_back_to_the_flag_without_text(tmp_path):
 
 
 def test_retrieval_eval_writes_metrics_report_and_plot(tmp_path):
-    from odqa import retrieval_eval
+    from odqa.eval import retrieval as retrieval_eval
 
     out = tmp_path / "run"
     metrics = retrieval_eval.evaluate_file(write_results(tmp_path, DPR_RESULTS), out, ks=(1, 3, 5),
@@ -228,13 +228,13 @@ def test_retrieval_eval_writes_metrics_report_and_plot(tmp_path):
 
 
 def test_retrieval_topk_curve():
-    from odqa.retrieval_eval import topk_curve
+    from odqa.eval.retrieval import topk_curve
 
     assert topk_curve([1, 3, None, 2], 4) == [25.0, 50.0, 75.0, 75.0]
 
 
 def test_retrieval_eval_error_types(tmp_path):
-    from odqa import retrieval_eval
+    from odqa.eval import retrieval as retrieval_eval
     from odqa.errors import ResourceNotFoundError, TextEncodingError
 
     with pytest.raises(ResourceNotFoundError, match="nope.json"):
@@ -249,7 +249,7 @@ def test_retrieval_eval_error_types(tmp_path):
 
 
 def test_closed_book_report_has_no_retrieval_plot(tmp_path):
-    from odqa.report import write_report
+    from odqa.eval.report import write_report
 
     record = {"id": "q1", "question": "Who wrote Romeo and Juliet?", "answers": ["William Shakespeare"],
               "prediction": "Shakespeare", "em": 0.0, "f1": 0.67, "stages": {},

@@ -1,4 +1,4 @@
-"""odqa.questions: user question files (jsonl) and the fixed split hashing. No bundled benchmark."""
+"""odqa.data.questions: user question files (jsonl) and the fixed split hashing. No bundled benchmark."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 import odqa.resources as resources
 from odqa.errors import InputFormatError, ResourceNotFoundError, TextEncodingError
-from odqa.questions import Question, load_questions, read_questions_file, split_of
+from odqa.data.questions import Question, load_questions, read_questions_file, split_of
 
 
 

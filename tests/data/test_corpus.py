@@ -1,4 +1,4 @@
-"""odqa.corpus: jsonl and DPR tsv readers, their errors (with line numbers), ids and hashing."""
+"""odqa.data.corpus: jsonl and DPR tsv readers, their errors (with line numbers), ids and hashing."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from odqa.corpus import Passage, corpus_hash, read_corpus
+from odqa.data.corpus import Passage, corpus_hash, read_corpus
 from odqa.errors import InputFormatError, ResourceNotFoundError, TextEncodingError
 
 from conftest import CORPUS

@@ -21,9 +21,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from odqa.corpus import read_json
+from odqa.data.corpus import read_json
 from odqa.errors import InputFormatError, ResourceNotFoundError
-from odqa.evaluation import KS
+from odqa.eval.harness import KS
 from odqa.metrics import has_answer
 from odqa.runs import atomic_write_bytes
 
@@ -160,7 +160,7 @@ def evaluate_file(path: str | Path, out: str | Path | None = None, ks: tuple[int
     """Score a DPR results file; with ``out``, write ``metrics.json``, ``report.md`` and ``topk.png`` there."""
     metrics, curve = score(load_results(path), ks, progress)
     if out is not None:
-        from odqa.report import write_retrieval_report
+        from odqa.eval.report import write_retrieval_report
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
