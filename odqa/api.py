@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 from haystack import Pipeline, tracing
+from haystack.dataclasses import GeneratedAnswer
 from haystack.core.errors import PipelineRuntimeError
 
 from odqa.components._common import check_question
@@ -253,7 +254,8 @@ def load_pipeline(path: str | Path) -> Pipeline:
         raise PipelineConfigError(f"{path}: {_one_line(e)}") from e
 
 
-def _unwrap(e: PipelineRuntimeError) -> Exception:
+def unwrap_error(e: PipelineRuntimeError) -> Exception:
+    """The odqa error inside a Haystack pipeline error (an OS error as a typed one), else ``e`` itself."""
     cause = e.__cause__
     while isinstance(cause, PipelineRuntimeError) and cause.__cause__ is not None:
         cause = cause.__cause__
@@ -262,14 +264,21 @@ def _unwrap(e: PipelineRuntimeError) -> Exception:
     return cause if isinstance(cause, OdqaError) else e
 
 
+def _socket_type(pipeline: Pipeline, name: str, socket: str):
+    """The type of component ``name``'s output ``socket``, or ``None`` when it has no such output."""
+    found = pipeline.graph.nodes[name].get("output_sockets", {}).get(socket)
+    return found.type if found is not None else None
+
+
 SHARED_SETTINGS = ("model", "template", "context_length", "max_new_tokens", "soft_prompt")
 
 
 def _check_in_step(packer, reader, source: str) -> None:
     """The packer budgets for the reader, so the settings that shape the prompt must agree."""
-    differ = [k for k in SHARED_SETTINGS if getattr(packer, k) != getattr(reader, k)]
+    differ = [k for k in SHARED_SETTINGS if getattr(packer, k, None) != getattr(reader, k, None)]
     if differ:
-        detail = ", ".join(f"{k}: packer {getattr(packer, k)!r} vs reader {getattr(reader, k)!r}" for k in differ)
+        detail = ", ".join(f"{k}: packer {getattr(packer, k, None)!r} vs reader {getattr(reader, k, None)!r}"
+                           for k in differ)
         raise PipelineConfigError(f"{source}: the packer and the reader disagree ({detail}); set them to the same values")
 
 
@@ -277,19 +286,17 @@ class QA:
     """A loaded pipeline that answers questions."""
 
     def __init__(self, pipeline: Pipeline, source: str = "<pipeline>"):
-        from odqa.components import ContextPacker, FrozenLMReader
-        from odqa.components.idpt import IDPTLM
-        from odqa.components.recursion import NeuralRecursionReader, TextualRecursionReader
-
         self.pipeline = pipeline
         self.source = source
-        answerers = (FrozenLMReader, TextualRecursionReader, NeuralRecursionReader, IDPTLM)
-        readers = [n for n, c in pipeline.walk() if isinstance(c, answerers)]
+        # the reader is the stage that writes answers, the packer the one that reports what it cut:
+        # found by their output sockets, so any component with those outputs takes the part
+        readers = [n for n, _ in pipeline.walk() if _socket_type(pipeline, n, "answers") == list[GeneratedAnswer]]
         if not readers:
             raise PipelineConfigError(f"{source}: the pipeline has no reader (FrozenLMReader, TextualRecursionReader, "
-                                      "NeuralRecursionReader or IDPTLM), so it cannot answer")
+                                      "NeuralRecursionReader, IDPTLM, or any component with an 'answers' output of "
+                                      "GeneratedAnswer), so it cannot answer")
         self.reader = readers[0]
-        packers = [n for n, c in pipeline.walk() if isinstance(c, ContextPacker)]
+        packers = [n for n, _ in pipeline.walk() if _socket_type(pipeline, n, "dropped_ids") is not None]
         self.packer = packers[0] if packers else None
         if self.packer:
             _check_in_step(pipeline.get_component(self.packer), pipeline.get_component(self.reader), source)
@@ -303,7 +310,7 @@ class QA:
         try:
             self.pipeline.warm_up()
         except PipelineRuntimeError as e:
-            raise _unwrap(e) from None
+            raise unwrap_error(e) from None
 
     def ask(self, question: str, task: str | None = None) -> Answer:
         """Answer one question. Raises :class:`~odqa.errors.OdqaError` subclasses on bad input.
@@ -334,7 +341,7 @@ class QA:
                 include = {self.reader} | ({self.packer} if self.packer else set())
             out = self.pipeline.run(inputs, include_outputs_from=include)
         except PipelineRuntimeError as e:
-            raise _unwrap(e) from None
+            raise unwrap_error(e) from None
         finally:
             _timings.reset(token)
         record["total"] = time.perf_counter() - start

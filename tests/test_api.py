@@ -395,3 +395,20 @@ def test_errors_share_one_base_class():
     for err in (EmptyQuestionError, QuestionTooLongError, MalformedYAMLError, UnknownComponentError,
                 IndexNotFoundError, IndexMismatchError, IndexCorruptError, TextEncodingError):
         assert issubclass(err, OdqaError)
+
+
+def test_the_reader_is_found_by_its_answers_output():
+    from haystack import component
+    from haystack.dataclasses import GeneratedAnswer
+
+    @component
+    class EchoReader:  # not an odqa class: it writes answers, so it is the pipeline's reader
+        @component.output_types(answers=list[GeneratedAnswer])
+        def run(self, query: str):
+            return {"answers": [GeneratedAnswer(data=query.upper(), query=query, documents=[], meta={"score": 1.0})]}
+
+    pipe = Pipeline()
+    pipe.add_component("echo", EchoReader())
+    qa = QA(pipe, "<test>")
+    assert qa.reader == "echo" and qa.packer is None
+    assert qa.ask("who  wrote\nHamlet?").answer == "WHO WROTE HAMLET?"

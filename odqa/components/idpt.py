@@ -138,7 +138,7 @@ class IDPTLM:
         """Greedy answer to a rendered input: ``{"text", "raw", "score", "new_tokens", "prompt_ms", "ms"}``.
 
         ``fixed_tokens`` decodes exactly that many tokens, ignoring stop tokens (for timing)."""
-        from odqa.lm.generation import greedy_generate
+        from odqa.lm.generation import decode_answer, greedy_generate
         from odqa.lm.prompting import clean_answer
 
         self.warm_up()
@@ -147,10 +147,7 @@ class IDPTLM:
         stops = [] if fixed_tokens else self._backbone.stop_token_ids
         new, logp = greedy_generate(self._backbone.model, None, embeds, fixed_tokens or self.max_new_tokens, stops)
         ms = (time.perf_counter() - start) * 1000
-        tok = self._backbone.tokenizer
-        stop_set = set(self._backbone.stop_token_ids)
-        raw = tok.decode([t for t in new if t not in stop_set], skip_special_tokens=True)
-        score = float(torch.exp(torch.tensor(logp).mean())) if logp else 0.0
+        raw, score = decode_answer(self._backbone.tokenizer, new, logp, self._backbone.stop_token_ids)
         return {"text": clean_answer(raw), "raw": raw, "score": score, "new_tokens": len(new),
                 "input_tokens": int(embeds.shape[1]), "prompt_ms": prompt_ms, "ms": ms}
 

@@ -7,39 +7,8 @@ from typing import Any
 from haystack import Document, component, default_from_dict, default_to_dict
 
 from odqa.components._common import check_question
-from odqa.errors import QuestionTooLongError
-from odqa.lm.prompting import encode_parts, format_passages, get_template
+from odqa.lm.prompting import ReaderPrompt, format_passages, get_template
 from odqa.lm.soft_prompt import soft_prompt_length
-
-
-def reader_budget(tokenizer, template_name: str, question: str, context_length: int, max_new_tokens: int,
-                  soft_prompt_tokens: int) -> int:
-    """Tokens left for passages once the prompt, question, soft prompt and answer room are counted.
-
-    Prompt tokens are counted as the reader counts them: ``prefix_ids + body_ids``
-    (:func:`~odqa.lm.prompting.encode_parts`). Raises :class:`QuestionTooLongError` when the
-    question alone does not fit.
-    """
-    base = prompt_length(tokenizer, get_template(template_name), question, [])
-    reserved = base + max_new_tokens + soft_prompt_tokens
-    if reserved > context_length:
-        limit = context_length - max_new_tokens - soft_prompt_tokens - (base - _question_tokens(tokenizer, question))
-        raise QuestionTooLongError(
-            f"the question is {_question_tokens(tokenizer, question)} tokens long, but the reader's budget "
-            f"leaves room for at most {max(limit, 0)} (context_length={context_length}, "
-            f"max_new_tokens={max_new_tokens}, soft prompt={soft_prompt_tokens}); shorten the question "
-            "or raise context_length"
-        )
-    return context_length - reserved
-
-
-def prompt_length(tokenizer, template, question: str, passages: list[tuple[str, str]]) -> int:
-    """The reader's prompt length in tokens (soft prompt not included)."""
-    return sum(len(ids) for ids in encode_parts(tokenizer, template, question, passages))
-
-
-def _question_tokens(tokenizer, question: str) -> int:
-    return len(tokenizer(question, add_special_tokens=False)["input_ids"])
 
 
 @component
@@ -77,13 +46,14 @@ class ContextPacker:
         self.max_new_tokens = max_new_tokens
         self.soft_prompt = soft_prompt
         self._tokenizer = None
-        self._soft_len = 0
+        self._prompt: ReaderPrompt | None = None
 
     def warm_up(self) -> None:
         if self._tokenizer is None:
             from odqa.lm.backbone import load_backbone
 
-            self._soft_len = soft_prompt_length(self.soft_prompt)
+            self._prompt = ReaderPrompt(self.template, self.context_length, self.max_new_tokens,
+                                        soft_prompt_length(self.soft_prompt))
             self._tokenizer = load_backbone(self.model).tokenizer
 
     @component.output_types(documents=list[Document], dropped_ids=list[str], budget=dict)
@@ -96,8 +66,8 @@ class ContextPacker:
         """
         query = check_question(query)
         self.warm_up()
-        tok, template = self._tokenizer, get_template(self.template)
-        available = reader_budget(tok, self.template, query, self.context_length, self.max_new_tokens, self._soft_len)
+        tok, prompt = self._tokenizer, self._prompt
+        available = prompt.budget(tok, query)
         chosen: list[int] = []
         used = 0
         texts = [format_passages([(d.meta.get("title", ""), d.content)]) + "\n" for d in documents]
@@ -107,15 +77,14 @@ class ContextPacker:
                 chosen.append(i)
                 used += cost
         # exact check on the rendered prompt (token merges at passage joins can shift a count by one)
-        limit = self.context_length - self.max_new_tokens - self._soft_len
         while chosen:
             passages = [(documents[i].meta.get("title", ""), documents[i].content) for i in chosen]
-            prompt_tokens = prompt_length(tok, template, query, passages)
-            if prompt_tokens <= limit:
+            prompt_tokens = prompt.length(tok, query, passages)
+            if prompt_tokens <= prompt.limit:
                 break
             chosen.pop()
         else:
-            prompt_tokens = prompt_length(tok, template, query, [])
+            prompt_tokens = prompt.length(tok, query, [])
         kept = set(chosen)
         return {
             "documents": [documents[i] for i in chosen],
@@ -123,7 +92,7 @@ class ContextPacker:
             "budget": {
                 "context_length": self.context_length,
                 "max_new_tokens": self.max_new_tokens,
-                "soft_prompt_tokens": self._soft_len,
+                "soft_prompt_tokens": prompt.soft_prompt_tokens,
                 "passage_budget": available,
                 "prompt_tokens": prompt_tokens,
             },

@@ -9,10 +9,9 @@ from haystack import Document, component, default_from_dict, default_to_dict
 from haystack.dataclasses import GeneratedAnswer
 
 from odqa.components._common import check_question
-from odqa.components.packing import reader_budget
 from odqa.errors import PipelineConfigError
-from odqa.lm.generation import cached_prefix, greedy_generate
-from odqa.lm.prompting import clean_answer, encode_parts, encode_prefix, get_template
+from odqa.lm.generation import cached_prefix, decode_answer, greedy_generate
+from odqa.lm.prompting import ReaderPrompt, clean_answer, encode_prefix, get_template
 
 
 @component
@@ -65,6 +64,7 @@ class FrozenLMReader:
         self.prefix_cache = prefix_cache
         self._backbone = None
         self._soft = None
+        self._prompt: ReaderPrompt | None = None
         self._prefix_key: tuple | None = None
 
     def warm_up(self) -> None:
@@ -77,6 +77,8 @@ class FrozenLMReader:
         if self.soft_prompt:
             soft = backbone.soft_prompt(self.soft_prompt)
         self._soft = soft
+        self._prompt = ReaderPrompt(self.template, self.context_length, self.max_new_tokens,
+                                    soft.length if soft is not None else 0)
         if self._cached:
             digest = soft.digest() if soft else None
             self._prefix_key = (self.model, self.dtype, self.soft_prompt, digest, self.template)
@@ -99,18 +101,14 @@ class FrozenLMReader:
         query = check_question(query)
         documents = documents or []
         self.warm_up()
-        tok = self._backbone.tokenizer
-        template = get_template(self.template)
-        soft_len = self._soft.length if self._soft is not None else 0
+        tok, prompt = self._backbone.tokenizer, self._prompt
         passages = [(d.meta.get("title", ""), d.content) for d in documents]
-        prefix_ids, body_ids = encode_parts(tok, template, query, passages)
+        prefix_ids, body_ids = prompt.encode(tok, query, passages)
         ids = prefix_ids + body_ids  # the reader's input, counted the same way by the packer
-        limit = self.context_length - self.max_new_tokens - soft_len
-        if len(ids) > limit:
-            # only now is it worth rendering the bare prompt: raises if the question alone is too long
-            reader_budget(tok, self.template, query, self.context_length, self.max_new_tokens, soft_len)
+        if len(ids) > prompt.limit:
+            prompt.budget(tok, query)  # only now worth rendering the bare prompt: raises if the question alone is too long
             raise PipelineConfigError(
-                f"the reader's prompt is {len(ids)} tokens, over its limit of {limit}; put a ContextPacker "
+                f"the reader's prompt is {len(ids)} tokens, over its limit of {prompt.limit}; put a ContextPacker "
                 "with the same model, template, context_length and max_new_tokens before the reader"
             )
         if self._cached:
@@ -119,7 +117,8 @@ class FrozenLMReader:
             text, score, n_new = self._generate(torch.tensor([ids], device=self._backbone.device))
         answer = GeneratedAnswer(
             data=clean_answer(text), query=query, documents=documents,
-            meta={"score": score, "raw": text, "prompt_tokens": len(ids) + soft_len, "new_tokens": n_new},
+            meta={"score": score, "raw": text, "prompt_tokens": len(ids) + prompt.soft_prompt_tokens,
+                  "new_tokens": n_new},
         )
         return {"answers": [answer]}
 
@@ -153,12 +152,9 @@ class FrozenLMReader:
         return self._decode([int(t) for t in new], logp)
 
     def _decode(self, new: list[int], logp: torch.Tensor) -> tuple[str, float, int]:
-        """Answer text (stop and pad tokens dropped), geometric-mean token probability, token count."""
-        tok = self._backbone.tokenizer
-        score = float(torch.exp(logp.mean())) if len(logp) else 0.0
-        stops = set(self._backbone.stop_token_ids)
-        kept = [t for t in new if t not in stops and t != tok.pad_token_id]
-        return tok.decode(kept, skip_special_tokens=True), score, len(new)
+        """Answer text, geometric-mean token probability (:func:`~odqa.lm.generation.decode_answer`), token count."""
+        text, score = decode_answer(self._backbone.tokenizer, new, logp, self._backbone.stop_token_ids)
+        return text, score, len(new)
 
     def to_dict(self) -> dict[str, Any]:
         return default_to_dict(

@@ -40,7 +40,7 @@ from odqa.components._common import check_question
 from odqa.errors import ArtifactMismatchError, PipelineConfigError, QuestionTooLongError
 from odqa.lm.backbone import freeze
 from odqa.lm.connector import Connector, embed_ids, first_pass_states, second_pass_inputs
-from odqa.lm.generation import cached_prefix, greedy_generate
+from odqa.lm.generation import cached_prefix, decode_answer, greedy_generate, strip_stops
 from odqa.lm.prompting import clean_answer, encode_parts, get_template
 from odqa.metrics import normalize_answer
 from odqa.runs import file_sha256
@@ -68,21 +68,8 @@ def dedup_candidates(texts: list[str]) -> list[str]:
     return out
 
 
-def strip_stops(ids: list[int], stops: list[int], pad_id: int | None) -> list[int]:
-    """The answer's tokens: up to (not including) the first stop token, pads dropped."""
-    out = []
-    for t in ids:
-        if t in stops:
-            break
-        if t != pad_id:
-            out.append(t)
-    return out
-
-
 def _decode(backbone, new: list[int], logp: list[float]) -> tuple[str, float]:
-    kept = strip_stops(new, backbone.stop_token_ids, backbone.tokenizer.pad_token_id)
-    score = float(torch.exp(torch.tensor(logp).mean())) if logp else 0.0
-    return backbone.tokenizer.decode(kept, skip_special_tokens=True), score
+    return decode_answer(backbone.tokenizer, new, logp, backbone.stop_token_ids)
 
 
 def _check_length(n: int, limit: int, question: str) -> None:

@@ -127,3 +127,23 @@ def greedy_generate(model, prefix: PrefixCache | None, inputs: torch.Tensor, max
             break
         step = {"input_ids": torch.tensor([[token]], device=device)}
     return new, logprobs
+
+
+def strip_stops(ids: list[int], stops: list[int], pad_id: int | None) -> list[int]:
+    """The answer's tokens: up to (not including) the first stop token, pads dropped."""
+    out = []
+    for t in ids:
+        if t in stops:
+            break
+        if t != pad_id:
+            out.append(t)
+    return out
+
+
+def decode_answer(tokenizer, new_ids: list[int], logprobs, stop_ids: list[int]) -> tuple[str, float]:
+    """``(text, score)`` of generated tokens: the text of :func:`strip_stops`' tokens, and the
+    geometric-mean probability of the generated tokens. Every reader decodes so."""
+    kept = strip_stops(new_ids, set(stop_ids), tokenizer.pad_token_id)
+    logprobs = torch.as_tensor(logprobs, dtype=torch.float32)
+    score = float(torch.exp(logprobs.mean())) if len(logprobs) else 0.0
+    return tokenizer.decode(kept, skip_special_tokens=True), score

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from odqa.errors import PipelineConfigError
+from odqa.errors import PipelineConfigError, QuestionTooLongError
 
 INSTRUCTION = (
     "Answer the question using the passages. Reply with the answer only: a short phrase "
@@ -174,3 +174,49 @@ def encode_prefix(tokenizer, template: Template) -> list[int]:
 
 def _encode_prefix(tokenizer, template: Template, prefix: str) -> list[int]:
     return tokenizer(prefix, add_special_tokens=not template.chat)["input_ids"]
+
+
+# --- the reader-prompt contract --------------------------------------------------------------------
+@dataclass(frozen=True)
+class ReaderPrompt:
+    """What the reader reads, in tokens; the packer budgets with the same value, so what it packs
+    is exactly what fits (paper, Section 3: fill the LM's window greedily, best passage first).
+
+    ``context_length`` holds the soft prompt, the rendered prompt (prefix + question + passages)
+    and ``max_new_tokens`` of room for the answer.
+
+        prompt = ReaderPrompt("qa", context_length=384, max_new_tokens=16, soft_prompt_tokens=100)
+        prompt.budget(tok, "Who wrote Hamlet?")         # tokens left for passages
+        prefix_ids, body_ids = prompt.encode(tok, "Who wrote Hamlet?", [("Hamlet", "Hamlet is ...")])
+    """
+
+    template: str
+    context_length: int
+    max_new_tokens: int
+    soft_prompt_tokens: int = 0
+
+    @property
+    def limit(self) -> int:
+        """The most prompt tokens (prefix + body) the window holds."""
+        return self.context_length - self.max_new_tokens - self.soft_prompt_tokens
+
+    def encode(self, tokenizer, question: str, passages: list[tuple[str, str]]) -> tuple[list[int], list[int]]:
+        """``(prefix_ids, body_ids)`` of the reader's input (:func:`encode_parts`)."""
+        return encode_parts(tokenizer, get_template(self.template), question, passages)
+
+    def length(self, tokenizer, question: str, passages: list[tuple[str, str]]) -> int:
+        """Prompt tokens of ``question`` with ``passages`` (the soft prompt not included)."""
+        return sum(len(ids) for ids in self.encode(tokenizer, question, passages))
+
+    def budget(self, tokenizer, question: str) -> int:
+        """Tokens left for passages once the prompt, question, soft prompt and answer room are
+        counted; :class:`~odqa.errors.QuestionTooLongError` when the question alone does not fit."""
+        base = self.length(tokenizer, question, [])
+        if base > self.limit:
+            words = len(tokenizer(question, add_special_tokens=False)["input_ids"])
+            raise QuestionTooLongError(
+                f"the question is {words} tokens long, but the reader's budget leaves room for at most "
+                f"{max(self.limit - (base - words), 0)} (context_length={self.context_length}, "
+                f"max_new_tokens={self.max_new_tokens}, soft prompt={self.soft_prompt_tokens}); shorten the "
+                "question or raise context_length")
+        return self.limit - base

@@ -37,12 +37,10 @@ def context_pipeline(qa, template: str, soft_prompt_dir: str):
     """The QA pipeline up to its packer, which packs for the tuned reader's template and prompt."""
     from haystack import Pipeline
 
-    pipe = Pipeline.loads(qa.pipeline.dumps(), allowed_modules=["odqa.*"])
+    data = qa.pipeline.to_dict()
+    data["components"][qa.packer]["init_parameters"].update(template=template, soft_prompt=soft_prompt_dir)
+    pipe = Pipeline.from_dict(data, allowed_modules=["odqa.*"])  # a fresh packer, budgeting for the tuned reader
     pipe.remove_component(qa.reader)
-    packer = pipe.get_component(qa.packer)
-    packer.template = template
-    packer.soft_prompt = soft_prompt_dir
-    packer._tokenizer = None  # re-warm with the new soft prompt length
     return pipe
 
 
@@ -50,7 +48,7 @@ def build_contexts(pipe, packer_name: str, items: list[dict], path: Path, desc: 
     """Pack a context for every ``{"id", "question", "answers"}`` item, resumably (one jsonl line each)."""
     from tqdm.auto import tqdm
 
-    from odqa.api import _unwrap
+    from odqa.api import unwrap_error
     from haystack.core.errors import PipelineRuntimeError
 
     done = {str(r["id"]): r for r in read_records(path)}
@@ -60,7 +58,7 @@ def build_contexts(pipe, packer_name: str, items: list[dict], path: Path, desc: 
             try:
                 out = pipe.run({"query": it["question"]}, include_outputs_from={packer_name})
             except PipelineRuntimeError as e:
-                raise _unwrap(e) from None
+                raise unwrap_error(e) from None
             docs = out[packer_name]["documents"]
             rec = {**it, "passages": [[d.meta.get("title", ""), d.content] for d in docs],
                    "answer_in_context": any(has_answer(d.content, it["answers"]) for d in docs)}

@@ -241,6 +241,7 @@ def train_recursive(mode: str, model_name: str, train_items: list[dict], dev_ite
     """
     from odqa.components import recursion as rec
     from odqa.lm import connector as lmc
+    from odqa.lm.generation import strip_stops
     from odqa.lm.backbone import load_backbone
     from odqa.lm.soft_prompt import SoftPrompt, weights_path
     from odqa.training.reader import batch_loss as prompt_loss
@@ -335,7 +336,7 @@ def train_recursive(mode: str, model_name: str, train_items: list[dict], dev_ite
                 prefix, body = rec.closed_book_parts(tok, it["question"])
                 embeds = soft1(lmc.embed_ids(model, prefix + body).unsqueeze(0))
                 new, _ = rec.greedy_generate(model, None, embeds, config.max_new_tokens, backbone.stop_token_ids)
-                answer_ids = rec.strip_stops(new, backbone.stop_token_ids, tok.pad_token_id)
+                answer_ids = strip_stops(new, backbone.stop_token_ids, tok.pad_token_id)
                 return {"first_answer_ids": answer_ids, "first_answer": tok.decode(answer_ids, skip_special_tokens=True)}
 
             train_recs = cache_records(train_items, work / "first-pass-train.jsonl", first,

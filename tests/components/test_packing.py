@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from haystack import Pipeline
 
-from odqa.components.packing import ContextPacker, reader_budget
+from odqa.components.packing import ContextPacker
+from odqa.lm.prompting import ReaderPrompt
 from odqa.lm.soft_prompt import soft_prompt_length
 from odqa.errors import EmptyQuestionError, PipelineConfigError, QuestionTooLongError
 from odqa.lm.prompting import encode_parts, get_template
@@ -130,14 +131,14 @@ def test_question_too_long(backbone, tiny_lm):
     msg = str(e.value)
     assert "context_length=1024" in msg and "shorten the question" in msg
     with pytest.raises(QuestionTooLongError):
-        reader_budget(backbone.tokenizer, "span-chat", question, 1024, 16, 0)
+        ReaderPrompt("span-chat", 1024, 16, 0).budget(backbone.tokenizer, question)
 
 
 def test_question_exactly_at_the_limit(backbone):
     base = _prompt_tokens(backbone.tokenizer, "span-chat", QUESTION, [])
-    assert reader_budget(backbone.tokenizer, "span-chat", QUESTION, base + 16 + 4, 16, 4) == 0
+    assert ReaderPrompt("span-chat", base + 16 + 4, 16, 4).budget(backbone.tokenizer, QUESTION) == 0
     with pytest.raises(QuestionTooLongError):
-        reader_budget(backbone.tokenizer, "span-chat", QUESTION, base + 16 + 3, 16, 4)
+        ReaderPrompt("span-chat", base + 16 + 3, 16, 4).budget(backbone.tokenizer, QUESTION)
 
 
 @pytest.mark.parametrize("query", ["", "  "])
