@@ -526,7 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dev-limit", type=int, default=None, help="use only the first N dev questions")
     t.add_argument("--dev-candidates", type=int, default=None, help="re-rank only the first N candidates")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--resume", action="store_true", help="continue from the checkpoint in OUT.ckpt/")
+    t.add_argument("--resume", action="store_true", help="continue from the checkpoint in OUT.work/")
     t.add_argument("--quick", action="store_true", help="a smoke run: 3 steps, 6 dev questions")
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=cmd_train_reranker)

@@ -33,7 +33,7 @@ from odqa.artifacts import ArtifactWriter, make_manifest, write_manifest
 from odqa.training.checkpoints import work_dir
 from odqa.lm.backbone import weights_hash
 from odqa.training.frozen import FrozenCheck
-from odqa.training.loop import train_loop
+from odqa.training.loop import plot_curves, train_loop
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -102,7 +102,7 @@ def train_idpt(train_examples, dev_examples, out: str | Path, config: IDPTTrainC
     from odqa.lm.prompt_generator import PromptGenerator, load_encoder
     from odqa.eval.multitask import score_examples, summarize
     from odqa.lm.backbone import Backbone, load_backbone
-    from odqa.training.reader import batch_loss, init_prompt, plot_curves
+    from odqa.training.reader import batch_loss, init_prompt
 
     out = Path(out)
     if config.mode == "finetune":
@@ -153,7 +153,7 @@ def train_idpt(train_examples, dev_examples, out: str | Path, config: IDPTTrainC
                 return _Prefix(soft.prompt.unsqueeze(0).expand(len(batch), -1, -1))
             return _Prefix(None)
 
-        def batch_loss_of(idx: list[int]):
+        def batch_loss_of(idx: list[int], step: int):
             batch = [examples[i] for i in idx]
             return batch_loss(lm, prefix_for(batch), [(ids, n) for ids, n, _ in batch], tok.pad_token_id)
 
@@ -172,7 +172,7 @@ def train_idpt(train_examples, dev_examples, out: str | Path, config: IDPTTrainC
         result = train_loop(work, {"trained": trained}, groups, len(examples), batch_loss_of, evaluate_now, config,
                             batch_size=config.batch_size, max_steps=config.max_steps, epochs=epochs,
                             metric="score", resume=resume, progress=progress, desc=f"training ({config.mode})",
-                            same_settings=True)
+                            settings=asdict(config))
 
     step, history, best, train_seconds = result.step, result.history, result.best, result.seconds
     frozen_lm = sum(p.numel() for p in model.parameters())

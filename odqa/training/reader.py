@@ -6,18 +6,16 @@ The reader learns from the contexts the pipeline's own retriever -> ranker -> pa
 produce for each training question, as the paper does, packed for the budget the tuned
 reader will have (its template, its soft prompt, its context length).
 
-The loop is written out: contexts (cached, resumable) -> batches -> AdamW on the prompt
--> periodic dev EM with early stopping -> atomic checkpoints -> the artifact
+Contexts (cached, resumable) -> :func:`odqa.training.loop.train_loop` (AdamW on the prompt,
+periodic dev EM with early stopping, atomic checkpoints in ``OUT.work/``) -> the artifact
 (``soft_prompt.safetensors`` + ``manifest.json`` + ``curves.png``).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import random
 import shutil
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -28,8 +26,9 @@ from odqa.errors import OdqaError, TrainingDataError
 from odqa.metrics import exact_match, f1, has_answer
 from odqa.runs import RunWriter, read_records
 from odqa.artifacts import ArtifactWriter, make_manifest
-from odqa.training.checkpoints import load_checkpoint, save_checkpoint, work_dir
+from odqa.training.checkpoints import work_dir
 from odqa.training.frozen import FrozenCheck
+from odqa.training.loop import plot_curves, train_loop
 
 
 # --- contexts ------------------------------------------------------------------------------
@@ -135,34 +134,6 @@ def dev_scores(reader_settings: dict, soft_dir: Path, contexts: list[dict]) -> d
     return {"em": 100.0 * sum(ems) / n, "f1": 100.0 * sum(f1s) / n, "questions": len(ems)}
 
 
-def plot_curves(history: dict, path: Path, title: str, dev_label: str = "dev EM") -> None:
-    """Train loss (left axis) and the dev metric (right axis, ``dev_label``) against the step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax1 = plt.subplots(figsize=(7, 4))
-    if history["loss"]:
-        steps, losses = zip(*history["loss"])
-        ax1.plot(steps, losses, color="tab:blue", alpha=0.35, label="train loss (batch)")
-        k = max(1, len(losses) // 20)
-        smooth = [sum(losses[max(0, i - k + 1): i + 1]) / len(losses[max(0, i - k + 1): i + 1]) for i in range(len(losses))]
-        ax1.plot(steps, smooth, color="tab:blue", label=f"train loss (mean of {k})")
-    ax1.set_xlabel("step")
-    ax1.set_ylabel("loss")
-    ax2 = ax1.twinx()
-    if history["dev"]:
-        ax2.plot([d["step"] for d in history["dev"]], [d["em"] for d in history["dev"]], "o-", color="tab:red",
-                 label=dev_label)
-    ax2.set_ylabel(dev_label)
-    fig.legend(loc="upper right")
-    ax1.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 # --- the run -------------------------------------------------------------------------------
 def init_prompt(backbone, length: int):
     """Lester et al. initialise from vocabulary embeddings; we use the instruction's tokens
@@ -185,7 +156,6 @@ def train_reader(pipeline: str, train_items: list[dict], dev_items: list[dict], 
     checkpoint; rerun with ``resume=True`` after a kill to continue.
     """
     import odqa
-    from tqdm.auto import tqdm
 
     from odqa.lm.backbone import load_backbone
     from odqa.lm.prompting import get_template
@@ -207,7 +177,6 @@ def train_reader(pipeline: str, train_items: list[dict], dev_items: list[dict], 
     backbone = load_backbone(reader.model, reader.dtype)
     model, tok = backbone.model, backbone.tokenizer
     template = get_template(config.template)
-    t0 = time.perf_counter()
     with FrozenCheck(model, reader.model) as frozen:
         soft = init_prompt(backbone, config.prompt_length)
         init_dir = work / "init-prompt"
@@ -222,79 +191,27 @@ def train_reader(pipeline: str, train_items: list[dict], dev_items: list[dict], 
         limit = reader.context_length - config.prompt_length
         too_long = sum(len(ids) > limit for ids, _ in examples)
 
-        steps_per_epoch = math.ceil(len(examples) / config.batch_size)
-        total = steps_per_epoch * config.epochs
-        if config.max_steps:
-            total = min(total, config.max_steps)
-        optim = torch.optim.AdamW(soft.parameters(), lr=config.lr, weight_decay=0.0)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            optim, lambda s: min(1.0, (s + 1) / max(1, config.warmup_steps)) * max(0.0, 1 - s / max(1, total)))
-        state = load_checkpoint(work) if resume else None
-        history = {"loss": [], "dev": []}
-        step, best, best_prompt, bad_evals, elapsed_before = 0, None, None, 0, 0.0
-        if state:
-            soft.prompt.data.copy_(state["prompt"])
-            optim.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            step, history, best, bad_evals = state["step"], state["history"], state["best"], state["bad_evals"]
-            best_prompt = state["best_prompt"]
-            elapsed_before = state.get("elapsed", 0.0)
         reader_settings = dict(model=reader.model, template=config.template, context_length=reader.context_length,
                                max_new_tokens=reader.max_new_tokens, dtype=reader.dtype)
 
         def evaluate_now() -> dict:
-            tmp = work / f"eval-prompt-{step}"
+            tmp = work / "eval-prompt"
             soft.save(tmp, {"backbone": reader.model})
             try:
-                scores = dev_scores(reader_settings, tmp, dev_ctx)
+                return dev_scores(reader_settings, tmp, dev_ctx)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
-            return {"step": step, **scores}
 
-        def checkpoint() -> None:
-            save_checkpoint(work, {
-                "prompt": soft.prompt.detach().clone(), "optimizer": optim.state_dict(),
-                "scheduler": sched.state_dict(), "step": step, "history": history, "best": best,
-                "best_prompt": best_prompt, "bad_evals": bad_evals, "config": asdict(config),
-                "elapsed": elapsed_before + time.perf_counter() - t0,
-            })
+        def batch_loss_of(idx: list[int], step: int) -> torch.Tensor:
+            return batch_loss(model, soft, [examples[i] for i in idx], tok.pad_token_id)
 
-        stopped_early = False
-        bar = tqdm(total=total, initial=step, desc="prompt tuning", unit="step", disable=not progress)
-        soft.train()
-        while step < total and not stopped_early:
-            epoch, pos = divmod(step, steps_per_epoch)
-            order = list(range(len(examples)))
-            random.Random(config.seed + epoch).shuffle(order)
-            batch = [examples[i] for i in order[pos * config.batch_size: (pos + 1) * config.batch_size]]
-            loss = batch_loss(model, soft, batch, tok.pad_token_id)
-            optim.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(soft.parameters(), 1.0)
-            optim.step()
-            sched.step()
-            step += 1
-            history["loss"].append((step, loss.item()))
-            if step % config.eval_every == 0 or step == total:
-                scores = evaluate_now()
-                history["dev"].append(scores)
-                if best is None or scores["em"] > best["em"]:
-                    best, best_prompt, bad_evals = scores, soft.prompt.detach().clone(), 0
-                else:
-                    bad_evals += 1
-                    stopped_early = bad_evals >= config.patience
-            dev_em = f"{history['dev'][-1]['em']:.1f}" if history["dev"] else "-"
-            bar.set_postfix(loss=f"{loss.item():.3f}", dev_em=dev_em)
-            bar.update(1)
-            if step % config.save_every == 0 or step == total or stopped_early:
-                checkpoint()
-        bar.close()
-        if best_prompt is None:  # no evaluation ran (e.g. zero steps); keep the last prompt
-            best = evaluate_now()
-            best_prompt = soft.prompt.detach().clone()
-        soft.prompt.data.copy_(best_prompt)
+        result = train_loop(work, {"prompt": soft}, [{"params": list(soft.parameters()), "lr": config.lr}],
+                            len(examples), batch_loss_of, evaluate_now, config, batch_size=config.batch_size,
+                            max_steps=config.max_steps, epochs=config.epochs, metric="em", resume=resume,
+                            progress=progress, desc="prompt tuning")
+        step, history, best, stopped_early = result.step, result.history, result.best, result.stopped_early
 
-    train_seconds = elapsed_before + time.perf_counter() - t0
+    train_seconds = result.seconds
     n_ctx = max(len(train_ctx), 1)
     synthetic = train_source.get("synthetic", False)
     manifest = make_manifest(

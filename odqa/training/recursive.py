@@ -41,7 +41,7 @@ from odqa.runs import RunWriter, atomic_write_bytes, file_sha256, read_records
 from odqa.artifacts import ArtifactWriter, make_manifest, read_manifest, write_manifest
 from odqa.training.checkpoints import CHECKPOINT, work_dir
 from odqa.training.frozen import FrozenCheck
-from odqa.training.loop import train_loop
+from odqa.training.loop import plot_curves, train_loop
 
 # --- data ----------------------------------------------------------------------------------------
 def _target_ids(tok, answer: str, newline_id: int | None) -> list[int]:
@@ -179,7 +179,7 @@ def pretrain_connector(backbone, model_name: str, out: Path, config: RecursiveTr
         e = torch.cat([connector(h), embed_ids(model, ids[c:])])
         return e, torch.tensor([-100] * c + ids[c:])
 
-    def batch_loss(idx: list[int]) -> torch.Tensor:
+    def batch_loss(idx: list[int], step: int) -> torch.Tensor:
         return embeds_loss(model, None, [item(train[i]) for i in idx])
 
     @torch.no_grad()
@@ -223,10 +223,7 @@ def pretrain_connector(backbone, model_name: str, out: Path, config: RecursiveTr
 
 
 def _plot(history: dict, path: Path, title: str, metric: str) -> None:
-    from odqa.training.reader import plot_curves
-
-    plot_curves({"loss": history["loss"], "dev": [{**d, "em": d[metric]} for d in history["dev"]]}, path, title,
-                dev_label="held-out loss" if metric == "loss" else "dev EM")
+    plot_curves(history, path, title, metric=metric, dev_label="held-out loss" if metric == "loss" else "dev EM")
 
 
 # --- the task training ---------------------------------------------------------------------------
@@ -320,7 +317,7 @@ def train_recursive(mode: str, model_name: str, train_items: list[dict], dev_ite
                 prompt = prefix + body
                 examples.append((prompt + _target_ids(tok, r["answers"][0], newline_id), len(prompt)))
 
-            def batch_loss(idx: list[int]) -> torch.Tensor:
+            def batch_loss(idx: list[int], step: int) -> torch.Tensor:
                 return prompt_loss(model, soft, [examples[i] for i in idx], tok.pad_token_id)
 
             def evaluate() -> dict:
@@ -368,7 +365,7 @@ def train_recursive(mode: str, model_name: str, train_items: list[dict], dev_ite
             for r, (prefix, body, h) in zip(train_recs, train_states):
                 examples.append((prefix, body, h, _target_ids(tok, r["answers"][0], newline_id)))
 
-            def batch_loss(idx: list[int]) -> torch.Tensor:
+            def batch_loss(idx: list[int], step: int) -> torch.Tensor:
                 items = []
                 for i in idx:
                     prefix, body, h, target = examples[i]

@@ -7,7 +7,8 @@ The artifact holds just those (``adapter_model.safetensors`` + ``adapter_config.
 
 The loop is written out: batches of B questions, each with 1 positive and k hard negatives
 -> listwise softmax cross-entropy -> AdamW with linear warmup and decay -> periodic dev
-evaluation with early stopping on MRR -> atomic checkpoints in ``<out>.ckpt/`` (``--resume``).
+evaluation with early stopping on MRR -> atomic checkpoints in ``<out>.work/`` (``--resume``), all
+in :func:`odqa.training.loop.train_loop`.
 
 Dev evaluation uses the pipeline's own retrieval: each dev question's candidates are what its
 retrieval stages (e.g. bm25 + dense -> RRF join) return, and metrics are taken before and after
@@ -27,21 +28,21 @@ import math
 import random
 import statistics
 import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from odqa.configs import RerankerTrainConfig
-from odqa.errors import ArtifactMismatchError, PipelineConfigError, TrainingDataError
+from odqa.errors import PipelineConfigError, TrainingDataError
 from odqa.metrics import has_answer
-from odqa.runs import atomic_write_bytes, check_replaceable, file_sha256
+from odqa.runs import atomic_write_bytes, file_sha256
 from odqa.artifacts import ArtifactWriter, make_manifest, write_manifest
-from odqa.training.checkpoints import load_checkpoint, save_checkpoint
+from odqa.training.checkpoints import work_dir
 from odqa.data.negatives import Ctx, TrainExample
 from odqa.lm.cross_encoder import KIND, load_base, pair_text, quiet_transformers, score_pairs
 from odqa.training.frozen import FrozenCheck
+from odqa.training.loop import plot_curves, train_loop
 
 KS = (1, 5, 10, 20)
 DEV_CACHE = "dev-set.json"  # the dev questions' retrieved candidates, beside the checkpoint
@@ -51,12 +52,6 @@ COMMIT_LIMIT = 5 * 1024 * 1024  # artifacts above this are rebuilt by command, n
 # settings a resumed run must share with its checkpoint (epochs / max_steps may grow)
 RESUME_KEYS = ("base", "batch_questions", "negatives", "lr", "weight_decay", "lora_r", "lora_alpha",
                "lora_dropout", "lora_targets", "max_length", "max_examples", "seed")
-
-
-def checkpoint_dir(out: str | Path) -> Path:
-    """Where a run writing ``out`` keeps its checkpoint: beside it, never inside the artifact."""
-    out = Path(out)
-    return out.parent / f"{out.name}.ckpt"
 
 
 def _head_modules(fresh: set[str]) -> list[str]:
@@ -256,37 +251,7 @@ def rerank_orders(model, tokenizer, dev: DevSet, cfg: RerankerTrainConfig, progr
 
 
 # --- curves ---------------------------------------------------------------------------------
-def plot_curves(history: dict, before_mrr: float, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    steps, losses = zip(*history["loss"]) if history["loss"] else ((), ())
-    ax1.plot(steps, losses, lw=0.6, alpha=0.5, label="loss")
-    w = max(1, len(losses) // 20)
-    if len(losses) > w:
-        smooth = [statistics.mean(losses[max(0, i - w + 1):i + 1]) for i in range(len(losses))]
-        ax1.plot(steps, smooth, lw=1.5, label=f"mean of {w}")
-    ax1.set(xlabel="step", ylabel="listwise CE", title="training loss")
-    ax1.legend()
-    ax2.plot([d["step"] for d in history["dev"]], [d["mrr"] for d in history["dev"]], "o-", label="re-ranked")
-    ax2.axhline(before_mrr, color="gray", ls="--", label="retrieval order")
-    ax2.set(xlabel="step", ylabel="MRR", title="dev MRR")
-    ax2.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-
-
 # --- the loop -------------------------------------------------------------------------------
-def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    order = list(range(n))
-    random.Random(seed * 7919 + epoch).shuffle(order)
-    return order
-
-
 def _say(progress: bool, msg: str) -> None:
     if progress:
         print(msg, file=sys.stderr)
@@ -296,18 +261,17 @@ def train_reranker(pipeline: str | Path, train: str | Path | list, dev: str, out
                    config: RerankerTrainConfig | None = None, resume: bool = False, progress: bool = True) -> dict:
     """Train a LoRA re-ranker and write its artifact to ``out``. Returns a summary (metrics, sizes)."""
     from peft import get_peft_model
-    from tqdm.auto import tqdm
 
     cfg = config or RerankerTrainConfig()
-    out, ckpt = Path(out), checkpoint_dir(out)
-    check_replaceable(out, None, "a trained artifact")  # before any training, not after it
+    out = Path(out)
+    work = work_dir(out, resume)  # refuses an `out` that is not an artifact, or a left checkpoint without --resume
     files = [train] if isinstance(train, (str, Path)) else list(train)
     examples = [ex for f in files for ex in read_examples(f)]
     train = files[0] if len(files) == 1 else [str(f) for f in files]
     in_file = len(examples)
     if cfg.max_examples and cfg.max_examples < len(examples):
         examples = random.Random(cfg.seed).sample(examples, cfg.max_examples)
-    dev_set = build_dev_set(pipeline, dev, cfg.dev_limit, cfg.dev_candidates, progress, cache=ckpt / DEV_CACHE)
+    dev_set = build_dev_set(pipeline, dev, cfg.dev_limit, cfg.dev_candidates, progress, cache=work / DEV_CACHE)
     before = ranking_metrics(dev_set, [list(range(len(c))) for c in dev_set.candidates])
 
     torch.manual_seed(cfg.seed)
@@ -319,103 +283,32 @@ def train_reranker(pipeline: str | Path, train: str | Path | list, dev: str, out
     with FrozenCheck(frozen, cfg.base) as check:
         with quiet_transformers():
             model = get_peft_model(base, lora_config(cfg, fresh))
-        trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
-        n_trainable = sum(p.numel() for p in trainable.values())
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        n_trainable = sum(p.numel() for p in trainable)
         _say(progress, f"re-ranker: base {cfg.base}, LoRA r={cfg.lora_r} on {cfg.lora_targets} + "
                        f"{_head_modules(fresh)}: {n_trainable:,} trainable parameters "
                        f"({100 * n_trainable / sum(p.numel() for p in model.parameters()):.2f}%); "
                        f"{len(examples)} examples, {steps_per_epoch} steps/epoch, {total} steps")
-        optimizer = torch.optim.AdamW(trainable.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
-        def schedule(s: int) -> float:  # linear warmup, then linear decay to 0 at the last step
-            warm = max(1, int(cfg.warmup * total))
-            return (s + 1) / warm if s < warm else max(0.0, (total - s) / max(1, total - warm))
+        def batch_loss(idx: list[int], step: int) -> torch.Tensor:
+            batch = [examples[i] for i in idx]
+            return step_loss(model, tokenizer, batch, cfg, random.Random(cfg.seed * 1_000_003 + step))
 
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        state = {"step": 0, "history": {"loss": [], "lr": [], "dev": []}, "best": None, "bad_evals": 0,
-                 "stopped": False, "seconds": 0.0}
-        saved = load_checkpoint(ckpt) if resume else None
-        if saved:
-            for key, value in settings.items():
-                if saved["settings"].get(key) != value:
-                    raise ArtifactMismatchError(
-                        f"checkpoint '{ckpt}' was made with {key}={saved['settings'].get(key)!r}, but this run has "
-                        f"{value!r}; resume with the same settings, or drop --resume to start over")
-            _restore(trainable, saved["model"], ckpt)
-            optimizer.load_state_dict(saved["optimizer"])
-            scheduler.load_state_dict(saved["scheduler"])
-            state = {k: saved[k] for k in state}
-            _say(progress, f"resuming from step {state['step']} ({ckpt})")
-        elif resume:
-            _say(progress, f"no checkpoint in {ckpt}; starting from step 0")
+        def evaluate() -> dict:
+            after = ranking_metrics(dev_set, rerank_orders(model, tokenizer, dev_set, cfg, progress))
+            _say(progress, f"dev MRR {after['mrr']:.4f} (retrieval order {before['mrr']:.4f}), recall@5 "
+                           f"{after['recall@5']} ({before['recall@5']}), LM-input recall "
+                           f"{after['lm_input_recall']} ({before['lm_input_recall']})")
+            return after
 
-        def checkpoint() -> None:
-            save_checkpoint(ckpt, {"settings": settings, "model": _snapshot(trainable),
-                                   "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), **state})
-
-        history = state["history"]
-        model.train()
-        started = time.perf_counter()
-        bar = tqdm(total=total, initial=min(state["step"], total), desc="training re-ranker", unit="step",
-                   disable=not progress)
-        while state["step"] < total and not state["stopped"]:
-            step = state["step"]
-            epoch, pos = divmod(step, steps_per_epoch)
-            order = _epoch_order(len(examples), cfg.seed, epoch)
-            batch = [examples[i] for i in order[pos * cfg.batch_questions:(pos + 1) * cfg.batch_questions]]
-            loss = step_loss(model, tokenizer, batch, cfg, random.Random(cfg.seed * 1_000_003 + step))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable.values(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            state["step"] = step = step + 1
-            history["loss"].append([step, round(loss.item(), 5)])
-            history["lr"].append([step, scheduler.get_last_lr()[0]])
-            recent = [v for _, v in history["loss"][-20:]]
-            bar.update(1)
-            bar.set_postfix(loss=f"{statistics.mean(recent):.3f}", epoch=epoch + 1)
-            if (cfg.eval_every and step % cfg.eval_every == 0) or step % steps_per_epoch == 0 or step == total:
-                after = ranking_metrics(dev_set, rerank_orders(model, tokenizer, dev_set, cfg, progress))
-                history["dev"].append({"step": step, **after})
-                best = state["best"]
-                if best is None or after["mrr"] > best["metrics"]["mrr"]:
-                    state["best"] = {"step": step, "metrics": after, "adapter": _snapshot(trainable)}
-                    state["bad_evals"] = 0
-                else:
-                    state["bad_evals"] += 1
-                    state["stopped"] = state["bad_evals"] >= cfg.patience
-                bar.write(f"step {step}: dev MRR {after['mrr']:.4f} (retrieval order {before['mrr']:.4f}), "
-                          f"recall@5 {after['recall@5']} ({before['recall@5']}), LM-input recall "
-                          f"{after['lm_input_recall']} ({before['lm_input_recall']})"
-                          + ("; no gain for %d evaluations, stopping" % cfg.patience if state["stopped"] else ""))
-            if step % cfg.save_every == 0 or step == total or state["stopped"]:
-                state["seconds"] += time.perf_counter() - started
-                started = time.perf_counter()
-                checkpoint()
-        bar.close()
-        state["seconds"] += time.perf_counter() - started
-        best = state["best"]
-        if best is None:  # only when a resumed run had already finished without any evaluation
-            raise TrainingDataError(f"the run in '{ckpt}' has no dev evaluation to pick an adapter by; "
-                                    "raise --max-steps or --epochs and resume")
-        _restore(trainable, best["adapter"], ckpt)
+        result = train_loop(work, {"model": model}, [{"params": trainable, "lr": cfg.lr,
+                                                       "weight_decay": cfg.weight_decay}],
+                            len(examples), batch_loss, evaluate, cfg, batch_size=cfg.batch_questions,
+                            max_steps=cfg.max_steps, epochs=cfg.epochs, warmup=cfg.warmup, metric="mrr",
+                            resume=resume, progress=progress, desc="training re-ranker", settings=settings)
     # the base's hash matched before and after: write the best adapter, never the base
-    return _write_artifact(model, out, cfg, check.digest, train, dev, examples, in_file, dev_set, before, best,
-                           history, n_trainable, state["seconds"], fresh)
-
-
-def _snapshot(params: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone() for n, p in params.items()}
-
-
-def _restore(params: dict[str, torch.nn.Parameter], tensors: dict[str, torch.Tensor], ckpt: Path) -> None:
-    if set(tensors) != set(params):
-        raise ArtifactMismatchError(f"checkpoint '{ckpt}' holds other trainable tensors than this model; "
-                                    "drop --resume to start over")
-    with torch.no_grad():
-        for n, p in params.items():
-            p.copy_(tensors[n])
+    return _write_artifact(model, out, cfg, check.digest, train, dev, examples, in_file, dev_set, before,
+                           result.best, result.history, n_trainable, result.seconds, fresh)
 
 
 def _write_artifact(model, out: Path, cfg: RerankerTrainConfig, digest: str, train, dev, examples, in_file,
@@ -428,7 +321,7 @@ def _write_artifact(model, out: Path, cfg: RerankerTrainConfig, digest: str, tra
         "packer": {"model": dev_set.packer.model, "template": dev_set.packer.template,
                    "context_length": dev_set.packer.context_length},
         "has_answer": "DPR has_answer on the passage text", "best_step": best["step"],
-        "before": before, "after": best["metrics"],
+        "before": before, "after": {k: v for k, v in best.items() if k != "step"},
     }
     manifest = make_manifest(
         KIND, backbone=None, backbone_hash=None, base_model=cfg.base, base_model_hash=digest,
@@ -448,7 +341,8 @@ def _write_artifact(model, out: Path, cfg: RerankerTrainConfig, digest: str, tra
         adapter_config.write_text(json.dumps({**json.loads(adapter_config.read_text()),
                                               "base_model_name_or_path": cfg.base}, indent=2) + "\n")
         (tmp / "README.md").unlink(missing_ok=True)  # peft's empty model card; the manifest says it all
-        plot_curves(history, before["mrr"], tmp / "curves.png")
+        plot_curves(history, tmp / "curves.png", "re-ranker: listwise CE and dev MRR", metric="mrr",
+                    dev_label="dev MRR (re-ranked)", baseline=before["mrr"], baseline_label="retrieval order")
         size = sum(f.stat().st_size for f in tmp.iterdir()) + 4096
         manifest["size_bytes"] = size
         write_manifest(tmp, manifest)

@@ -27,7 +27,8 @@ from odqa.training.checkpoints import load_checkpoint
 from odqa.data.negatives import Ctx, TrainExample
 from odqa.lm.backbone import weights_hash
 from odqa.training.frozen import FrozenCheck
-from odqa.training.reranker import RerankerTrainConfig, checkpoint_dir, train_reranker
+from odqa.training.checkpoints import work_dir
+from odqa.training.reranker import RerankerTrainConfig, train_reranker
 
 # (passage index, answer span): cloze questions made by blanking the span out of the passage
 CLOZES = [(0, "William Shakespeare"), (1, "Australia"), (2, "Leonardo da Vinci"), (3, "1915"), (4, "Red Planet"),
@@ -120,7 +121,7 @@ def test_artifact_files_and_manifest(trained, work, bare_bert):
     assert result["size_bytes"] < 5 * 2**20
     assert m["size_bytes"] == result["size_bytes"]
     # the checkpoint lives beside the artifact, never inside it
-    assert checkpoint_dir(out) == out.parent / "reranker.ckpt" and (checkpoint_dir(out) / "checkpoint.pt").exists()
+    assert (out.parent / "reranker.work" / "checkpoint.pt").exists()  # the one checkpoint layout: OUT.work/
 
 
 def test_adapter_was_trained_and_base_is_not_saved(trained):
@@ -174,12 +175,12 @@ def test_resume_continues_a_shorter_run(work, bare_bert, tmp_path):
     out = tmp_path / "art"
     first = train_reranker(work["pipeline"], work["train"], work["dev"], out, config(bare_bert, max_steps=2),
                            progress=False)
-    saved = load_checkpoint(checkpoint_dir(out))
+    saved = load_checkpoint(work_dir(out, resume=True))
     assert saved["step"] == 2 and [s for s, _ in saved["history"]["loss"]] == [1, 2]
     first_losses = list(saved["history"]["loss"])
     second = train_reranker(work["pipeline"], work["train"], work["dev"], out, config(bare_bert, max_steps=4),
                             resume=True, progress=False)
-    saved = load_checkpoint(checkpoint_dir(out))
+    saved = load_checkpoint(work_dir(out, resume=True))
     assert saved["step"] == 4
     assert saved["history"]["loss"][:2] == first_losses  # the history continues, not restarts
     assert [s for s, _ in saved["history"]["loss"]] == [1, 2, 3, 4]
@@ -191,7 +192,7 @@ def test_resume_continues_a_shorter_run(work, bare_bert, tmp_path):
 def test_resume_after_a_crash_matches_an_uninterrupted_run(work, bare_bert, tmp_path, monkeypatch):
     whole = tmp_path / "whole"
     train_reranker(work["pipeline"], work["train"], work["dev"], whole, config(bare_bert), progress=False)
-    reference = load_checkpoint(checkpoint_dir(whole))["history"]
+    reference = load_checkpoint(work_dir(whole, resume=True))["history"]
 
     out = tmp_path / "crashed"
     real_step_loss, calls = rr.step_loss, {"n": 0}
@@ -206,9 +207,9 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(work, bare_bert, tmp_
     with pytest.raises(RuntimeError, match="killed"):
         train_reranker(work["pipeline"], work["train"], work["dev"], out, config(bare_bert), progress=False)
     monkeypatch.setattr(rr, "step_loss", real_step_loss)
-    assert not out.exists() and load_checkpoint(checkpoint_dir(out))["step"] == 2
+    assert not out.exists() and load_checkpoint(work_dir(out, resume=True))["step"] == 2
     train_reranker(work["pipeline"], work["train"], work["dev"], out, config(bare_bert), resume=True, progress=False)
-    history = load_checkpoint(checkpoint_dir(out))["history"]
+    history = load_checkpoint(work_dir(out, resume=True))["history"]
     assert [s for s, _ in history["loss"]] == [1, 2, 3, 4]
     for (_, a), (_, b) in zip(history["loss"], reference["loss"]):
         assert a == pytest.approx(b, abs=1e-5)
@@ -428,7 +429,7 @@ def test_quick_training_on_minilm_and_the_real_index(tmp_path):
 def test_dev_candidates_are_cached_and_reused_without_retrieval(trained, work, monkeypatch):
     """The run wrote its dev candidates beside the checkpoint; a rebuild with the same key reads
     them back (no retrieval runs), and another key retrieves again."""
-    cache = checkpoint_dir(trained[0]) / rr.DEV_CACHE
+    cache = work_dir(trained[0], resume=True) / rr.DEV_CACHE
     saved = json.loads(cache.read_text())
     assert saved["key"]["dev"] == work["dev"] and len(saved["questions"]) == len(DEV)
     fresh = rr.build_dev_set(work["pipeline"], work["dev"], progress=False)
