@@ -88,6 +88,31 @@ def contains_normalized(text: str, answers: Iterable[str]) -> bool:
     return any(_contains(toks, normalize_answer(a).split()) for a in _as_list(answers))
 
 
+def percent(flags: Iterable[bool | float]) -> float | None:
+    """The mean of per-question 0/1 (or 0-1) scores, in percent to two decimals; ``None`` for none."""
+    flags = list(flags)
+    return round(100 * sum(flags) / len(flags), 2) if flags else None
+
+
+def qa_scores(predictions: Iterable[str], golds: Iterable[Iterable[str]]) -> dict:
+    """``{"em", "f1", "questions"}``: mean EM and F1 (0-100, unrounded) of predictions against their
+    gold alias lists."""
+    pairs = list(zip(predictions, golds))
+    n = max(len(pairs), 1)
+    return {"em": 100.0 * sum(exact_match(p, g) for p, g in pairs) / n,
+            "f1": 100.0 * sum(f1(p, g) for p, g in pairs) / n, "questions": len(pairs)}
+
+
+def reciprocal_rank(ranked_flags: Iterable[bool]) -> float:
+    """1 / the rank of the first relevant item (0 when there is none): MRR's per-question term."""
+    return next((1.0 / (r + 1) for r, flag in enumerate(ranked_flags) if flag), 0.0)
+
+
+def recall_at_k(ranked_flags: list[list[bool]], ks: Iterable[int]) -> dict[int, float | None]:
+    """Top-k retrieval accuracy: the share (in percent) of questions with a relevant item in the first k."""
+    return {k: percent(any(flags[:k]) for flags in ranked_flags) for k in ks}
+
+
 def paired_bootstrap(a: list[float], b: list[float], resamples: int = 10_000, seed: int = 0,
                      level: float = 0.95) -> dict:
     """Mean difference ``b - a`` of per-question scores on the same questions, with a bootstrap CI.

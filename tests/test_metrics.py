@@ -99,3 +99,13 @@ def test_paired_bootstrap_refuses_unpaired_scores():
 
     with pytest.raises(ValueError, match="equal-length"):
         paired_bootstrap([1.0, 0.0], [1.0])
+
+
+def test_the_shared_aggregates():
+    from odqa.metrics import percent, qa_scores, recall_at_k, reciprocal_rank
+
+    assert percent([True, False, False]) == 33.33 and percent([]) is None
+    scores = qa_scores(["Paris", "the Louvre", "x"], [["Paris"], ["Louvre", "Le Louvre"], ["y"]])
+    assert scores["em"] == pytest.approx(200 / 3) and scores["questions"] == 3
+    assert reciprocal_rank([False, False, True]) == pytest.approx(1 / 3) and reciprocal_rank([False]) == 0.0
+    assert recall_at_k([[False, True], [False, False], [True]], [1, 2]) == {1: 33.33, 2: 66.67}

@@ -27,7 +27,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from odqa.errors import OdqaError
-from odqa.metrics import exact_match, f1, has_answer
+from odqa.metrics import exact_match, f1, has_answer, percent, recall_at_k
 from odqa.data.questions import Question, dedup
 from odqa.runs import (EVAL_RUN_KIND, OutputLock, RunWriter, atomic_write_bytes, check_replaceable, file_sha256,
                        read_records)
@@ -88,12 +88,12 @@ def aggregate(records: list[dict]) -> dict:
     if not records:
         raise OdqaError("no predictions to score; the question set is empty")
     n = len(records)
-    pct = lambda xs: round(100 * sum(xs) / len(xs), 2) if xs else None  # noqa: E731
+    pct = percent
     stages: dict[str, dict] = {}
     for name in records[0]["stages"]:
         depth = max(len(r["stages"].get(name, [])) for r in records)
-        stages[name] = {f"top{k}": pct([any(r["stages"][name][:k]) for r in records])
-                        for k in KS if k <= max(depth, 1)}
+        ks = [k for k in KS if k <= max(depth, 1)]
+        stages[name] = {f"top{k}": v for k, v in recall_at_k([r["stages"][name] for r in records], ks).items()}
     metrics = {
         "questions": n,
         "em": pct([r["em"] for r in records]),

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from odqa.eval.harness import KS
+from odqa.metrics import recall_at_k
 from odqa.runs import read_records
 
 
@@ -97,8 +98,7 @@ def _plots(out: Path, records: list[dict], timings: dict) -> None:
     curves = {}
     for name in records[0]["stages"] if records else []:
         depth = max(len(r["stages"][name]) for r in records)
-        curves[name] = [100 * sum(any(r["stages"][name][:k]) for r in records) / len(records)
-                        for k in range(1, depth + 1)]
+        curves[name] = list(recall_at_k([r["stages"][name] for r in records], range(1, depth + 1)).values())
     if curves:
         _topk_plot(out / "topk.png", curves, "Top-k retrieval accuracy per stage")
 

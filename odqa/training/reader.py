@@ -23,7 +23,7 @@ import torch
 
 from odqa.configs import ReaderTrainConfig
 from odqa.errors import OdqaError, TrainingDataError
-from odqa.metrics import exact_match, f1, has_answer
+from odqa.metrics import has_answer, qa_scores
 from odqa.runs import RunWriter, read_records
 from odqa.artifacts import ArtifactWriter, make_manifest
 from odqa.training.checkpoints import work_dir
@@ -124,14 +124,10 @@ def dev_scores(reader_settings: dict, soft_dir: Path, contexts: list[dict]) -> d
 
     # no prefix cache: the prompt changes between evaluations, and each would stay cached
     reader = FrozenLMReader(**reader_settings, soft_prompt=str(soft_dir) if soft_dir else None, prefix_cache=False)
-    ems, f1s = [], []
-    for rec in contexts:
-        docs = [Document(content=text, meta={"title": title}) for title, text in rec["passages"]]
-        pred = reader.run(query=rec["question"], documents=docs)["answers"][0].data
-        ems.append(exact_match(pred, rec["answers"]))
-        f1s.append(f1(pred, rec["answers"]))
-    n = max(len(ems), 1)
-    return {"em": 100.0 * sum(ems) / n, "f1": 100.0 * sum(f1s) / n, "questions": len(ems)}
+    preds = [reader.run(query=rec["question"], documents=[Document(content=text, meta={"title": title})
+                                                           for title, text in rec["passages"]])["answers"][0].data
+             for rec in contexts]
+    return qa_scores(preds, [rec["answers"] for rec in contexts])
 
 
 # --- the run -------------------------------------------------------------------------------

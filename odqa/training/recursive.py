@@ -36,7 +36,7 @@ import torch
 from odqa.configs import RECURSIVE_MODES as MODES
 from odqa.configs import RecursiveTrainConfig
 from odqa.errors import OdqaError, TrainingDataError
-from odqa.metrics import exact_match, f1
+from odqa.metrics import exact_match, qa_scores
 from odqa.runs import RunWriter, atomic_write_bytes, file_sha256, read_records
 from odqa.artifacts import ArtifactWriter, make_manifest, read_manifest, write_manifest
 from odqa.training.checkpoints import CHECKPOINT, work_dir
@@ -119,9 +119,7 @@ def embeds_loss(model, soft, items: list[tuple[torch.Tensor, torch.Tensor]]) -> 
 
 
 def _scores(preds: list[str], items: list[dict]) -> dict:
-    n = max(len(items), 1)
-    return {"em": 100.0 * sum(exact_match(p, it["answers"]) for p, it in zip(preds, items)) / n,
-            "f1": 100.0 * sum(f1(p, it["answers"]) for p, it in zip(preds, items)) / n, "questions": len(items)}
+    return qa_scores(preds, [it["answers"] for it in items])
 
 
 # --- language-model pre-training of the connector ------------------------------------------------

@@ -5,10 +5,10 @@ only LoRA matrices on its attention and dense layers, plus the classification he
 The artifact holds just those (``adapter_model.safetensors`` + ``adapter_config.json``) with
 ``manifest.json`` and ``curves.png``: a few MB, while the base is resolved by name at load time.
 
-The loop is written out: batches of B questions, each with 1 positive and k hard negatives
--> listwise softmax cross-entropy -> AdamW with linear warmup and decay -> periodic dev
-evaluation with early stopping on MRR -> atomic checkpoints in ``<out>.work/`` (``--resume``), all
-in :func:`odqa.training.loop.train_loop`.
+Each step takes B questions, each with 1 positive and k hard negatives, and minimises the
+listwise softmax cross-entropy (:func:`step_loss`); the loop around it -- AdamW with linear warmup
+and decay, periodic dev evaluation with early stopping on MRR, atomic checkpoints in
+``<out>.work/`` (``--resume``) -- is :func:`odqa.training.loop.train_loop`.
 
 Dev evaluation uses the pipeline's own retrieval: each dev question's candidates are what its
 retrieval stages (e.g. bm25 + dense -> RRF join) return, and metrics are taken before and after
@@ -35,7 +35,7 @@ import torch
 
 from odqa.configs import RerankerTrainConfig
 from odqa.errors import PipelineConfigError, TrainingDataError
-from odqa.metrics import has_answer
+from odqa.metrics import has_answer, percent, recall_at_k, reciprocal_rank
 from odqa.runs import atomic_write_bytes, file_sha256
 from odqa.artifacts import ArtifactWriter, make_manifest, write_manifest
 from odqa.training.checkpoints import work_dir
@@ -219,19 +219,13 @@ def build_dev_set(pipeline_path: str | Path, dev: str, limit: int | None = None,
 def ranking_metrics(dev: DevSet, orders: list[list[int]]) -> dict:
     """recall@k and MRR over the candidates in ``orders`` (indices into each question's candidates),
     and LM-input recall: the answer is in what the packer keeps of that order. Recall in percent."""
-    recall = {k: [] for k in KS}
-    rr, lm_input = [], []
+    ranked, lm_input = [], []
     for q, docs, flags, order in zip(dev.questions, dev.candidates, dev.flags, orders):
-        ranked = [flags[i] for i in order]
-        for k in KS:
-            recall[k].append(any(ranked[:k]))
-        first = next((r for r, f in enumerate(ranked) if f), None)
-        rr.append(0.0 if first is None else 1.0 / (first + 1))
+        ranked.append([flags[i] for i in order])
         packed = dev.packer.run(query=q.question, documents=[docs[i] for i in order])["documents"]
         lm_input.append(any(has_answer(d.content, q.answers) for d in packed))
-    pct = lambda xs: round(100 * sum(xs) / len(xs), 2)  # noqa: E731
-    return {**{f"recall@{k}": pct(v) for k, v in recall.items()}, "mrr": round(statistics.mean(rr), 4),
-            "lm_input_recall": pct(lm_input)}
+    return {**{f"recall@{k}": v for k, v in recall_at_k(ranked, KS).items()},
+            "mrr": round(statistics.mean(reciprocal_rank(r) for r in ranked), 4), "lm_input_recall": percent(lm_input)}
 
 
 def rerank_orders(model, tokenizer, dev: DevSet, cfg: RerankerTrainConfig, progress: bool = True) -> list[list[int]]:
