@@ -63,7 +63,8 @@ def dpr_tokens(text: str) -> list[str]:
     return [t.lower() for t in _DPR_TOKEN.findall(unicodedata.normalize("NFD", text))]
 
 
-def _contains(seq: list[str], sub: list[str]) -> bool:
+def contains_tokens(seq: list[str], sub: list[str]) -> bool:
+    """Whether the token run ``sub`` occurs in ``seq`` (DPR's has_answer on token lists)."""
     n = len(sub)
     if n == 0:
         return False
@@ -74,7 +75,7 @@ def _contains(seq: list[str], sub: list[str]) -> bool:
 def has_answer(text: str, answers: Iterable[str]) -> bool:
     """DPR's ``has_answer``: does any answer's token sequence occur in ``text``'s?"""
     toks = dpr_tokens(text)
-    return any(_contains(toks, dpr_tokens(a)) for a in _as_list(answers))
+    return any(contains_tokens(toks, dpr_tokens(a)) for a in _as_list(answers))
 
 
 def contains_normalized(text: str, answers: Iterable[str]) -> bool:
@@ -85,7 +86,7 @@ def contains_normalized(text: str, answers: Iterable[str]) -> bool:
     answer-in-evidence flag.
     """
     toks = normalize_answer(text).split()
-    return any(_contains(toks, normalize_answer(a).split()) for a in _as_list(answers))
+    return any(contains_tokens(toks, normalize_answer(a).split()) for a in _as_list(answers))
 
 
 def percent(flags: Iterable[bool | float]) -> float | None:

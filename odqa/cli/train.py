@@ -22,14 +22,18 @@ def _config(cls, args):
 def cmd_train_reader(args) -> int:
     from odqa.configs import ReaderTrainConfig
     from odqa.data.negatives import read_training_data
-    from odqa.data.questions import load_questions
+    from odqa.data.questions import dedup, is_question_set, load_questions
     from odqa.training.reader import train_reader
 
-    examples = read_training_data(args.train)
+    if is_question_set(args.train):  # e.g. trivia-wiki:train: real questions, contexts from the pipeline
+        examples = dedup(load_questions(args.train, require_answers=True))
+        synthetic = False
+    else:
+        examples = read_training_data(args.train)
+        synthetic = bool(examples) and all(e.synthetic for e in examples)
     train = [{"id": e.id, "question": e.question, "answers": e.answers} for e in examples]
     dev = [{"id": q.id, "question": q.question, "answers": q.answers}
            for q in load_questions(args.dev, require_answers=True)]
-    synthetic = bool(examples) and all(e.synthetic for e in examples)
     source = {"train": str(args.train), "synthetic": synthetic,
               "kind": "synthetic cloze QA from the corpus" if synthetic else "real questions"}
     manifest = train_reader(args.pipeline, train, dev, args.out, _config(ReaderTrainConfig, args), source,
@@ -127,7 +131,8 @@ def register(sub) -> None:
     t = train.add_parser("reader", help="prompt-tune the frozen reader: a soft prompt, the backbone frozen")
     t.add_argument("--pipeline", default=str(DEFAULT_PIPELINE),
                    help="its retrievers, re-ranker and packer make the training contexts; its reader is tuned")
-    t.add_argument("--train", required=True, help="training questions: odqa/DPR/NQ-open jsonl or DPR json")
+    t.add_argument("--train", required=True, help="training questions: a bundled set (e.g. trivia-wiki:train), "
+                   "odqa/DPR/NQ-open jsonl or DPR json")
     t.add_argument("--dev", default="fanoutqa-wiki:dev", help="dev questions for EM and early stopping")
     t.add_argument("--out", required=True, help="artifact dir, e.g. pipelines/artifacts/reader-prompt-smollm2-synthetic")
     ReaderTrainConfig.add_flags(t)

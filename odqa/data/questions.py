@@ -37,6 +37,8 @@ class Question:
     root_id: str | None = None
     evidence_title: str | None = None
     answer_in_evidence: bool | None = None
+    split: str | None = None  # a set's own split; None: by the root question (split_of)
+    source: str | None = None  # where in the set it comes from (e.g. the trivia list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -192,7 +194,7 @@ def read_questions_file(path: str | Path, require_answers: bool = False) -> list
     return _read_jsonl_questions(path, require_answers)
 
 
-BUNDLED_SETS = ("fanoutqa-wiki", "fanoutqa-closedbook")
+BUNDLED_SETS = ("fanoutqa-wiki", "fanoutqa-closedbook", "trivia-wiki", "trivia")
 
 
 def is_question_set(spec: str) -> bool:
@@ -203,13 +205,16 @@ def is_question_set(spec: str) -> bool:
 def load_questions(spec: str, require_answers: bool = False) -> list[Question]:
     """``fanoutqa-wiki[:SPLIT]``, ``fanoutqa-closedbook[:SPLIT]``, or a questions file
     (see :func:`read_questions_file`)."""
+    from odqa.data import trivia
+
     name, _, split = spec.partition(":")
-    builders = {"fanoutqa-wiki": fanoutqa_wiki, "fanoutqa-closedbook": fanoutqa_closedbook}
+    builders = {"fanoutqa-wiki": fanoutqa_wiki, "fanoutqa-closedbook": fanoutqa_closedbook,
+                "trivia-wiki": trivia.trivia_wiki, "trivia": trivia.trivia}
     if name in builders:
         if split and split not in SPLITS:
             raise ResourceNotFoundError(f"unknown split '{split}' of {name}; use one of {SPLITS}")
         qs = builders[name]()
         if split:
-            qs = [q for q in qs if split_of(q.root_id) == split]
+            qs = [q for q in qs if (q.split or split_of(q.root_id)) == split]
         return qs
     return read_questions_file(spec, require_answers)
