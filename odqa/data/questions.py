@@ -1,4 +1,4 @@
-"""Question sets: the bundled ``fanoutqa-wiki`` benchmark and user jsonl files.
+"""Question sets: the bundled ``fanoutqa-wiki`` benchmark, ``trivia-wiki`` (:mod:`odqa.data.trivia`) and user files.
 
 ``fanoutqa-wiki`` is built from FanOutQA's dev set (bundled ``fanoutqa==1.1.1``):
 the single-hop sub-questions (leaves of each decomposition) whose answer is a
@@ -18,30 +18,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from odqa.data.corpus import decode_lines, iter_jsonl, read_corpus
+from odqa.data.question import Question
 from odqa.errors import InputFormatError, ResourceNotFoundError
 from odqa.metrics import contains_normalized
 from odqa.resources import bundled_data_path
 
 SPLITS = ("train", "dev", "test")
-
-
-@dataclass
-class Question:
-    id: str
-    question: str  # from a file read without require_answers: whatever the line held, checked when asked
-    answers: list[str] = field(default_factory=list)
-    root_id: str | None = None
-    evidence_title: str | None = None
-    answer_in_evidence: bool | None = None
-    split: str | None = None  # a set's own split; None: by the root question (split_of)
-    source: str | None = None  # where in the set it comes from (e.g. the trivia list)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def split_of(root_id: str) -> str:

@@ -28,7 +28,7 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 
-from odqa.data.questions import Question
+from odqa.data.question import Question
 from odqa.metrics import contains_tokens, dpr_tokens, normalize_answer
 from odqa.resources import bundled_data_path
 
