@@ -8,7 +8,17 @@ from typing import Any
 from haystack import Document, component, default_from_dict, default_to_dict
 
 from odqa.components._common import check_question
+from odqa.errors import PipelineConfigError
 from odqa.lm.cross_encoder import load_scorer, pair_text
+
+
+def _reorder(documents: list[Document], scores: list[float], top_k: int | None) -> list[Document]:
+    """``documents[:len(scores)]`` sorted by ``scores`` (the earlier score kept in
+    ``meta["retrieval_score"]``), then any unscored ones in their order; the first ``top_k``."""
+    scored = sorted((replace(d, score=float(s), meta={**d.meta, "retrieval_score": d.score})
+                     for d, s in zip(documents, scores)), key=lambda d: d.score, reverse=True)
+    ranked = scored + list(documents[len(scores):])
+    return ranked[:top_k] if top_k else ranked
 
 
 @component
@@ -60,14 +70,7 @@ class CrossEncoderRanker:
             return {"documents": []}
         self.warm_up()
         pairs = [(query, pair_text(d.meta.get("title", ""), d.content)) for d in documents]
-        scores = self._score(pairs)
-        ranked = sorted(
-            (replace(d, score=float(s), meta={**d.meta, "retrieval_score": d.score}) for d, s in zip(documents, scores)),
-            key=lambda d: d.score,
-            reverse=True,
-        )
-        k = top_k or self.top_k
-        return {"documents": ranked[:k] if k else ranked}
+        return {"documents": _reorder(documents, self._score(pairs), top_k or self.top_k)}
 
     def to_dict(self) -> dict[str, Any]:
         return default_to_dict(
@@ -76,4 +79,76 @@ class CrossEncoderRanker:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "CrossEncoderRanker":
+        return default_from_dict(cls, data)
+
+
+@component
+class QuestionLikelihoodRanker:
+    """Re-orders passages by the frozen LM's likelihood of the question given each passage (UPR,
+    Sachan et al., 2022): a zero-shot ranker that needs no training and no labels.
+
+    Only the first ``candidates`` passages are scored (each costs a forward pass over the
+    passage); the rest follow in their retrieval order.
+
+    Usage:
+        >>> from haystack import Document
+        >>> docs = [Document(id="c", content="Canberra is the capital of Australia.", meta={"title": "Canberra"}),
+        ...         Document(id="h", content="Hamlet is a tragedy by William Shakespeare.", meta={"title": "Hamlet"})]
+        >>> ranker = QuestionLikelihoodRanker(model="smollm2-135m-instruct", top_k=1)
+        >>> [d.id for d in ranker.run(query="Who wrote Hamlet?", documents=docs)["documents"]]
+        ['h']
+    """
+
+    def __init__(self, model: str = "smollm2-135m-instruct", top_k: int | None = None, candidates: int = 20,
+                 batch_size: int = 8, max_passage_tokens: int = 256, dtype: str = "float32"):
+        """
+        :param model: The frozen LM that scores: a bundled name, local path or HF id (the reader's own by default).
+        :param top_k: Keep this many passages (all when ``None``).
+        :param candidates: Score only the first N passages.
+        :param batch_size: Passages per forward pass.
+        :param max_passage_tokens: Longest passage read, in tokens (its head is kept).
+        :param dtype: ``float32`` (CPU default), ``bfloat16`` or ``float16``.
+        """
+        if candidates < 1 or batch_size < 1:
+            raise PipelineConfigError(f"candidates and batch_size must be at least 1, got {candidates} and {batch_size}")
+        self.model = model
+        self.top_k = top_k
+        self.candidates = candidates
+        self.batch_size = batch_size
+        self.max_passage_tokens = max_passage_tokens
+        self.dtype = dtype
+        self._backbone = None
+
+    def warm_up(self) -> None:
+        if self._backbone is None:
+            from odqa.lm.backbone import load_backbone
+
+            self._backbone = load_backbone(self.model, self.dtype)
+
+    @component.output_types(documents=list[Document])
+    def run(self, query: str, documents: list[Document], top_k: int | None = None) -> dict[str, Any]:
+        """
+        :param query: The question.
+        :param documents: Candidate passages, in retrieval order.
+        :param top_k: Overrides the instance's ``top_k``.
+        :returns: ``documents`` sorted by mean log p(question | passage); the earlier score is kept
+            in ``meta["retrieval_score"]``.
+        """
+        from odqa.lm.question_likelihood import question_log_likelihoods
+
+        query = check_question(query)
+        if not documents:
+            return {"documents": []}
+        self.warm_up()
+        head = documents[: self.candidates]
+        scores = question_log_likelihoods(self._backbone, query, [(d.meta.get("title", ""), d.content) for d in head],
+                                          self.batch_size, self.max_passage_tokens)
+        return {"documents": _reorder(documents, scores, top_k or self.top_k)}
+
+    def to_dict(self) -> dict[str, Any]:
+        return default_to_dict(self, model=self.model, top_k=self.top_k, candidates=self.candidates,
+                               batch_size=self.batch_size, max_passage_tokens=self.max_passage_tokens, dtype=self.dtype)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "QuestionLikelihoodRanker":
         return default_from_dict(cls, data)

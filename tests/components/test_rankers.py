@@ -91,3 +91,49 @@ def test_pipeline_round_trip(cross_encoder, docs):
     assert again.dumps() == text
     out = again.run({"ranker": {"query": QUESTION, "documents": docs}})
     assert len(out["ranker"]["documents"]) == 2 and isinstance(out["ranker"]["documents"][0], Document)
+
+
+# --- the zero-shot LM ranker (UPR) -----------------------------------------------------------------
+def test_question_likelihood_ranker_orders_by_the_lm_score(tiny_lm, backbone, docs):
+    from odqa.lm.question_likelihood import question_log_likelihoods
+
+    from odqa.components.rankers import QuestionLikelihoodRanker
+
+    ranker = QuestionLikelihoodRanker(model=tiny_lm, batch_size=3)
+    out = ranker.run(query=QUESTION, documents=docs)["documents"]
+    scores = question_log_likelihoods(backbone, QUESTION, [(d.meta["title"], d.content) for d in docs])
+    expected = [d.id for _, d in sorted(zip(scores, docs), key=lambda t: -t[0])]
+    assert [d.id for d in out] == expected
+    assert [d.score for d in out] == pytest.approx(sorted(scores, reverse=True))
+    assert {d.id: d.meta["retrieval_score"] for d in out} == {d.id: d.score for d in docs}
+    # only the first `candidates` are scored; the rest keep their retrieval order after them
+    two = QuestionLikelihoodRanker(model=tiny_lm, candidates=2, top_k=3).run(query=QUESTION, documents=docs)
+    assert [d.id for d in two["documents"]][2:] == ["p2"] and len(two["documents"]) == 3
+
+
+def test_question_likelihood_is_the_mean_token_log_probability_and_batch_free(backbone):
+    import torch
+
+    from odqa.lm.question_likelihood import _pair_ids, question_log_likelihoods
+
+    passages = [("Mars", "Mars is the fourth planet from the Sun."), ("Canberra", "Canberra is the capital city.")]
+    batched = question_log_likelihoods(backbone, QUESTION, passages, batch_size=2)
+    alone = [question_log_likelihoods(backbone, QUESTION, [p], batch_size=1)[0] for p in passages]
+    assert batched == pytest.approx(alone, abs=1e-5)  # padding never changes a score
+    context, q = _pair_ids(backbone.tokenizer, QUESTION, *passages[0])
+    with torch.no_grad():
+        logp = torch.log_softmax(backbone.model(input_ids=torch.tensor([context + q])).logits[0].float(), -1)
+    manual = sum(float(logp[len(context) - 1 + i, t]) for i, t in enumerate(q)) / len(q)
+    assert alone[0] == pytest.approx(manual, abs=1e-5)
+
+
+def test_question_likelihood_ranker_settings_and_round_trip(tiny_lm):
+    from odqa.components.rankers import QuestionLikelihoodRanker
+
+    with pytest.raises(PipelineConfigError, match="candidates and batch_size must be at least 1"):
+        QuestionLikelihoodRanker(model=tiny_lm, candidates=0)
+    r = QuestionLikelihoodRanker(model=tiny_lm, top_k=5, candidates=10)
+    assert QuestionLikelihoodRanker.from_dict(r.to_dict()).to_dict() == r.to_dict()
+    assert r.run(query=QUESTION, documents=[]) == {"documents": []}
+    with pytest.raises(EmptyQuestionError):
+        r.run(query="  ", documents=[])
