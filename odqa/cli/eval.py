@@ -31,6 +31,12 @@ def cmd_eval(args) -> int:
         where = f"\nreport: {Path(args.out) / 'report.md'}" if args.out else ""
         print(json.dumps(metrics) if args.json else f"{args.results}: {retrieval_eval.table(metrics)}{where}")
         return 0
+    if args.rest and args.rest[0] == "compare":  # two finished runs, question by question
+        if len(args.rest) != 3:
+            raise OdqaError("odqa eval compare takes two run directories: odqa eval compare RUN_A RUN_B")
+        result = evaluation.compare(Path(args.rest[1]), Path(args.rest[2]))
+        print(json.dumps(result) if args.json else evaluation.comparison_line(result))
+        return 0
     if args.results or args.k:
         raise OdqaError("--results and --k belong to `odqa eval retrieval --results FILE`")
     if not args.out:
@@ -42,7 +48,7 @@ def cmd_eval(args) -> int:
         metrics = evaluation.merge([Path(d) for d in args.rest[1:]], out)
     elif args.rest:
         raise OdqaError(f"unknown eval action '{args.rest[0]}'; use `odqa eval --pipeline ...`, `odqa eval merge`, "
-                        "`odqa eval retrieval` or `odqa eval idpt`")
+                        "`odqa eval compare`, `odqa eval retrieval` or `odqa eval idpt`")
     else:
         if not args.pipeline or not args.questions:
             raise OdqaError("odqa eval needs --pipeline and --questions")
@@ -90,7 +96,8 @@ def register(sub) -> None:
     e = sub.add_parser("eval", help="evaluate a pipeline on a question set (NQ metrics, per stage), "
                                     "or score a DPR retrieval results file")
     e.add_argument("rest", nargs="*",
-                   help="`merge DIR...` joins shard runs; `retrieval` scores a DPR results file (--results)")
+                   help="`merge DIR...` joins shard runs; `compare RUN_A RUN_B`: paired differences with 95%% "
+                        "intervals; `retrieval` scores a DPR results file (--results)")
     e.add_argument("--pipeline")
     e.add_argument("--questions", help="fanoutqa-wiki[:split], NQ-open .jsonl, or DPR nq-test .csv")
     e.add_argument("--limit", type=int, default=None)

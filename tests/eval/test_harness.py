@@ -8,6 +8,7 @@ import pytest
 
 import odqa
 from odqa.eval import harness as evaluation
+from odqa.errors import OdqaError
 from odqa.cli import main
 from odqa.data.questions import Question
 
@@ -293,3 +294,23 @@ def test_the_run_key_sees_a_module_retrained_at_the_same_path(tmp_path):
         evaluation.check_run_key(out, evaluation.run_key(qa), resuming=True)
     evaluation.check_run_key(out, evaluation.run_key(qa), resuming=False)  # a fresh run takes the new key
     assert json.loads((out / "run.json").read_text())["artifacts"]["recursive-neural"]
+
+
+def test_compare_two_runs_question_by_question(tmp_path, capsys):
+    from odqa.cli import main
+
+    def run(name, ems):
+        d = tmp_path / name
+        d.mkdir()
+        rows = [{"id": f"q{i}", "em": e, "f1": e, "lm_input_recall": True} for i, e in enumerate(ems)]
+        (d / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        return d
+
+    a, b = run("a", [0, 0, 1, 0]), run("b", [1, 0, 1, 1, 1])  # b has one extra question: left out
+    c = evaluation.compare(a, b)
+    assert c["questions"] == 4 and c["em"]["a"] == 25.0 and c["em"]["b"] == 75.0 and c["em"]["diff"] == 50.0
+    assert c["em"]["low"] <= 50.0 <= c["em"]["high"] and c["lm_input_recall"]["diff"] == 0.0
+    assert main(["eval", "compare", str(a), str(b)]) == 0
+    assert "4 shared questions" in capsys.readouterr().out
+    with pytest.raises(OdqaError, match="holds no predictions.jsonl"):
+        evaluation.compare(a, tmp_path / "nowhere")
