@@ -96,7 +96,7 @@ def declared_kind(path: Path) -> str | None:
 
 def check_replaceable(path: str | Path, kinds: tuple[str, ...] | None, what: str) -> None:
     """Refuse to overwrite or delete ``path`` unless it is absent, an empty directory, or an odqa
-    output of one of ``kinds`` (any declared kind when ``kinds`` is None).
+    output of one of ``kinds`` (``None``: a trained artifact of any kind, not an index or a run).
 
     :param what: What odqa would write there, for the message (e.g. ``"an index"``).
     """
@@ -110,7 +110,7 @@ def check_replaceable(path: str | Path, kinds: tuple[str, ...] | None, what: str
         except OSError:
             pass
         kind = declared_kind(path)
-        if kind is not None and (kinds is None or kind in kinds):
+        if kind is not None and (kind in kinds if kinds else kind not in (INDEX_KIND, EVAL_RUN_KIND)):
             return
         found = f"an odqa '{kind}'" if kind else "not made by odqa"
     else:

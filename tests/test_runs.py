@@ -81,6 +81,13 @@ def test_anything_else_is_refused_without_suggesting_force(tmp_path, files, foun
     assert f"'{d}' exists and is {found}" in msg and "choose another --out" in msg and "--force" not in msg
 
 
+def test_an_index_or_a_run_is_not_a_trained_artifact(tmp_path):
+    for kind in (INDEX_KIND, EVAL_RUN_KIND):
+        d = _dir_with(tmp_path, kind, {"manifest.json": json.dumps({"kind": kind})})
+        with pytest.raises(OutputExistsError, match=f"is an odqa '{kind}'"):
+            check_replaceable(d, None, "a trained artifact")
+
+
 def test_a_file_is_not_replaced_by_a_directory(tmp_path):
     f = tmp_path / "notes.txt"
     f.write_text("x")
