@@ -144,16 +144,15 @@ def _check_types(data: dict, source: str) -> None:
             raise MalformedYAMLError(f"{source}: component '{name}' needs a 'type' (a dotted class path)")
         if not isinstance(comp.get("init_parameters", {}), (dict, type(None))):
             raise MalformedYAMLError(f"{source}: component '{name}': 'init_parameters' must be a mapping")
-        if not allowed_type(comp["type"]):
-            raise UnsafePipelineError(
-                f"{source}: component '{name}' has type '{comp['type'][:200]}', outside the modules a pipeline "
-                f"may use ({', '.join(m + '.*' for m in ALLOWED_MODULES)}); nothing was imported. Use an odqa "
-                "component (e.g. odqa.components.retrievers.BM25Retriever) or a Haystack one")
-        for where, nested in _nested_types(comp.get("init_parameters") or {}, "init_parameters"):
-            if not allowed_type(nested):
+        named = [("has type", comp["type"], ". Use an odqa component (e.g. odqa.components.retrievers.BM25Retriever) "
+                  "or a Haystack one")]
+        named += [(f"{where} names type", t, "") for where, t in _nested_types(comp.get("init_parameters") or {},
+                                                                                "init_parameters")]
+        for what, type_name, fix in named:
+            if not allowed_type(type_name):
                 raise UnsafePipelineError(
-                    f"{source}: component '{name}' {where} names type '{nested[:200]}', outside the modules a "
-                    f"pipeline may use ({', '.join(m + '.*' for m in ALLOWED_MODULES)}); nothing was imported")
+                    f"{source}: component '{name}' {what} '{type_name[:200]}', outside the modules a pipeline may "
+                    f"use ({', '.join(m + '.*' for m in ALLOWED_MODULES)}); nothing was imported{fix}")
         module, _, cls = comp["type"].rpartition(".")
         try:
             found = getattr(importlib.import_module(module), cls, None)
@@ -175,23 +174,38 @@ def _check_connections(connections, source: str) -> None:
             raise MalformedYAMLError(f"{source}: connection {i + 1} is {str(c)[:80]!r}; 'connections' must be {shape}")
 
 
-def _check_yaml_events(text: str, source: str) -> None:
-    """Refuse anchors/aliases (their expansion is unbounded) and deep nesting, from the event
-    stream alone: nothing is composed or expanded yet."""
-    depth = 0
-    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+class _PipelineLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing anchors, aliases and deep nesting as it composes: the
+    check and the load are one pass, and nothing is expanded or nested past the limit."""
+
+    source = "<pipeline>"
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
         line = event.start_mark.line + 1 if event.start_mark else "?"
         if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
             raise UnsafePipelineError(
-                f"{source}: line {line}: YAML anchors and aliases ('&name' / '*name') are not allowed in a "
+                f"{self.source}: line {line}: YAML anchors and aliases ('&name' / '*name') are not allowed in a "
                 "pipeline file; write each value out in full")
-        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
-            depth += 1
-            if depth > MAX_YAML_DEPTH:
-                raise UnsafePipelineError(f"{source}: line {line}: nested more than {MAX_YAML_DEPTH} levels deep; "
-                                          "a pipeline file is a flat mapping of components and connections")
-        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
-            depth -= 1
+        nests = isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent))
+        self._depth += nests
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise UnsafePipelineError(f"{self.source}: line {line}: nested more than {MAX_YAML_DEPTH} levels "
+                                          "deep; a pipeline file is a flat mapping of components and connections")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= nests
+
+
+def _load_yaml(text: str, source: str):
+    loader = _PipelineLoader(text)
+    loader.source = source
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def _nested_types(value, where: str):
@@ -232,8 +246,7 @@ def load_pipeline(path: str | Path) -> Pipeline:
     except OSError as e:
         raise from_os_error(e, "the pipeline file") from None
     try:
-        _check_yaml_events(text, str(path))
-        data = yaml.safe_load(text)
+        data = _load_yaml(text, str(path))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -265,7 +265,6 @@ class SearchIndex:
             raise IndexNotFoundError(
                 f"'{path}' is not an odqa index (no manifest.json); point index_dir at an index, or build "
                 "one into a new directory: odqa index build --corpus wiki-vital --out indexes/NAME")
-        rebuild = f"rebuild with `odqa index build ... --out {path} --force`"
         try:
             manifest = json.loads(mpath.read_text(encoding="utf-8"))
             files = manifest["files"]
@@ -275,15 +274,15 @@ class SearchIndex:
             raise IndexCorruptError(f"index '{path}': manifest.json is unreadable or not an odqa index manifest; "
                                     "point index_dir at an odqa index, or build one into a new directory with "
                                     "`odqa index build --corpus CORPUS --out indexes/NAME`") from None
+        fix = f"rebuild with `odqa index build --corpus {manifest.get('corpus', 'CORPUS')} --out {path} --force`"
         if "manifest_sha256" not in manifest:
             raise IndexCorruptError(f"index '{path}': manifest.json carries no checksum (built by an older odqa); "
-                                    f"{rebuild}")
+                                    f"{fix}")
         if manifest_digest(manifest) != manifest["manifest_sha256"]:
             raise IndexCorruptError(f"index '{path}': manifest.json was edited (it does not match its own "
-                                    f"checksum); {rebuild}")
+                                    f"checksum); {fix}")
         for rel, info in files.items():
             f = path / rel
-            fix = f"rebuild with `odqa index build --corpus {manifest.get('corpus', 'CORPUS')} --out {path} --force`"
             if not f.exists():
                 raise IndexCorruptError(f"index '{path}': file {rel} is missing; {fix}")
             if f.stat().st_size != info["bytes"]:

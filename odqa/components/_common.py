@@ -28,8 +28,7 @@ def normalize_question(question: str) -> str:
     (newlines, tabs, non-breaking spaces) one space, none before closing punctuation, none at
     the ends. ``"Who\\n\\nwrote\\r\\nHamlet\\n?"`` and ``"Who wrote Hamlet?"`` are one question."""
     text = unicodedata.normalize("NFC", question)
-    text = "".join(" " if ch.isspace() else ch for ch in text if ch.isspace() or unicodedata.category(ch) != "Cc")
-    text = _SPACES.sub(" ", text)
+    text = _SPACES.sub(" ", "".join(ch for ch in text if ch.isspace() or unicodedata.category(ch) != "Cc"))
     return _SPACE_BEFORE_PUNCT.sub(r"\1", text).strip()
 
 

@@ -53,7 +53,6 @@ class ListStats:
     questions: int = 0  # entries read
     skipped: int = 0  # malformed entries
     duplicates: int = 0  # questions already seen in an earlier list (answers merged there)
-    kept: int = 0  # in trivia-wiki
 
 
 def read_list(name: str) -> tuple[list[tuple[str, list[str]]], int]:
@@ -134,11 +133,7 @@ def answerable(questions, texts: list[str], max_passages: int = MAX_PASSAGES) ->
 def _trivia_wiki() -> tuple[Question, ...]:
     from odqa.data.corpus import read_corpus
 
-    questions, stats = _trivia()
-    kept = answerable(questions, [p.text for p in read_corpus("wiki-vital")])
-    for q in kept:
-        stats[q.source].kept += 1
-    return tuple(kept)
+    return tuple(answerable(_trivia()[0], [p.text for p in read_corpus("wiki-vital")]))
 
 
 def trivia_wiki() -> list[Question]:
@@ -148,9 +143,8 @@ def trivia_wiki() -> list[Question]:
 
 def list_counts() -> dict[str, dict[str, int]]:
     """Per list: entries read, malformed ones skipped, duplicates of an earlier list, kept in trivia-wiki."""
-    _trivia_wiki()
-    stats = _trivia()[1]
-    return {name: dict(vars(stats[name])) for name in LISTS}
+    stats, kept = _trivia()[1], Counter(q.source for q in _trivia_wiki())
+    return {name: {**vars(stats[name]), "kept": kept[name]} for name in LISTS}
 
 
 def split_counts(questions: list[Question]) -> dict[str, int]:
@@ -159,4 +153,4 @@ def split_counts(questions: list[Question]) -> dict[str, int]:
 
 
 def _copy(q: Question) -> Question:  # callers may change their questions; the cache must not see it
-    return Question(**{**q.to_dict(), "answers": list(q.answers)})
+    return Question(**q.to_dict())  # asdict copies the answer list too

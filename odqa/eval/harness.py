@@ -88,7 +88,6 @@ def aggregate(records: list[dict]) -> dict:
     if not records:
         raise OdqaError("no predictions to score; the question set is empty")
     n = len(records)
-    pct = percent
     stages: dict[str, dict] = {}
     for name in records[0]["stages"]:
         depth = max(len(r["stages"].get(name, [])) for r in records)
@@ -96,16 +95,16 @@ def aggregate(records: list[dict]) -> dict:
         stages[name] = {f"top{k}": v for k, v in recall_at_k([r["stages"][name] for r in records], ks).items()}
     metrics = {
         "questions": n,
-        "em": pct([r["em"] for r in records]),
-        "f1": pct([r["f1"] for r in records]),
-        "lm_input_recall": pct([r["lm_input_recall"] for r in records]),
-        "answer_lost_to_packing": pct([r["answer_lost_to_packing"] for r in records]),
+        "em": percent([r["em"] for r in records]),
+        "f1": percent([r["f1"] for r in records]),
+        "lm_input_recall": percent([r["lm_input_recall"] for r in records]),
+        "answer_lost_to_packing": percent([r["answer_lost_to_packing"] for r in records]),
         "stages": stages,
     }
     answerable = [r for r in records if r.get("answer_in_evidence")]
     if answerable:
-        metrics["answerable"] = {"questions": len(answerable), "em": pct([r["em"] for r in answerable]),
-                                 "lm_input_recall": pct([r["lm_input_recall"] for r in answerable])}
+        metrics["answerable"] = {"questions": len(answerable), "em": percent([r["em"] for r in answerable]),
+                                 "lm_input_recall": percent([r["lm_input_recall"] for r in answerable])}
     return metrics
 
 

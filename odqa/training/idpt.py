@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 from dataclasses import asdict
 from pathlib import Path
 
@@ -167,10 +166,9 @@ def train_idpt(train_examples, dev_examples, out: str | Path, config: IDPTTrainC
             return {"score": s["seen_average"], "em": s["em"], "tasks": {
                 t: v["score"] for t, v in s["tasks"].items()}, "examples": s["examples"]}
 
-        # max_steps is the budget (the same for every mode): as many epochs as it takes
-        epochs = math.ceil(config.max_steps / math.ceil(len(examples) / config.batch_size))
+        # max_steps is the whole budget (the same for every mode): the loop's max_steps overrides epochs
         result = train_loop(work, {"trained": trained}, groups, len(examples), batch_loss_of, evaluate_now, config,
-                            batch_size=config.batch_size, max_steps=config.max_steps, epochs=epochs,
+                            batch_size=config.batch_size, max_steps=config.max_steps, epochs=0,
                             metric="score", resume=resume, progress=progress, desc=f"training ({config.mode})",
                             settings=asdict(config))
 
