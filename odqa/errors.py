@@ -127,7 +127,8 @@ def from_os_error(e: OSError, what: str | None = None, fix: str | None = None) -
     name = errno.errorcode.get(e.errno or 0, "")
     reason, generic = _OS_REASONS.get(name, (e.strerror or str(e) or type(e).__name__, "check the path"))
     fix = fix or generic
-    path = e.filename if e.filename is not None else "?"
-    target = f"'{path}'" + (f" -> '{e.filename2}'" if e.filename2 else "")
     about = f" ({what})" if what else ""
+    if e.filename is None:  # no path to name (a socket, a pipe): say what failed
+        return FileAccessError(f"an operating-system error{about}: {reason}; {fix}")
+    target = f"'{e.filename}'" + (f" -> '{e.filename2}'" if e.filename2 else "")
     return FileAccessError(f"cannot use {target}{about}: {reason}; {fix}")

@@ -554,3 +554,22 @@ def test_two_trainers_into_one_artifact(capsys, tmp_path, hold_lock, trainer):
     pid = hold_lock(out).pid
     line = assert_one_error_line(capsys, main(["train", *trainer, "--out", str(out)]))
     assert f"'{out}' is being written by another odqa process (PID {pid} " in line
+
+
+def test_a_reader_that_closes_the_pipe_ends_the_command_quietly(tmp_path, warm):
+    # `odqa run ... --json | head -c 50`: no traceback, no "error:" line about a path '?'
+    proc = subprocess.Popen([sys.executable, "-m", "odqa.cli", "run", warm, "--question", "Who wrote Hamlet?",
+                             "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    proc.stdout.close()  # the reader goes away before anything is written
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 141 and "error" not in err.lower() and "Traceback" not in err
+
+
+def test_an_os_error_without_a_path_says_so():
+    import errno
+
+    from odqa.errors import from_os_error
+
+    msg = str(from_os_error(OSError(errno.ENOSPC, "No space left on device")))
+    assert msg == "an operating-system error: no space left on the device; free some disk space or choose a path " \
+                  "on another disk" and "'?'" not in msg

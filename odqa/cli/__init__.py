@@ -22,6 +22,7 @@ Errors print one line (``error: ...``) and exit with status 2; ``--debug`` shows
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import odqa  # noqa: F401 - sets the offline defaults before anything else loads
@@ -55,8 +56,11 @@ def main(argv: list[str] | None = None) -> int:
             from odqa.runs import OutputLock
 
             with OutputLock(args.out):
-                return args.func(args)
-        return args.func(args)
+                code = args.func(args)
+        else:
+            code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, where it is handled, not at interpreter exit
+        return code
     except OdqaError as e:
         if args.debug:
             raise
@@ -65,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of our output went away (`odqa ... | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 141
     except OSError as e:  # permissions, a full disk, a missing directory: the user can fix these
         if args.debug:
             raise
