@@ -145,6 +145,13 @@ class RerankerTrainConfig(TrainConfig):
     QUICK: ClassVar[dict] = {"max_steps": 3, "max_examples": 12, "dev_limit": 6, "dev_candidates": 30}
 
     base: str = setting("minilm-l6", "encoder or cross-encoder to adapt (name, path or HF id)")
+    labels: str = setting("answer", "with a question set as --train: 'answer' takes candidates holding an accepted "
+                                    "answer as positives (DPR's distant supervision); 'reader' distils the frozen "
+                                    "reader's log p(answer | question, passage) (Atlas, REPLUG)",
+                          choices=("answer", "reader"))
+    train_candidates: int = setting(10, "with a question set as --train: each question's first N retrieved "
+                                        "candidates are its training group")
+    temperature: float = setting(1.0, "--labels reader: softmax temperature of the teacher's scores")
     epochs: int = loop_setting("epochs", 1)
     max_steps: int | None = loop_setting("max_steps", None)
     batch_questions: int = setting(4, "questions per step")

@@ -39,15 +39,21 @@ class CrossEncoderRanker:
         ['h']
     """
 
-    def __init__(self, model: str, top_k: int | None = None, batch_size: int = 32, max_length: int = 512):
+    def __init__(self, model: str, top_k: int | None = None, batch_size: int = 32, max_length: int = 512,
+                 candidates: int | None = None):
         """
         :param model: A re-ranker artifact directory, or a CrossEncoder path or HF id.
         :param top_k: Keep this many passages (all when ``None``).
         :param batch_size: Pairs scored per forward pass.
         :param max_length: Token limit of one (question, passage) pair.
+        :param candidates: Score only the first N passages; the rest follow in their retrieval
+            order (``None``: score all). Each scored pair costs a forward pass of the encoder.
         """
+        if candidates is not None and candidates < 1:
+            raise PipelineConfigError(f"candidates must be at least 1 (or null for all), got {candidates}")
         self.model = model
         self.top_k = top_k
+        self.candidates = candidates
         self.batch_size = batch_size
         self.max_length = max_length
         self._score = None
@@ -69,12 +75,13 @@ class CrossEncoderRanker:
         if not documents:
             return {"documents": []}
         self.warm_up()
-        pairs = [(query, pair_text(d.meta.get("title", ""), d.content)) for d in documents]
+        pairs = [(query, pair_text(d.meta.get("title", ""), d.content)) for d in documents[:self.candidates]]
         return {"documents": _reorder(documents, self._score(pairs), top_k or self.top_k)}
 
     def to_dict(self) -> dict[str, Any]:
         return default_to_dict(
-            self, model=self.model, top_k=self.top_k, batch_size=self.batch_size, max_length=self.max_length
+            self, model=self.model, top_k=self.top_k, batch_size=self.batch_size, max_length=self.max_length,
+            candidates=self.candidates,
         )
 
     @classmethod

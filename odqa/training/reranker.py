@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from odqa.configs import RerankerTrainConfig
+from odqa.data.questions import is_question_set
 from odqa.errors import PipelineConfigError, TrainingDataError
 from odqa.metrics import has_answer, percent, recall_at_k, reciprocal_rank
 from odqa.runs import atomic_write_bytes, file_sha256
@@ -50,7 +51,7 @@ COMMIT_LIMIT = 5 * 1024 * 1024  # artifacts above this are rebuilt by command, n
 
 
 # settings a resumed run must share with its checkpoint (epochs / max_steps may grow)
-RESUME_KEYS = ("base", "batch_questions", "negatives", "lr", "weight_decay", "lora_r", "lora_alpha",
+RESUME_KEYS = ("base", "labels", "train_candidates", "temperature", "batch_questions", "negatives", "lr", "weight_decay", "lora_r", "lora_alpha",
                "lora_dropout", "lora_targets", "max_length", "max_examples", "seed")
 
 
@@ -91,6 +92,18 @@ def read_examples(path: str | Path) -> list[TrainExample]:
     return examples
 
 
+def questions_only(path: str | Path) -> bool:
+    """Whether ``path`` holds questions and answers with no passages at all (e.g. NQ-open jsonl):
+    such a file is trained on like a question set, its groups from the pipeline's retrieval."""
+    from odqa.data.negatives import read_training_data
+
+    try:
+        examples = read_training_data(Path(path))
+    except TrainingDataError:
+        return False  # read_examples says what is wrong with it
+    return bool(examples) and not any(e.positives or e.hard_negatives for e in examples)
+
+
 def make_group(ex: TrainExample, batch: list[TrainExample], k: int, rng: random.Random) -> list[Ctx]:
     """One positive then up to ``k`` negatives: the example's hard negatives, sampled when there are
     more, topped up with other questions' passages from the batch that do not hold this answer."""
@@ -105,20 +118,20 @@ def make_group(ex: TrainExample, batch: list[TrainExample], k: int, rng: random.
     return [rng.choice(ex.positives), *negatives]
 
 
-def step_loss(model, tokenizer, batch: list[TrainExample], cfg: RerankerTrainConfig, rng: random.Random):
-    """Listwise softmax cross-entropy: each question's positive against its negatives."""
-
-    groups = [make_group(ex, batch, cfg.negatives, rng) for ex in batch]
-    questions = [ex.question for ex, g in zip(batch, groups) for _ in g]
+def group_scores(model, tokenizer, questions: list[str], groups: list[list[Ctx]],
+                 cfg: RerankerTrainConfig) -> torch.Tensor:
+    """The cross-encoder's scores of each question's group of passages: ``[questions, widest group]``,
+    ``-inf`` where a group is shorter."""
+    flat_q = [q for q, g in zip(questions, groups) for _ in g]
     passages = [pair_text(c.title, c.text) for g in groups for c in g]
-    ids = tokenizer(questions, passages, truncation=True, max_length=cfg.max_length)["input_ids"]
+    ids = tokenizer(flat_q, passages, truncation=True, max_length=cfg.max_length)["input_ids"]
     # forward in micro-batches of similar length (padding to the step's longest pair wastes ~half
     # the compute on CPU); one backward through all of them
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     parts, where = [], []
     for start in range(0, len(order), cfg.micro_batch):
         idx = order[start:start + cfg.micro_batch]
-        enc = tokenizer([questions[i] for i in idx], [passages[i] for i in idx], truncation=True,
+        enc = tokenizer([flat_q[i] for i in idx], [passages[i] for i in idx], truncation=True,
                         max_length=cfg.max_length, padding=True, return_tensors="pt")
         parts.append(model(**enc.to(model.device)).logits[:, 0])
         where += idx
@@ -129,7 +142,104 @@ def step_loss(model, tokenizer, batch: list[TrainExample], cfg: RerankerTrainCon
     for i, g in enumerate(groups):
         scores[i, : len(g)] = logits[start:start + len(g)]
         start += len(g)
+    return scores
+
+
+def step_loss(model, tokenizer, batch: list[TrainExample], cfg: RerankerTrainConfig, rng: random.Random):
+    """Listwise softmax cross-entropy: each question's positive against its negatives."""
+    groups = [make_group(ex, batch, cfg.negatives, rng) for ex in batch]
+    scores = group_scores(model, tokenizer, [ex.question for ex in batch], groups, cfg)
     return torch.nn.functional.cross_entropy(scores, scores.new_zeros(len(groups), dtype=torch.long))
+
+
+@dataclass
+class TaughtGroup:
+    """A training question's retrieved candidates with the frozen reader's score of each
+    (:mod:`odqa.training.teacher`)."""
+
+    id: str
+    question: str
+    candidates: list[Ctx]
+    teacher: list[float]
+
+
+def teacher_targets(teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The target distribution over a question's candidates: softmax of the teacher's scores / T."""
+    return torch.softmax(teacher / temperature, dim=-1)
+
+
+def distill_loss(model, tokenizer, batch: list[TaughtGroup], cfg: RerankerTrainConfig) -> torch.Tensor:
+    """Listwise KL(teacher || student) over each question's candidates (Atlas perplexity distillation)."""
+    scores = group_scores(model, tokenizer, [g.question for g in batch], [g.candidates for g in batch], cfg)
+    width = scores.shape[1]
+    teacher = scores.new_full((len(batch), width), float("-inf"))
+    for i, g in enumerate(batch):
+        teacher[i, : len(g.teacher)] = torch.tensor(g.teacher, dtype=scores.dtype)
+    target = teacher_targets(teacher, cfg.temperature)
+    student = torch.log_softmax(scores, dim=-1)
+    keep = target > 0
+    return (target[keep] * (target[keep].log() - student[keep])).sum() / len(batch)
+
+
+# --- training groups from a question set ------------------------------------------------------
+TRAIN_CACHE = "train-set.json"  # the training questions' retrieved candidates
+
+
+def question_set_examples(pipeline: str | Path, spec: str, cfg: RerankerTrainConfig, work: Path,
+                          progress: bool = True) -> tuple[list, int]:
+    """Training groups made from real questions (e.g. ``trivia-wiki:train``) and the candidates the
+    pipeline's own retrieval returns for them (its first ``cfg.train_candidates``):
+
+    - ``labels="answer"``: distant supervision as DPR trains, positives the candidates holding an
+      accepted answer (``has_answer``), negatives the rest; a question needs one of each.
+    - ``labels="reader"``: every candidate with the frozen reader's score (:mod:`odqa.training.teacher`).
+
+    Returns ``(examples, questions in the set)``.
+    """
+    from odqa.data.negatives import Ctx
+
+    found = build_dev_set(pipeline, spec, None, cfg.train_candidates, progress, cache=work / TRAIN_CACHE,
+                          desc="train candidates")
+    picked = list(range(len(found.questions)))
+    if cfg.max_examples and cfg.max_examples < len(picked):
+        picked = sorted(random.Random(cfg.seed).sample(picked, cfg.max_examples))
+
+    def ctx(d) -> Ctx:
+        return Ctx(id=str(d.id), title=d.meta.get("title", ""), text=d.content)
+
+    if cfg.labels == "reader":
+        from odqa.training.teacher import SCORES_FILE, ReaderTeacher, teacher_scores
+
+        questions = [found.questions[i] for i in picked]
+        candidates = [found.candidates[i] for i in picked]
+        teacher = ReaderTeacher(pipeline_reader(pipeline))
+        scores = teacher_scores(teacher, questions, candidates, work / SCORES_FILE, progress)
+        return [TaughtGroup(str(q.id), q.question, [ctx(d) for d in docs], s)
+                for q, docs, s in zip(questions, candidates, scores) if docs], len(found.questions)
+    examples = []
+    for i in picked:
+        q, docs, flags = found.questions[i], found.candidates[i], found.flags[i]
+        pos = [ctx(d) for d, f in zip(docs, flags) if f]
+        neg = [ctx(d) for d, f in zip(docs, flags) if not f]
+        if pos and neg:
+            examples.append(TrainExample(id=str(q.id), question=q.question, answers=list(q.answers), positives=pos,
+                                         hard_negatives=neg, source=f"{spec}:{cfg.train_candidates} candidates"))
+    if not examples:
+        raise TrainingDataError(f"no question of '{spec}' has both a candidate holding its answer and one without "
+                                f"in the retrieval's first {cfg.train_candidates}; raise --train-candidates")
+    return examples, len(found.questions)
+
+
+def pipeline_reader(pipeline_path: str | Path):
+    """The pipeline's :class:`~odqa.components.readers.FrozenLMReader` (the teacher)."""
+    from odqa.api import load_pipeline
+    from odqa.components.readers import FrozenLMReader
+
+    readers = [c for _, c in load_pipeline(pipeline_path).walk() if isinstance(c, FrozenLMReader)]
+    if not readers:
+        raise PipelineConfigError(f"{pipeline_path}: the pipeline has no FrozenLMReader to teach the re-ranker; "
+                                  "pass a frozen-reader pipeline such as pipelines/frozen_reader.yml")
+    return readers[0]
 
 
 # --- dev evaluation -------------------------------------------------------------------------
@@ -182,7 +292,8 @@ def retrieval_pipeline(pipeline_path: str | Path):
 
 
 def build_dev_set(pipeline_path: str | Path, dev: str, limit: int | None = None,
-                  max_candidates: int | None = None, progress: bool = True, cache: Path | None = None) -> DevSet:
+                  max_candidates: int | None = None, progress: bool = True, cache: Path | None = None,
+                  desc: str = "dev candidates") -> DevSet:
     """Dev questions and their retrieved candidates. With ``cache``, they are read from that file
     when it was written for the same pipeline file, dev set, limit and candidate count (so a
     resumed run, or one on another machine without the index, skips retrieval), else written there."""
@@ -204,7 +315,7 @@ def build_dev_set(pipeline_path: str | Path, dev: str, limit: int | None = None,
         if not questions:
             raise TrainingDataError(f"dev set '{dev}' has no questions; pass e.g. fanoutqa-wiki:dev")
         candidates = []
-        for q in tqdm(questions, desc="dev candidates", unit="q", disable=not progress):
+        for q in tqdm(questions, desc=desc, unit="q", disable=not progress):
             docs = retrieval.run({"query": q.question}, include_outputs_from={source})[source]["documents"]
             candidates.append(docs[:max_candidates] if max_candidates else docs)
         if cache is not None:
@@ -260,11 +371,19 @@ def train_reranker(pipeline: str | Path, train: str | Path | list, dev: str, out
     out = Path(out)
     work = work_dir(out, resume)  # refuses an `out` that is not an artifact, or a left checkpoint without --resume
     files = [train] if isinstance(train, (str, Path)) else list(train)
-    examples = [ex for f in files for ex in read_examples(f)]
+    from_set = len(files) == 1 and (is_question_set(str(files[0])) or questions_only(files[0]))
+    if cfg.labels == "reader" and not from_set:
+        raise TrainingDataError(f"--labels reader needs questions as --train (a set such as trivia-wiki:train, or "
+                                f"a jsonl file of questions and answers), got {' '.join(map(str, files))}: the "
+                                "teacher scores the pipeline's own candidates for each question")
+    if from_set:
+        examples, in_file = question_set_examples(pipeline, str(files[0]), cfg, work, progress)
+    else:
+        examples = [ex for f in files for ex in read_examples(f)]
+        in_file = len(examples)
+        if cfg.max_examples and cfg.max_examples < len(examples):
+            examples = random.Random(cfg.seed).sample(examples, cfg.max_examples)
     train = files[0] if len(files) == 1 else [str(f) for f in files]
-    in_file = len(examples)
-    if cfg.max_examples and cfg.max_examples < len(examples):
-        examples = random.Random(cfg.seed).sample(examples, cfg.max_examples)
     dev_set = build_dev_set(pipeline, dev, cfg.dev_limit, cfg.dev_candidates, progress, cache=work / DEV_CACHE)
     before = ranking_metrics(dev_set, [list(range(len(c))) for c in dev_set.candidates])
 
@@ -273,7 +392,7 @@ def train_reranker(pipeline: str | Path, train: str | Path | list, dev: str, out
     steps_per_epoch = math.ceil(len(examples) / cfg.batch_questions)
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
     settings = {k: v for k, v in asdict(cfg).items() if k in RESUME_KEYS}
-    settings["train"] = [str(Path(f).resolve()) for f in files]
+    settings["train"] = [str(f) if from_set else str(Path(f).resolve()) for f in files]
     with FrozenCheck(frozen, cfg.base) as check:
         with quiet_transformers():
             model = get_peft_model(base, lora_config(cfg, fresh))
@@ -286,6 +405,8 @@ def train_reranker(pipeline: str | Path, train: str | Path | list, dev: str, out
 
         def batch_loss(idx: list[int], step: int) -> torch.Tensor:
             batch = [examples[i] for i in idx]
+            if cfg.labels == "reader":
+                return distill_loss(model, tokenizer, batch, cfg)
             return step_loss(model, tokenizer, batch, cfg, random.Random(cfg.seed * 1_000_003 + step))
 
         def evaluate() -> dict:
@@ -301,14 +422,14 @@ def train_reranker(pipeline: str | Path, train: str | Path | list, dev: str, out
                             max_steps=cfg.max_steps, epochs=cfg.epochs, warmup=cfg.warmup, metric="mrr",
                             resume=resume, progress=progress, desc="training re-ranker", settings=settings)
     # the base's hash matched before and after: write the best adapter, never the base
-    return _write_artifact(model, out, cfg, check.digest, train, dev, examples, in_file, dev_set, before,
+    return _write_artifact(model, out, cfg, check.digest, train, from_set, dev, examples, in_file, dev_set, before,
                            result.best, result.history, n_trainable, result.seconds, fresh)
 
 
-def _write_artifact(model, out: Path, cfg: RerankerTrainConfig, digest: str, train, dev, examples, in_file,
-                    dev_set: DevSet, before: dict, best: dict, history: dict, n_trainable: int, seconds: float,
+def _write_artifact(model, out: Path, cfg: RerankerTrainConfig, digest: str, train, from_set: bool, dev, examples,
+                    in_file, dev_set: DevSet, before: dict, best: dict, history: dict, n_trainable: int, seconds: float,
                     fresh: set[str]) -> dict:
-    synthetic = sum(e.synthetic for e in examples)
+    synthetic = sum(getattr(e, "synthetic", False) for e in examples)
     dev_metrics = {
         "dev": dev, "questions": len(dev_set.questions), "candidates_from": dev_set.source,
         "candidates_per_question": round(statistics.mean(len(c) for c in dev_set.candidates), 1),
@@ -321,6 +442,10 @@ def _write_artifact(model, out: Path, cfg: RerankerTrainConfig, digest: str, tra
         KIND, backbone=None, backbone_hash=None, base_model=cfg.base, base_model_hash=digest,
         data={"train": train if isinstance(train, list) else str(train),
               "synthetic": {0: False, len(examples): True}.get(synthetic, "mixed"),
+              "labels": {"answer": "positives hold an accepted answer (has_answer)" if from_set
+                         else "the file's positives and hard negatives",
+                         "reader": "the frozen reader's log p(answer | question, passage), softmax at "
+                                   f"T={cfg.temperature} (KL)"}[cfg.labels],
               "synthetic_examples": synthetic, "examples": len(examples), "examples_in_file": in_file,
               "steps": history["loss"][-1][0] if history["loss"] else 0},
         dev_metrics=dev_metrics,

@@ -21,7 +21,8 @@ from safetensors import safe_open
 from conftest import CORPUS, user_env
 from odqa.components.rankers import CrossEncoderRanker
 from odqa.lm.cross_encoder import load_base, load_reranker, pair_text, score_pairs
-from odqa.errors import ArtifactMismatchError, BackboneChangedError, ResourceNotFoundError, TrainingDataError
+from odqa.errors import (ArtifactMismatchError, BackboneChangedError, PipelineConfigError, ResourceNotFoundError,
+                         TrainingDataError)
 from odqa.training import reranker as rr
 from odqa.training.checkpoints import load_checkpoint
 from odqa.data.negatives import Ctx, TrainExample
@@ -100,8 +101,9 @@ def test_artifact_files_and_manifest(trained, work, bare_bert):
     m = json.loads((out / "manifest.json").read_text())
     assert m == result["manifest"]
     assert (m["kind"], m["backbone"], m["backbone_hash"], m["base_model"]) == ("reranker", None, None, bare_bert)
-    assert m["data"] == {"train": str(work["train"]), "synthetic": True, "synthetic_examples": len(CLOZES),
-                         "examples": len(CLOZES), "examples_in_file": len(CLOZES), "steps": 4}
+    assert m["data"] == {"train": str(work["train"]), "synthetic": True, "labels": "the file's positives and hard "
+                         "negatives", "synthetic_examples": len(CLOZES), "examples": len(CLOZES),
+                         "examples_in_file": len(CLOZES), "steps": 4}
     assert m["lora"] == {"r": 4, "alpha": 8, "dropout": 0.1, "targets": ["query", "key", "value", "dense"],
                          "modules_to_save": ["classifier"]}
     assert m["trainable_params"] == lora_param_count(bare_bert, r=4)
@@ -248,6 +250,25 @@ def test_ranker_loads_artifact_and_ranks(trained, docs, bare_bert):
     # and not as the base with its fresh head would: the head came from the artifact
     fresh, tok, _, _ = load_base(bare_bert)
     assert score_pairs(fresh, tok, pairs, 8, 512) != pytest.approx(scores, abs=1e-4)
+
+
+def test_ranker_scores_only_its_candidates(trained, docs, monkeypatch):
+    out, _ = trained
+    ranker = CrossEncoderRanker(model=str(out), candidates=3)
+    ranker.warm_up()
+    seen = []
+    score = ranker._score
+    monkeypatch.setattr(ranker, "_score", lambda pairs: seen.append(len(pairs)) or score(pairs))
+    ranked = ranker.run(query="Who wrote Romeo and Juliet?", documents=docs)["documents"]
+    assert seen == [3]
+    assert {d.id for d in ranked[:3]} == {d.id for d in docs[:3]}  # the first three, re-ordered
+    assert [d.id for d in ranked[3:]] == [d.id for d in docs[3:]]  # the rest in retrieval order
+    assert CrossEncoderRanker.from_dict(ranker.to_dict()).candidates == 3
+
+
+def test_ranker_candidates_must_be_positive(trained):
+    with pytest.raises(PipelineConfigError, match="candidates must be at least 1.*got 0"):
+        CrossEncoderRanker(model=str(trained[0]), candidates=0)
 
 
 def test_ranker_to_dict_from_dict(trained):
@@ -445,3 +466,87 @@ def test_dev_candidates_are_cached_and_reused_without_retrieval(trained, work, m
     assert cached.flags == fresh.flags
     with pytest.raises(AssertionError, match="retrieval ran"):
         rr.build_dev_set(work["pipeline"], work["dev"], limit=2, progress=False, cache=cache)
+
+
+# --- training on questions: groups from the pipeline's own retrieval ----------------------------------
+QUESTIONS = [("Who wrote the tragedy Hamlet?", "William Shakespeare"), ("Which city is the capital of Australia?",
+             "Canberra"), ("Who painted the Mona Lisa portrait?", "Leonardo da Vinci"),
+             ("Who discovered penicillin?", "Alexander Fleming"), ("Who wrote Moby-Dick?", "Herman Melville"),
+             ("Who created the Python language?", "Guido van Rossum")]
+
+
+@pytest.fixture(scope="module")
+def questions_file(work) -> Path:
+    path = work["dir"] / "questions.jsonl"
+    path.write_text("".join(json.dumps({"id": f"q{i}", "question": q, "answers": [a]}) + "\n"
+                            for i, (q, a) in enumerate(QUESTIONS)), encoding="utf-8")
+    return path
+
+
+def test_answer_labels_from_a_questions_file(work, questions_file, bare_bert, tmp_path):
+    """Questions without passages: positives are the retrieved candidates holding an answer (DPR)."""
+    out = tmp_path / "answer"
+    m = train_reranker(work["pipeline"], questions_file, work["dev"], out,
+                       config(bare_bert, train_candidates=5, max_steps=2), progress=False)["manifest"]
+    found = rr.build_dev_set(work["pipeline"], str(questions_file), None, 5, progress=False)
+    usable = [q for q, f in zip(found.questions, found.flags) if any(f) and not all(f)]
+    assert usable, "the tiny corpus should hold some of these answers"
+    assert m["data"]["examples"] == len(usable) and m["data"]["examples_in_file"] == len(QUESTIONS)
+    assert m["data"]["labels"] == "positives hold an accepted answer (has_answer)" and m["data"]["synthetic"] is False
+    assert m["config"]["train_candidates"] == 5
+
+
+def test_reader_labels_are_cached_and_resumed(work, questions_file, bare_bert, tmp_path, monkeypatch):
+    from odqa.training import teacher
+
+    out = tmp_path / "taught"
+    cfg = config(bare_bert, labels="reader", train_candidates=4, max_steps=2)
+    calls = []
+    scores = teacher.ReaderTeacher.scores
+    monkeypatch.setattr(teacher.ReaderTeacher, "scores",
+                        lambda self, *a: calls.append(a[0]) or scores(self, *a))
+    monkeypatch.setattr(rr, "train_loop", _crash)
+    with pytest.raises(RuntimeError, match="killed"):
+        train_reranker(work["pipeline"], questions_file, work["dev"], out, cfg, progress=False)
+    assert sorted(calls) == sorted(q for q, _ in QUESTIONS)
+    lines = [json.loads(x) for x in (Path(f"{out}.work") / teacher.SCORES_FILE).read_text().splitlines()]
+    assert [len(r["scores"]) for r in lines] == [len(r["candidates"]) for r in lines]
+    assert all(s <= 0 for r in lines for s in r["scores"])  # log-probabilities
+    monkeypatch.undo()
+    monkeypatch.setattr(teacher.ReaderTeacher, "scores", lambda self, *a: pytest.fail("scored twice"))
+    m = train_reranker(work["pipeline"], questions_file, work["dev"], out, cfg, resume=True,
+                       progress=False)["manifest"]
+    assert m["data"]["labels"].startswith("the frozen reader's log p(answer | question, passage)")
+    assert m["data"]["examples"] == len(QUESTIONS) and m["config"]["labels"] == "reader"
+
+
+def _crash(*args, **kwargs):
+    raise RuntimeError("killed")
+
+
+def test_reader_labels_need_questions(work, bare_bert, tmp_path):
+    with pytest.raises(TrainingDataError, match="--labels reader needs questions as --train"):
+        train_reranker(work["pipeline"], work["train"], work["dev"], tmp_path / "o",
+                       config(bare_bert, labels="reader"), progress=False)
+    assert not (tmp_path / "o").exists()
+
+
+def test_distill_loss_is_the_kl_to_the_teacher():
+    """KL(softmax(teacher / T) || softmax(student)): zero when the student matches, positive otherwise."""
+    teacher = torch.tensor([[-1.0, -3.0, -2.0], [-0.5, -4.0, float("-inf")]])
+    target = rr.teacher_targets(teacher, 2.0)
+    assert target[0].tolist() == pytest.approx(torch.softmax(torch.tensor([-0.5, -1.5, -1.0]), 0).tolist())
+    assert target[1, 2] == 0 and target.sum(1).tolist() == pytest.approx([1.0, 1.0])
+
+    groups = [rr.TaughtGroup("a", "q", [Ctx(str(i), "", "p") for i in range(3)], [-1.0, -3.0, -2.0])]
+    match = (teacher[0] / 2.0).tolist()
+    cfg = RerankerTrainConfig(temperature=2.0)
+    assert _kl(groups, match, cfg) == pytest.approx(0.0, abs=1e-6)
+    assert _kl(groups, [-2.0, -1.0, -3.0], cfg) > 0.1
+
+
+def _kl(groups, student: list[float], cfg) -> float:
+    scores = torch.tensor([student])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(rr, "group_scores", lambda *a: scores)
+        return float(rr.distill_loss(None, None, groups, cfg))
