@@ -7,8 +7,12 @@ from typing import Any
 from haystack import Document, component, default_from_dict, default_to_dict
 
 from odqa.components._common import check_question
+from odqa.errors import PipelineConfigError
 from odqa.lm.prompting import ReaderPrompt, format_passages, get_template
 from odqa.lm.soft_prompt import soft_prompt_length
+
+
+ORDERS = ("best-first", "best-last")
 
 
 @component
@@ -31,15 +35,25 @@ class ContextPacker:
     """
 
     def __init__(self, model: str, template: str = "qa-completion", context_length: int = 384,
-                 max_new_tokens: int = 16, soft_prompt: str | None = None):
+                 max_new_tokens: int = 16, soft_prompt: str | None = None, max_passages: int | None = None,
+                 order: str = "best-first"):
         """
         :param model: The reader's backbone (its tokenizer measures the budget).
         :param template: The reader's prompt template (see :mod:`odqa.lm.prompting`).
         :param context_length: The reader's context window, in tokens.
         :param max_new_tokens: Room kept for the answer.
         :param soft_prompt: The reader's soft prompt artifact, whose vectors also take context.
+        :param max_passages: Keep at most this many passages (``None``: as many as fit).
+        :param order: How the kept passages reach the reader: ``best-first``, or ``best-last``
+            (the best passage nearest the question, which the prompt puts after the passages).
         """
         get_template(template)  # fail early on an unknown name
+        if order not in ORDERS:
+            raise PipelineConfigError(f"unknown passage order '{order}'; use one of {list(ORDERS)}")
+        if max_passages is not None and max_passages < 1:
+            raise PipelineConfigError(f"max_passages must be at least 1 (or null for as many as fit), got {max_passages}")
+        self.max_passages = max_passages
+        self.order = order
         self.model = model
         self.template = template
         self.context_length = context_length
@@ -61,7 +75,7 @@ class ContextPacker:
         """
         :param query: The question.
         :param documents: Passages, best first.
-        :returns: ``documents`` that fit (in rank order), ``dropped_ids`` of those cut, and
+        :returns: ``documents`` that fit (in rank order, or reversed for ``best-last``), ``dropped_ids`` of those cut, and
             ``budget``: the token arithmetic.
         """
         query = check_question(query)
@@ -73,6 +87,8 @@ class ContextPacker:
         texts = [format_passages([(d.meta.get("title", ""), d.content)]) + "\n" for d in documents]
         costs = [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]] if texts else []
         for i, cost in enumerate(costs):  # one batched tokenizer call above: cheap for 100 passages
+            if self.max_passages is not None and len(chosen) == self.max_passages:
+                break
             if used + cost <= available:
                 chosen.append(i)
                 used += cost
@@ -87,7 +103,7 @@ class ContextPacker:
             prompt_tokens = prompt.length(tok, query, [])
         kept = set(chosen)
         return {
-            "documents": [documents[i] for i in chosen],
+            "documents": [documents[i] for i in (chosen[::-1] if self.order == "best-last" else chosen)],
             "dropped_ids": [d.id for i, d in enumerate(documents) if i not in kept],
             "budget": {
                 "context_length": self.context_length,
@@ -101,7 +117,8 @@ class ContextPacker:
     def to_dict(self) -> dict[str, Any]:
         return default_to_dict(
             self, model=self.model, template=self.template, context_length=self.context_length,
-            max_new_tokens=self.max_new_tokens, soft_prompt=self.soft_prompt,
+            max_new_tokens=self.max_new_tokens, soft_prompt=self.soft_prompt, max_passages=self.max_passages,
+            order=self.order,
         )
 
     @classmethod

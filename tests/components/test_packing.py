@@ -51,7 +51,7 @@ def test_to_dict_from_dict(tiny_lm, soft_prompt_dir):
     assert data == {
         "type": "odqa.components.packing.ContextPacker",
         "init_parameters": {"model": tiny_lm, "template": "chat", "context_length": 512, "max_new_tokens": 8,
-                            "soft_prompt": soft_prompt_dir},
+                            "soft_prompt": soft_prompt_dir, "max_passages": None, "order": "best-first"},
     }
     assert ContextPacker.from_dict(data).to_dict() == data
 
@@ -86,6 +86,26 @@ def test_everything_fits(backbone, tiny_lm, docs):
     assert [d.id for d in out["documents"]] == ["a", "b", "c", "d"]
     assert out["dropped_ids"] == []
     assert out["budget"]["prompt_tokens"] == _prompt_tokens(backbone.tokenizer, "span-chat", QUESTION, docs)
+
+
+def test_max_passages_and_best_last_order(backbone, tiny_lm, docs):
+    packer = ContextPacker(model=tiny_lm, template="span-chat", context_length=4096, max_passages=3, order="best-last")
+    out = packer.run(query=QUESTION, documents=docs)
+    assert [d.id for d in out["documents"]] == ["c", "b", "a"]  # the best three, the best nearest the question
+    assert out["dropped_ids"] == ["d"]
+    assert out["budget"]["prompt_tokens"] == _prompt_tokens(backbone.tokenizer, "span-chat", QUESTION,
+                                                            [docs[2], docs[1], docs[0]])
+    assert ContextPacker.from_dict(packer.to_dict()).to_dict() == packer.to_dict()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"order": "random"}, "unknown passage order 'random'; use one of ['best-first', 'best-last']"),
+    ({"max_passages": 0}, "max_passages must be at least 1 (or null for as many as fit), got 0"),
+])
+def test_bad_order_or_max_passages(tiny_lm, kwargs, message):
+    with pytest.raises(PipelineConfigError) as e:
+        ContextPacker(model=tiny_lm, **kwargs)
+    assert str(e.value) == message
 
 
 def test_nothing_fits(backbone, tiny_lm, docs):
