@@ -12,12 +12,30 @@ from odqa.errors import PipelineConfigError
 from odqa.lm.cross_encoder import load_scorer, pair_text
 
 
-def _reorder(documents: list[Document], scores: list[float], top_k: int | None) -> list[Document]:
+FUSIONS = ("none", "rrf")
+RRF_K = 60  # Cormack et al. (2009)'s constant
+
+
+def _reorder(documents: list[Document], scores: list[float], top_k: int | None,
+             fusion: str = "none") -> list[Document]:
     """``documents[:len(scores)]`` sorted by ``scores`` (the earlier score kept in
-    ``meta["retrieval_score"]``), then any unscored ones in their order; the first ``top_k``."""
-    scored = sorted((replace(d, score=float(s), meta={**d.meta, "retrieval_score": d.score})
-                     for d, s in zip(documents, scores)), key=lambda d: d.score, reverse=True)
-    ranked = scored + list(documents[len(scores):])
+    ``meta["retrieval_score"]``), then any unscored ones in their order; the first ``top_k``.
+
+    ``fusion="rrf"``: sorted instead by reciprocal-rank fusion of the ranker's order and the
+    retrieval order, ``1/(60 + rank by score) + 1/(60 + retrieval rank)``, which becomes the
+    score (the ranker's own is kept in ``meta["ranker_score"]``).
+    """
+    scored = [replace(d, score=float(s), meta={**d.meta, "retrieval_score": d.score})
+              for d, s in zip(documents, scores)]
+    by_score = sorted(range(len(scored)), key=lambda i: scored[i].score, reverse=True)
+    if fusion == "rrf":
+        rank = {i: r for r, i in enumerate(by_score, start=1)}
+        fused = [replace(d, score=1 / (RRF_K + rank[i]) + 1 / (RRF_K + i + 1), meta={**d.meta, "ranker_score": d.score})
+                 for i, d in enumerate(scored)]
+        ranked = sorted(fused, key=lambda d: d.score, reverse=True)
+    else:
+        ranked = [scored[i] for i in by_score]
+    ranked += list(documents[len(scores):])
     return ranked[:top_k] if top_k else ranked
 
 
@@ -40,7 +58,7 @@ class CrossEncoderRanker:
     """
 
     def __init__(self, model: str, top_k: int | None = None, batch_size: int = 32, max_length: int = 512,
-                 candidates: int | None = None):
+                 candidates: int | None = None, fusion: str = "none"):
         """
         :param model: A re-ranker artifact directory, or a CrossEncoder path or HF id.
         :param top_k: Keep this many passages (all when ``None``).
@@ -48,9 +66,14 @@ class CrossEncoderRanker:
         :param max_length: Token limit of one (question, passage) pair.
         :param candidates: Score only the first N passages; the rest follow in their retrieval
             order (``None``: score all). Each scored pair costs a forward pass of the encoder.
+        :param fusion: ``none`` (the ranker's order) or ``rrf`` (reciprocal-rank fusion of the
+            ranker's order with the retrieval order).
         """
         if candidates is not None and candidates < 1:
             raise PipelineConfigError(f"candidates must be at least 1 (or null for all), got {candidates}")
+        if fusion not in FUSIONS:
+            raise PipelineConfigError(f"unknown fusion '{fusion}'; use one of {list(FUSIONS)}")
+        self.fusion = fusion
         self.model = model
         self.top_k = top_k
         self.candidates = candidates
@@ -76,12 +99,12 @@ class CrossEncoderRanker:
             return {"documents": []}
         self.warm_up()
         pairs = [(query, pair_text(d.meta.get("title", ""), d.content)) for d in documents[:self.candidates]]
-        return {"documents": _reorder(documents, self._score(pairs), top_k or self.top_k)}
+        return {"documents": _reorder(documents, self._score(pairs), top_k or self.top_k, self.fusion)}
 
     def to_dict(self) -> dict[str, Any]:
         return default_to_dict(
             self, model=self.model, top_k=self.top_k, batch_size=self.batch_size, max_length=self.max_length,
-            candidates=self.candidates,
+            candidates=self.candidates, fusion=self.fusion,
         )
 
     @classmethod
