@@ -31,9 +31,45 @@ def test_to_dict_from_dict(cross_encoder):
     data = r.to_dict()
     assert data == {
         "type": "odqa.components.rankers.CrossEncoderRanker",
-        "init_parameters": {"model": cross_encoder, "top_k": 3, "batch_size": 2, "max_length": 128},
+        "init_parameters": {"model": cross_encoder, "top_k": 3, "batch_size": 2, "max_length": 128,
+                            "candidates": None, "fusion": "none"},
     }
     assert CrossEncoderRanker.from_dict(data).to_dict() == data
+
+
+def test_scores_only_its_candidates(cross_encoder, docs, monkeypatch):
+    ranker = CrossEncoderRanker(model=cross_encoder, candidates=3)
+    ranker.warm_up()
+    seen = []
+    score = ranker._score
+    monkeypatch.setattr(ranker, "_score", lambda pairs: seen.append(len(pairs)) or score(pairs))
+    ranked = ranker.run(query=QUESTION, documents=docs)["documents"]
+    assert seen == [3]
+    assert {d.id for d in ranked[:3]} == {d.id for d in docs[:3]}  # the first three, re-ordered
+    assert [d.id for d in ranked[3:]] == [d.id for d in docs[3:]]  # the rest in retrieval order
+    assert CrossEncoderRanker.from_dict(ranker.to_dict()).candidates == 3
+
+
+def test_candidates_and_fusion_are_checked(cross_encoder):
+    with pytest.raises(PipelineConfigError, match="candidates must be at least 1.*got 0"):
+        CrossEncoderRanker(model=cross_encoder, candidates=0)
+    with pytest.raises(PipelineConfigError, match=r"unknown fusion 'mean'; use one of \['none', 'rrf'\]"):
+        CrossEncoderRanker(model=cross_encoder, fusion="mean")
+
+
+def test_rrf_fusion_of_ranker_and_retrieval_orders(make_docs):
+    from odqa.components.rankers import _reorder
+
+    docs = make_docs(("a", "A", "a"), ("b", "B", "b"), ("c", "C", "c"), ("d", "D", "d"), ("e", "E", "e"))
+    # four scored, the ranker's order c, b, d, a; fused with retrieval order a, b, c, d:
+    # a: 1/64 + 1/61, b: 1/62 + 1/62, c: 1/61 + 1/63, d: 1/63 + 1/64; e unscored, last
+    out = _reorder(docs, [0.1, 0.5, 0.9, 0.3], None, fusion="rrf")
+    assert [d.id for d in out] == ["c", "b", "a", "d", "e"]
+    assert out[0].score == pytest.approx(1 / 61 + 1 / 63) and out[0].meta["ranker_score"] == pytest.approx(0.9)
+    assert [d.id for d in _reorder(docs, [0.1, 0.5, 0.9, 0.3], None)] == ["c", "b", "d", "a", "e"]
+    # a retrieval favourite the ranker puts second stays above the ranker's favourite from far below
+    out = _reorder(docs, [0.8, 0.1, 0.2, 0.9], None, fusion="rrf")
+    assert [d.id for d in out][:2] == ["a", "d"]
 
 
 def test_run_reorders_by_score(cross_encoder, docs):

@@ -21,8 +21,7 @@ from safetensors import safe_open
 from conftest import CORPUS, user_env
 from odqa.components.rankers import CrossEncoderRanker
 from odqa.lm.cross_encoder import load_base, load_reranker, pair_text, score_pairs
-from odqa.errors import (ArtifactMismatchError, BackboneChangedError, PipelineConfigError, ResourceNotFoundError,
-                         TrainingDataError)
+from odqa.errors import ArtifactMismatchError, BackboneChangedError, ResourceNotFoundError, TrainingDataError
 from odqa.training import reranker as rr
 from odqa.training.checkpoints import load_checkpoint
 from odqa.data.negatives import Ctx, TrainExample
@@ -250,42 +249,6 @@ def test_ranker_loads_artifact_and_ranks(trained, docs, bare_bert):
     # and not as the base with its fresh head would: the head came from the artifact
     fresh, tok, _, _ = load_base(bare_bert)
     assert score_pairs(fresh, tok, pairs, 8, 512) != pytest.approx(scores, abs=1e-4)
-
-
-def test_ranker_scores_only_its_candidates(trained, docs, monkeypatch):
-    out, _ = trained
-    ranker = CrossEncoderRanker(model=str(out), candidates=3)
-    ranker.warm_up()
-    seen = []
-    score = ranker._score
-    monkeypatch.setattr(ranker, "_score", lambda pairs: seen.append(len(pairs)) or score(pairs))
-    ranked = ranker.run(query="Who wrote Romeo and Juliet?", documents=docs)["documents"]
-    assert seen == [3]
-    assert {d.id for d in ranked[:3]} == {d.id for d in docs[:3]}  # the first three, re-ordered
-    assert [d.id for d in ranked[3:]] == [d.id for d in docs[3:]]  # the rest in retrieval order
-    assert CrossEncoderRanker.from_dict(ranker.to_dict()).candidates == 3
-
-
-def test_ranker_candidates_and_fusion_are_checked(trained):
-    with pytest.raises(PipelineConfigError, match="candidates must be at least 1.*got 0"):
-        CrossEncoderRanker(model=str(trained[0]), candidates=0)
-    with pytest.raises(PipelineConfigError, match=r"unknown fusion 'mean'; use one of \['none', 'rrf'\]"):
-        CrossEncoderRanker(model=str(trained[0]), fusion="mean")
-
-
-def test_rrf_fusion_of_ranker_and_retrieval_orders(make_docs):
-    from odqa.components.rankers import _reorder
-
-    docs = make_docs(("a", "A", "a"), ("b", "B", "b"), ("c", "C", "c"), ("d", "D", "d"), ("e", "E", "e"))
-    # four scored, the ranker's order c, b, d, a; fused with retrieval order a, b, c, d:
-    # a: 1/64 + 1/61, b: 1/62 + 1/62, c: 1/61 + 1/63, d: 1/63 + 1/64; e unscored, last
-    out = _reorder(docs, [0.1, 0.5, 0.9, 0.3], None, fusion="rrf")
-    assert [d.id for d in out] == ["c", "b", "a", "d", "e"]
-    assert out[0].score == pytest.approx(1 / 61 + 1 / 63) and out[0].meta["ranker_score"] == pytest.approx(0.9)
-    assert [d.id for d in _reorder(docs, [0.1, 0.5, 0.9, 0.3], None)] == ["c", "b", "d", "a", "e"]
-    # a retrieval favourite the ranker puts second stays above the ranker's favourite from far below
-    out = _reorder(docs, [0.8, 0.1, 0.2, 0.9], None, fusion="rrf")
-    assert [d.id for d in out][:2] == ["a", "d"]
 
 
 def test_ranker_to_dict_from_dict(trained):
