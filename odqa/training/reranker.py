@@ -194,7 +194,7 @@ def question_set_examples(pipeline: str | Path, spec: str, cfg: RerankerTrainCon
       accepted answer (``has_answer``), negatives the rest; a question needs one of each.
     - ``labels="reader"``: every candidate with the frozen reader's score (:mod:`odqa.training.teacher`).
 
-    Returns ``(examples, questions in the set)``.
+    Returns ``(examples, questions in the set, the teacher's agreement with has_answer or None)``.
     """
     from odqa.data.negatives import Ctx
 
@@ -214,8 +214,16 @@ def question_set_examples(pipeline: str | Path, spec: str, cfg: RerankerTrainCon
         candidates = [found.candidates[i] for i in picked]
         teacher = ReaderTeacher(pipeline_reader(pipeline))
         scores = teacher_scores(teacher, questions, candidates, work / SCORES_FILE, progress)
+        flags = [found.flags[i] for i in picked]
+        stats = {"reader": teacher.name, "questions": len(questions), "candidates": cfg.train_candidates,
+                 # how often the candidate first in each order holds an accepted answer
+                 "top1_has_answer": {"retrieval": percent([bool(f and f[0]) for f in flags]),
+                                     "teacher": percent([bool(f) and f[max(range(len(s)), key=s.__getitem__)]
+                                                         for f, s in zip(flags, scores)])}}
+        _say(progress, f"teacher: the top candidate holds an answer for {stats['top1_has_answer']['teacher']}% of "
+                       f"training questions (retrieval order: {stats['top1_has_answer']['retrieval']}%)")
         return [TaughtGroup(str(q.id), q.question, [ctx(d) for d in docs], s)
-                for q, docs, s in zip(questions, candidates, scores) if docs], len(found.questions)
+                for q, docs, s in zip(questions, candidates, scores) if docs], len(found.questions), stats
     examples = []
     for i in picked:
         q, docs, flags = found.questions[i], found.candidates[i], found.flags[i]
@@ -227,7 +235,7 @@ def question_set_examples(pipeline: str | Path, spec: str, cfg: RerankerTrainCon
     if not examples:
         raise TrainingDataError(f"no question of '{spec}' has both a candidate holding its answer and one without "
                                 f"in the retrieval's first {cfg.train_candidates}; raise --train-candidates")
-    return examples, len(found.questions)
+    return examples, len(found.questions), None
 
 
 def pipeline_reader(pipeline_path: str | Path):
@@ -377,10 +385,10 @@ def train_reranker(pipeline: str | Path, train: str | Path | list, dev: str, out
                                 f"a jsonl file of questions and answers), got {' '.join(map(str, files))}: the "
                                 "teacher scores the pipeline's own candidates for each question")
     if from_set:
-        examples, in_file = question_set_examples(pipeline, str(files[0]), cfg, work, progress)
+        examples, in_file, teacher_stats = question_set_examples(pipeline, str(files[0]), cfg, work, progress)
     else:
         examples = [ex for f in files for ex in read_examples(f)]
-        in_file = len(examples)
+        in_file, teacher_stats = len(examples), None
         if cfg.max_examples and cfg.max_examples < len(examples):
             examples = random.Random(cfg.seed).sample(examples, cfg.max_examples)
     train = files[0] if len(files) == 1 else [str(f) for f in files]
@@ -422,12 +430,13 @@ def train_reranker(pipeline: str | Path, train: str | Path | list, dev: str, out
                             max_steps=cfg.max_steps, epochs=cfg.epochs, warmup=cfg.warmup, metric="mrr",
                             resume=resume, progress=progress, desc="training re-ranker", settings=settings)
     # the base's hash matched before and after: write the best adapter, never the base
-    return _write_artifact(model, out, cfg, check.digest, train, from_set, dev, examples, in_file, dev_set, before,
+    return _write_artifact(model, out, cfg, check.digest, train, from_set, teacher_stats, dev, examples, in_file,
+                           dev_set, before,
                            result.best, result.history, n_trainable, result.seconds, fresh)
 
 
-def _write_artifact(model, out: Path, cfg: RerankerTrainConfig, digest: str, train, from_set: bool, dev, examples,
-                    in_file, dev_set: DevSet, before: dict, best: dict, history: dict, n_trainable: int, seconds: float,
+def _write_artifact(model, out: Path, cfg: RerankerTrainConfig, digest: str, train, from_set: bool,
+                    teacher_stats: dict | None, dev, examples, in_file, dev_set: DevSet, before: dict, best: dict, history: dict, n_trainable: int, seconds: float,
                     fresh: set[str]) -> dict:
     synthetic = sum(getattr(e, "synthetic", False) for e in examples)
     dev_metrics = {
@@ -447,6 +456,7 @@ def _write_artifact(model, out: Path, cfg: RerankerTrainConfig, digest: str, tra
                          "reader": "the frozen reader's log p(answer | question, passage), softmax at "
                                    f"T={cfg.temperature} (KL)"}[cfg.labels],
               "synthetic_examples": synthetic, "examples": len(examples), "examples_in_file": in_file,
+              **({"teacher": teacher_stats} if teacher_stats else {}),
               "steps": history["loss"][-1][0] if history["loss"] else 0},
         dev_metrics=dev_metrics,
         lora={"r": cfg.lora_r, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout, "targets": list(cfg.lora_targets),

@@ -498,6 +498,10 @@ def test_reader_labels_are_cached_and_resumed(work, questions_file, bare_bert, t
                        progress=False)["manifest"]
     assert m["data"]["labels"].startswith("the frozen reader's log p(answer | question, passage)")
     assert m["data"]["examples"] == len(QUESTIONS) and m["config"]["labels"] == "reader"
+    stats = m["data"]["teacher"]
+    assert stats["questions"] == len(QUESTIONS) and stats["candidates"] == 4
+    assert set(stats["top1_has_answer"]) == {"retrieval", "teacher"}
+    assert all(0 <= v <= 100 for v in stats["top1_has_answer"].values())
 
 
 def _crash(*args, **kwargs):
