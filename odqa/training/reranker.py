@@ -213,9 +213,11 @@ def question_set_examples(pipeline: str | Path, spec: str, cfg: RerankerTrainCon
         questions = [found.questions[i] for i in picked]
         candidates = [found.candidates[i] for i in picked]
         teacher = ReaderTeacher(pipeline_reader(pipeline))
-        scores = teacher_scores(teacher, questions, candidates, work / SCORES_FILE, progress)
+        with FrozenCheck(teacher.backbone.model, teacher.name["model"]) as reader_check:  # the reader only reads
+            scores = teacher_scores(teacher, questions, candidates, work / SCORES_FILE, progress)
         flags = [found.flags[i] for i in picked]
-        stats = {"reader": teacher.name, "questions": len(questions), "candidates": cfg.train_candidates,
+        stats = {"reader": teacher.name, "reader_backbone_hash": reader_check.digest, "questions": len(questions),
+                 "candidates": cfg.train_candidates,
                  # how often the candidate first in each order holds an accepted answer
                  "top1_has_answer": {"retrieval": percent([bool(f and f[0]) for f in flags]),
                                      "teacher": percent([bool(f) and f[max(range(len(s)), key=s.__getitem__)]

@@ -427,6 +427,25 @@ def test_quick_training_on_minilm_and_the_real_index(tmp_path):
     assert len(ranked) == 10 and [d.score for d in ranked] == sorted((d.score for d in ranked), reverse=True)
 
 
+@pytest.mark.slow
+def test_quick_reader_taught_training_on_real_questions(tmp_path):
+    """`odqa train reranker --quick --labels reader` with the default pipeline's SmolLM2 reader as the teacher."""
+    if not (REPO / "indexes" / "wiki-vital" / "manifest.json").exists():
+        pytest.skip("indexes/wiki-vital is not built (make index)")
+    out = tmp_path / "taught"
+    proc = subprocess.run([sys.executable, "-m", "odqa.cli", "train", "reranker", "--quick", "--labels", "reader",
+                           "--pipeline", str(REPO / "pipelines" / "frozen_reader.yml"), "--train", "trivia-wiki:train",
+                           "--train-candidates", "4", "--dev", "trivia-wiki:dev", "--dev-candidates", "4",
+                           "--out", str(out)], capture_output=True, text=True, env=user_env(), cwd=REPO, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads((out / "manifest.json").read_text())
+    stats = m["data"]["teacher"]
+    assert stats["questions"] == 12 and stats["reader"]["model"] == "smollm2-135m-instruct"
+    assert stats["reader"]["soft_prompt"].endswith("reader-prompt-smollm2-trivia")
+    from odqa.lm.backbone import load_backbone
+    assert stats["reader_backbone_hash"] == weights_hash(load_backbone("smollm2-135m-instruct").model)
+
+
 def test_dev_candidates_are_cached_and_reused_without_retrieval(trained, work, monkeypatch):
     """The run wrote its dev candidates beside the checkpoint; a rebuild with the same key reads
     them back (no retrieval runs), and another key retrieves again."""
@@ -500,6 +519,8 @@ def test_reader_labels_are_cached_and_resumed(work, questions_file, bare_bert, t
     assert m["data"]["examples"] == len(QUESTIONS) and m["config"]["labels"] == "reader"
     stats = m["data"]["teacher"]
     assert stats["questions"] == len(QUESTIONS) and stats["candidates"] == 4
+    from odqa.lm.backbone import load_backbone
+    assert stats["reader_backbone_hash"] == weights_hash(load_backbone(stats["reader"]["model"]).model)
     assert set(stats["top1_has_answer"]) == {"retrieval", "teacher"}
     assert all(0 <= v <= 100 for v in stats["top1_has_answer"].values())
 
