@@ -38,3 +38,43 @@ def test_scores_are_the_readers_answer_log_likelihood(tiny_lm, soft_prompt_dir, 
                 for p in PASSAGES]
     assert scores == pytest.approx(expected, abs=1e-4)
     assert all(s < 0 for s in scores)
+
+
+class CountingTeacher:
+    """Stands in for ReaderTeacher in the cache's bookkeeping: a name and a scores() that counts calls."""
+
+    def __init__(self, soft_prompt: str):
+        self.name = {"model": "m", "template": "qa", "soft_prompt": soft_prompt}
+        self.calls = 0
+
+    def scores(self, question, answer, passages):
+        self.calls += 1
+        return [-float(i) for i in range(len(passages))]
+
+
+def _set(n: int):
+    from haystack import Document
+
+    from odqa.data.question import Question
+
+    questions = [Question(id=f"q{i}", question=f"question {i}?", answers=[f"a{i}"]) for i in range(n)]
+    candidates = [[Document(id=f"d{i}{j}", content=f"passage {j}", meta={"title": "T"}) for j in range(3)]
+                  for i in range(n)]
+    return questions, candidates
+
+
+def test_teacher_scores_resume_and_refuse_a_stale_cache(tmp_path):
+    from odqa.errors import PipelineConfigError
+    from odqa.training.teacher import teacher_scores
+
+    questions, candidates = _set(4)
+    path = tmp_path / "teacher-scores.jsonl"
+    first = CountingTeacher("p1")
+    assert teacher_scores(first, questions[:2], candidates[:2], path, progress=False) == [[0.0, -1.0, -2.0]] * 2
+    again = CountingTeacher("p1")
+    assert len(teacher_scores(again, questions, candidates, path, progress=False)) == 4
+    assert (first.calls, again.calls) == (2, 2)  # the cached two are not scored again
+    with pytest.raises(PipelineConfigError) as e:
+        teacher_scores(CountingTeacher("p2"), questions, candidates, path, progress=False)
+    assert str(path) in str(e.value) and "another reader or other candidates" in str(e.value)
+    assert "delete it" in str(e.value)
