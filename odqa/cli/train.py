@@ -142,9 +142,10 @@ def register(sub) -> None:
     t = train.add_parser("reranker", help="train the cross-encoder re-ranker (a LoRA adapter on a frozen encoder)")
     t.add_argument("--pipeline", default=str(DEFAULT_PIPELINE),
                    help="its retrieval stages give the dev candidates; its packer the LM-input recall")
-    t.add_argument("--train", required=True, nargs="+", help="a bundled question set (e.g. trivia-wiki:train: "
-                   "groups from the pipeline's own retrieval, see --labels), or jsonl files of training examples with "
-                   "positives and hard negatives (several are trained on together)")
+    t.add_argument("--train", required=True, nargs="+", help="questions: a bundled set (e.g. trivia-wiki:train) "
+                   "or a jsonl file of questions and answers, each grouped with the pipeline's own retrieved candidates "
+                   "(see --labels); or jsonl files of training examples with positives and hard negatives (several are "
+                   "trained on together)")
     t.add_argument("--dev", default="fanoutqa-wiki:dev", help="dev questions: fanoutqa-wiki:dev or a .jsonl file")
     t.add_argument("--out", required=True, help="artifact dir, e.g. pipelines/artifacts/reranker-minilm-synthetic")
     RerankerTrainConfig.add_flags(t)

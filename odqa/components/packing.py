@@ -51,7 +51,8 @@ class ContextPacker:
         if order not in ORDERS:
             raise PipelineConfigError(f"unknown passage order '{order}'; use one of {list(ORDERS)}")
         if max_passages is not None and max_passages < 1:
-            raise PipelineConfigError(f"max_passages must be at least 1 (or null for as many as fit), got {max_passages}")
+            raise PipelineConfigError(
+                f"max_passages must be at least 1 (or null for as many as fit), got {max_passages}")
         self.max_passages = max_passages
         self.order = order
         self.model = model
@@ -75,8 +76,8 @@ class ContextPacker:
         """
         :param query: The question.
         :param documents: Passages, best first.
-        :returns: ``documents`` that fit (in rank order, or reversed for ``best-last``), ``dropped_ids`` of those cut, and
-            ``budget``: the token arithmetic.
+        :returns: ``documents`` that fit (in rank order, or reversed for ``best-last``),
+            ``dropped_ids`` of those cut, and ``budget``: the token arithmetic.
         """
         query = check_question(query)
         self.warm_up()

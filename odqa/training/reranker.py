@@ -51,8 +51,9 @@ COMMIT_LIMIT = 5 * 1024 * 1024  # artifacts above this are rebuilt by command, n
 
 
 # settings a resumed run must share with its checkpoint (epochs / max_steps may grow)
-RESUME_KEYS = ("base", "labels", "train_candidates", "temperature", "batch_questions", "negatives", "lr", "weight_decay", "lora_r", "lora_alpha",
-               "lora_dropout", "lora_targets", "max_length", "max_examples", "seed")
+RESUME_KEYS = ("base", "labels", "train_candidates", "temperature", "batch_questions", "negatives", "lr",
+               "weight_decay", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "max_length", "max_examples",
+               "seed")
 
 
 def _head_modules(fresh: set[str]) -> list[str]:
@@ -186,7 +187,7 @@ TRAIN_CACHE = "train-set.json"  # the training questions' retrieved candidates
 
 
 def question_set_examples(pipeline: str | Path, spec: str, cfg: RerankerTrainConfig, work: Path,
-                          progress: bool = True) -> tuple[list, int]:
+                          progress: bool = True) -> tuple[list, int, dict | None]:
     """Training groups made from real questions (e.g. ``trivia-wiki:train``) and the candidates the
     pipeline's own retrieval returns for them (its first ``cfg.train_candidates``):
 
@@ -433,13 +434,12 @@ def train_reranker(pipeline: str | Path, train: str | Path | list, dev: str, out
                             resume=resume, progress=progress, desc="training re-ranker", settings=settings)
     # the base's hash matched before and after: write the best adapter, never the base
     return _write_artifact(model, out, cfg, check.digest, train, from_set, teacher_stats, dev, examples, in_file,
-                           dev_set, before,
-                           result.best, result.history, n_trainable, result.seconds, fresh)
+                           dev_set, before, result.best, result.history, n_trainable, result.seconds, fresh)
 
 
 def _write_artifact(model, out: Path, cfg: RerankerTrainConfig, digest: str, train, from_set: bool,
-                    teacher_stats: dict | None, dev, examples, in_file, dev_set: DevSet, before: dict, best: dict, history: dict, n_trainable: int, seconds: float,
-                    fresh: set[str]) -> dict:
+                    teacher_stats: dict | None, dev, examples, in_file, dev_set: DevSet, before: dict, best: dict,
+                    history: dict, n_trainable: int, seconds: float, fresh: set[str]) -> dict:
     synthetic = sum(getattr(e, "synthetic", False) for e in examples)
     dev_metrics = {
         "dev": dev, "questions": len(dev_set.questions), "candidates_from": dev_set.source,
