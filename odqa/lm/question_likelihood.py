@@ -29,25 +29,19 @@ def question_log_likelihoods(backbone, question: str, passages: list[tuple[str, 
     Pairs are right-padded within a batch and the mask hides the padding, so a passage's score
     does not depend on its batch. Passages are cut to ``max_passage_tokens`` (their head kept).
     """
+    from odqa.lm.likelihood import row_sums, target_inputs, target_logprobs
+
     model, tok = backbone.model, backbone.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     pairs = []
     for title, text in passages:
         context, q_ids = _pair_ids(tok, question, title, text)
-        pairs.append((context[:max_passage_tokens], q_ids))
+        context = context[:max_passage_tokens]
+        pairs.append((context + q_ids, len(context)))
     scores: list[float] = []
     for start in range(0, len(pairs), batch_size):
         batch = pairs[start:start + batch_size]
-        width = max(len(c) + len(q) for c, q in batch)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, (c, q) in enumerate(batch):
-            ids[i, :len(c) + len(q)] = torch.tensor(c + q)
-            mask[i, :len(c) + len(q)] = 1
-        logits = model(input_ids=ids.to(backbone.device), attention_mask=mask.to(backbone.device)).logits.float()
-        logp = torch.log_softmax(logits, dim=-1)
-        for i, (c, q) in enumerate(batch):
-            positions = torch.arange(len(c) - 1, len(c) + len(q) - 1, device=logp.device)  # each predicts the next
-            target = torch.tensor(q, device=logp.device)
-            scores.append(float(logp[i, positions, target].mean()) if q else 0.0)
+        logp, rows = target_logprobs(model, *target_inputs(model, None, batch, pad))
+        counts = row_sums(torch.ones_like(logp), rows, len(batch))
+        scores += (row_sums(logp, rows, len(batch)) / counts.clamp(min=1)).tolist()  # no question tokens: 0.0
     return scores

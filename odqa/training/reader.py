@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from odqa.configs import ReaderTrainConfig
+from odqa.lm.likelihood import target_inputs, target_logprobs
 from odqa.errors import OdqaError, TrainingDataError
 from odqa.metrics import has_answer, qa_scores
 from odqa.runs import RunWriter, read_records
@@ -81,66 +82,14 @@ def encode_example(tok, template, rec: dict, answer: str | None, newline_id: int
     return prompt + target, len(prompt)
 
 
-def batch_inputs(model, soft, batch: list[tuple[list[int], int]], pad_id: int):
-    """``(inputs_embeds, attention_mask, labels)`` of ``encode_example`` pairs: the soft prompt
-    prepended (``soft`` may be ``None``), right padding, labels only on the answer tokens."""
-    width = max(len(ids) for ids, _ in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    labels = torch.full((len(batch), width), -100, dtype=torch.long)
-    for i, (seq, n_prompt) in enumerate(batch):
-        ids[i, : len(seq)] = torch.tensor(seq)
-        mask[i, : len(seq)] = 1
-        labels[i, n_prompt : len(seq)] = torch.tensor(seq[n_prompt:])
-    embedding = model.get_input_embeddings()
-    ids, mask, labels = (t.to(embedding.weight.device) for t in (ids, mask, labels))
-    embeds = embedding(ids)
-    if soft is None:
-        return embeds, mask, labels
-    p = soft.length
-    mask = torch.cat([mask.new_ones((len(batch), p)), mask], dim=1)
-    labels = torch.cat([labels.new_full((len(batch), p), -100), labels], dim=1)
-    return soft(embeds), mask, labels
-
-
 def batch_loss(model, soft, batch: list[tuple[list[int], int]], pad_id: int) -> torch.Tensor:
     """Mean cross-entropy of the answer tokens, the soft prompt prepended, right padding."""
-    return answer_loss(model, *batch_inputs(model, soft, batch, pad_id))
-
-
-def answer_token_logprobs(model, embeds: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
-                          prefix=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(log p of each labelled token, its row)`` under the frozen LM over ``inputs_embeds``, where
-    ``labels != -100`` (``labels[:, t]`` is the token at position t). The LM head runs only where a
-    label is predicted (position t predicts token t+1): a [batch, seq, vocab] logits tensor would
-    cost ~0.6 GB and a fifth of the step.
-
-    ``prefix`` (a :class:`~odqa.lm.generation.PrefixCache`, inference only): the rows continue
-    after those cached keys and values, shared by the batch, instead of recomputing them per row.
-    """
-    kwargs = {}
-    if prefix is not None:
-        b, n = mask.shape
-        cache = prefix.fresh()
-        cache.batch_repeat_interleave(b)
-        mask = torch.cat([mask.new_ones((b, prefix.length)), mask], dim=1)
-        kwargs = {"past_key_values": cache, "use_cache": True,
-                  "position_ids": torch.arange(prefix.length, prefix.length + n, device=mask.device).expand(b, n)}
-    hidden = model.get_decoder()(inputs_embeds=embeds, attention_mask=mask, **kwargs).last_hidden_state
-    targets = labels[:, 1:]
-    keep = targets != -100
-    logits = model.get_output_embeddings()(hidden[:, :-1][keep]).float()
-    cap = getattr(model.config, "final_logit_softcapping", None)
-    if cap:  # Gemma-style soft capping, as the model's own forward applies it
-        logits = torch.tanh(logits / cap) * cap
-    logp = -torch.nn.functional.cross_entropy(logits, targets[keep], reduction="none")
-    rows = torch.arange(len(labels), device=labels.device)[:, None].expand_as(targets)[keep]
-    return logp, rows
+    return answer_loss(model, *target_inputs(model, soft, batch, pad_id))
 
 
 def answer_loss(model, embeds: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy of the labelled tokens (see :func:`answer_token_logprobs`)."""
-    logp, _ = answer_token_logprobs(model, embeds, mask, labels)
+    """Mean next-token cross-entropy of the labelled tokens (see :func:`odqa.lm.likelihood.target_logprobs`)."""
+    logp, _ = target_logprobs(model, embeds, mask, labels)
     return -logp.mean()
 
 

@@ -53,7 +53,8 @@ class ReaderTeacher:
     def scores(self, question: str, answer: str, passages: list[tuple[str, str]]) -> list[float]:
         """log p(answer tokens, then the newline the reader stops on | question, passage), summed
         over the answer's tokens: one score per passage, each read alone."""
-        from odqa.training.reader import answer_token_logprobs, batch_inputs, encode_example
+        from odqa.lm.likelihood import row_sums, target_inputs, target_logprobs
+        from odqa.training.reader import encode_example
 
         model, tok = self.backbone.model, self.backbone.tokenizer
         examples = [encode_example(tok, self.template, {"question": question, "passages": [p]}, answer,
@@ -61,9 +62,9 @@ class ReaderTeacher:
         out: list[float] = []
         for start in range(0, len(examples), self.batch_size):
             batch = examples[start:start + self.batch_size]
-            logp, rows = answer_token_logprobs(model, *batch_inputs(model, None, batch, tok.pad_token_id),
-                                               prefix=self.prefix)
-            out += torch.zeros(len(batch), device=logp.device).index_add_(0, rows, logp).tolist()
+            logp, rows = target_logprobs(model, *target_inputs(model, None, batch, tok.pad_token_id),
+                                         prefix=self.prefix)
+            out += row_sums(logp, rows, len(batch)).tolist()
         return out
 
 
