@@ -76,8 +76,11 @@ def read_examples(path: str | Path) -> list[TrainExample]:
     by the re-ranker: every example needs a positive passage, and some need hard negatives."""
     from odqa.data.negatives import read_training_data
 
-    path = Path(path)
-    examples = read_training_data(path)
+    return checked_examples(read_training_data(Path(path)), Path(path))
+
+
+def checked_examples(examples: list[TrainExample], path: Path) -> list[TrainExample]:
+    """``examples`` read from ``path``, refused when the re-ranker cannot learn from them."""
     no_pos = [e for e in examples if not e.positives]
     if no_pos:
         raise TrainingDataError(
@@ -93,15 +96,9 @@ def read_examples(path: str | Path) -> list[TrainExample]:
     return examples
 
 
-def questions_only(path: str | Path) -> bool:
-    """Whether ``path`` holds questions and answers with no passages at all (e.g. NQ-open jsonl):
-    such a file is trained on like a question set, its groups from the pipeline's retrieval."""
-    from odqa.data.negatives import read_training_data
-
-    try:
-        examples = read_training_data(Path(path))
-    except TrainingDataError:
-        return False  # read_examples says what is wrong with it
+def questions_only(examples: list[TrainExample]) -> bool:
+    """Whether a file's records are questions and answers with no passages at all (e.g. NQ-open
+    jsonl): such a file is trained on like a question set, its groups from the pipeline's retrieval."""
     return bool(examples) and not any(e.positives or e.hard_negatives for e in examples)
 
 
@@ -381,8 +378,12 @@ def train_reranker(pipeline: str | Path, train: str | Path | list, dev: str, out
     cfg = config or RerankerTrainConfig()
     out = Path(out)
     work = work_dir(out, resume)  # refuses an `out` that is not an artifact, or a left checkpoint without --resume
+    from odqa.data.negatives import read_training_data
+
     files = [train] if isinstance(train, (str, Path)) else list(train)
-    from_set = len(files) == 1 and (is_question_set(str(files[0])) or questions_only(files[0]))
+    one = str(files[0]) if len(files) == 1 else None
+    read = read_training_data(Path(one)) if one and not is_question_set(one) else None  # one file: read once
+    from_set = one is not None and (is_question_set(one) or questions_only(read))
     if cfg.labels == "reader" and not from_set:
         raise TrainingDataError(f"--labels reader needs questions as --train (a set such as trivia-wiki:train, or "
                                 f"a jsonl file of questions and answers), got {' '.join(map(str, files))}: the "
@@ -390,7 +391,8 @@ def train_reranker(pipeline: str | Path, train: str | Path | list, dev: str, out
     if from_set:
         examples, in_file, teacher_stats = question_set_examples(pipeline, str(files[0]), cfg, work, progress)
     else:
-        examples = [ex for f in files for ex in read_examples(f)]
+        examples = checked_examples(read, Path(one)) if read is not None else [
+            ex for f in files for ex in read_examples(f)]
         in_file, teacher_stats = len(examples), None
         if cfg.max_examples and cfg.max_examples < len(examples):
             examples = random.Random(cfg.seed).sample(examples, cfg.max_examples)
