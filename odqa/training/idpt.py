@@ -101,7 +101,7 @@ def train_idpt(train_examples, dev_examples, out: str | Path, config: IDPTTrainC
     from odqa.lm.prompt_generator import PromptGenerator, load_encoder
     from odqa.eval.multitask import score_examples, summarize
     from odqa.lm.backbone import Backbone, load_backbone
-    from odqa.training.reader import batch_loss, init_prompt
+    from odqa.training.reader import batch_loss, init_prompt, newline_id
 
     out = Path(out)
     if config.mode == "finetune":
@@ -120,9 +120,8 @@ def train_idpt(train_examples, dev_examples, out: str | Path, config: IDPTTrainC
     backbone = load_backbone(backbone_name)
     model, tok = backbone.model, backbone.tokenizer
     encoder, enc_tok = load_encoder(config.encoder)
-    newline = tok.encode("\n", add_special_tokens=False)
-    newline_id = newline[0] if len(newline) == 1 else None
-    examples = [(*encode(tok, e.inputs, e.targets, newline_id, config.max_input_tokens), e.inputs) for e in train]
+    examples = [(*encode(tok, e.inputs, e.targets, newline_id(tok), config.max_input_tokens), e.inputs)
+                for e in train]
     with FrozenCheck(model, backbone_name) as lm_check, FrozenCheck(encoder, config.encoder) as enc_check:
         # the trained module, and how a batch gets its prompt
         generator = soft = tuned = None

@@ -68,6 +68,12 @@ def build_contexts(pipe, packer_name: str, items: list[dict], path: Path, desc: 
 
 
 # --- batches -------------------------------------------------------------------------------
+def newline_id(tok) -> int | None:
+    """The token that ends an answer (a trained target ends with it), when ``\n`` is one token."""
+    newline = tok.encode("\n", add_special_tokens=False)
+    return newline[0] if len(newline) == 1 else None
+
+
 def encode_example(tok, template, rec: dict, answer: str | None, newline_id: int | None) -> tuple[list[int], int]:
     """Token ids of prompt (+ answer + newline when training) and the prompt's length."""
     from odqa.lm.prompting import encode_parts
@@ -159,9 +165,8 @@ def train_reader(pipeline: str, train_items: list[dict], dev_items: list[dict], 
         pipe = context_pipeline(qa, config.template, str(init_dir))
         train_ctx = build_contexts(pipe, qa.packer, train_items, work / "contexts-train.jsonl", "packing train contexts")
         dev_ctx = build_contexts(pipe, qa.packer, dev_items, work / "contexts-dev.jsonl", "packing dev contexts")
-        newline = tok.encode("\n", add_special_tokens=False)
-        newline_id = newline[0] if len(newline) == 1 else None
-        examples = [encode_example(tok, template, r, r["answers"][0], newline_id) for r in train_ctx]
+        stop = newline_id(tok)
+        examples = [encode_example(tok, template, r, r["answers"][0], stop) for r in train_ctx]
         limit = reader.context_length - config.prompt_length
         too_long = sum(len(ids) > limit for ids, _ in examples)
 

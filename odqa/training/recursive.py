@@ -49,11 +49,6 @@ def _target_ids(tok, answer: str, newline_id: int | None) -> list[int]:
     return ids + ([newline_id] if newline_id is not None else [])
 
 
-def _newline_id(tok) -> int | None:
-    newline = tok.encode("\n", add_special_tokens=False)
-    return newline[0] if len(newline) == 1 else None
-
-
 def cache_records(items: list[dict], path: Path, make: Callable[[dict], dict], desc: str, progress: bool) -> list[dict]:
     """One record per item, computed once and appended durably to ``path`` (a rerun resumes)."""
     from tqdm.auto import tqdm
@@ -241,6 +236,7 @@ def train_recursive(mode: str, model_name: str, train_items: list[dict], dev_ite
     from odqa.lm.soft_prompt import SoftPrompt, weights_path
     from odqa.training.reader import batch_loss as prompt_loss
     from odqa.training.reader import init_prompt
+    from odqa.training.reader import newline_id as stop_token
 
     if mode not in MODES:
         raise OdqaError(f"unknown mode '{mode}'; use one of {list(MODES)}")
@@ -263,7 +259,7 @@ def train_recursive(mode: str, model_name: str, train_items: list[dict], dev_ite
 
     backbone = load_backbone(model_name)
     model, tok = backbone.model, backbone.tokenizer
-    newline_id = _newline_id(tok)
+    newline_id = stop_token(tok)
     soft1 = None
     if first_prompt:
         soft1 = backbone.soft_prompt(first_prompt)

@@ -36,6 +36,7 @@ class ReaderTeacher:
         from odqa.lm.generation import PrefixCache
         from odqa.lm.prompting import get_template
         from odqa.lm.soft_prompt import SoftPrompt
+        from odqa.training.reader import newline_id
 
         self.name = {"model": reader.model, "template": reader.template, "soft_prompt": reader.soft_prompt}
         self.backbone = load_backbone(reader.model, reader.dtype)
@@ -46,8 +47,7 @@ class ReaderTeacher:
         # the soft prompt's keys and values, computed once and shared by every passage
         self.prefix = PrefixCache.build(self.backbone.model, self.soft, []) if self.soft is not None else None
         tok = self.backbone.tokenizer
-        newline = tok.encode("\n", add_special_tokens=False)
-        self.newline_id = newline[0] if len(newline) == 1 else None
+        self.newline_id = newline_id(tok)
 
     @torch.inference_mode()
     def scores(self, question: str, answer: str, passages: list[tuple[str, str]]) -> list[float]:
