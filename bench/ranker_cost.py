@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 import odqa
 from odqa.components.rankers import CrossEncoderRanker
 from odqa.data.questions import dedup, load_questions
+from odqa.training.reranker import documents_sender
 
 ROOT = Path(__file__).resolve().parent.parent
 WARMUP = 2
@@ -52,8 +53,7 @@ def main() -> int:
         sys.exit(f"error: {args.pipeline} has no CrossEncoderRanker; pass e.g. pipelines/frozen_reader_ranked.yml")
     name = names[0]
     shipped = qa.pipeline.get_component(name)
-    source = next(u for u, _, data in qa.pipeline.graph.in_edges(name, data=True)
-                  if data["to_socket"].name == "documents")
+    source = documents_sender(qa.pipeline, name)
     settings = [(c, n) for c in args.candidates for n in args.max_length]
     rankers = {s: CrossEncoderRanker(model=shipped.model, candidates=s[0], max_length=s[1],
                                      batch_size=shipped.batch_size) for s in settings}

@@ -262,7 +262,8 @@ class DevSet:
     source: str  # the stage the candidates come from
 
 
-def _documents_sender(pipeline, name: str) -> str | None:
+def documents_sender(pipeline, name: str) -> str | None:
+    """The component that sends ``documents`` to ``name`` in ``pipeline`` (``None`` when none does)."""
     senders = [u for u, _, data in pipeline.graph.in_edges(name, data=True)
                if data.get("to_socket") is not None and data["to_socket"].name == "documents"]
     return senders[0] if senders else None
@@ -284,9 +285,9 @@ def retrieval_pipeline(pipeline_path: str | Path):
         raise PipelineConfigError(f"{pipeline_path}: the pipeline has no ContextPacker; the re-ranker's dev "
                                   "evaluation packs candidates with the pipeline's packer, so pass a frozen-reader "
                                   "pipeline such as pipelines/frozen_reader.yml")
-    source = _documents_sender(pipeline, packers[0])
+    source = documents_sender(pipeline, packers[0])
     if source and isinstance(pipeline.get_component(source), CrossEncoderRanker):
-        source = _documents_sender(pipeline, source)
+        source = documents_sender(pipeline, source)
     if source is None:
         raise PipelineConfigError(f"{pipeline_path}: nothing sends documents to the packer '{packers[0]}'; "
                                   "connect the retrievers (or their join) to it")
