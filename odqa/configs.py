@@ -144,6 +144,11 @@ class RerankerTrainConfig(TrainConfig):
 
     QUICK: ClassVar[dict] = {"max_steps": 3, "max_examples": 12, "dev_limit": 6, "dev_candidates": 30}
 
+    student: str = setting("cross-encoder", "'cross-encoder': a LoRA adapter and head reading (question, passage) "
+                                            "pairs; 'query-encoder': a LoRA adapter on the dense index's question "
+                                            "encoder, scored against the index's own passage vectors (Atlas "
+                                            "query-side fine-tuning; --base is then the index's encoder)",
+                           choices=("cross-encoder", "query-encoder"))
     base: str = setting("minilm-l6", "encoder or cross-encoder to adapt (name, path or HF id)")
     labels: str = setting("answer", "with a question set as --train: 'answer' takes candidates holding an accepted "
                                     "answer as positives (DPR's distant supervision); 'reader' distils the frozen "

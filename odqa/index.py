@@ -252,6 +252,7 @@ class SearchIndex:
         self._passages: list[Passage] | None = None
         self._bm25 = None
         self._faiss = None
+        self._rows: dict[str, int] | None = None
 
     @classmethod
     def open(cls, path: str | Path) -> "SearchIndex":
@@ -328,6 +329,26 @@ class SearchIndex:
                     index.hnsw.efSearch = params["efSearch"]
                 self._faiss = index
             return self._faiss
+
+    def vectors(self, ids: list[str]) -> np.ndarray:
+        """The stored passage vectors of the passages with these ids, ``[len(ids), dim]`` (read back from
+        FAISS, so a re-scorer uses exactly what dense retrieval scored). Unknown ids are refused."""
+        if self._rows is None:
+            rows = {p.id: i for i, p in enumerate(self.passages)}
+            index = self.dense()
+            if self.manifest["faiss"]["type"] == "ivf":  # IVF lists keep no row -> vector map until asked
+                with self._lock:
+                    _faiss().extract_index_ivf(index).make_direct_map()
+            self._rows = rows
+        unknown = [i for i in ids if i not in self._rows]
+        if unknown:
+            raise IndexMismatchError(f"passage id '{unknown[0]}' is not in index '{self.path}' ({len(unknown)} of "
+                                     f"{len(ids)} unknown); re-rank passages retrieved from this index, or point "
+                                     "index_dir at the index they came from")
+        if not ids:
+            return np.zeros((0, self.manifest["dim"]), dtype=np.float32)
+        index = self.dense()
+        return np.stack([index.reconstruct(self._rows[i]) for i in ids]).astype(np.float32)
 
     def check_encoder(self, encoder) -> None:
         """Fail if ``encoder`` embeds differently from the encoder this index was built with."""

@@ -117,6 +117,19 @@ def test_build_ivf_and_hnsw(tmp_path, corpus_jsonl, st_encoder, kind, param):
     scores, ids = faiss_index.search(q, 3)
     assert ids[0][0] == 11
     assert scores[0][0] == pytest.approx(1.0, abs=1e-4)
+    # the stored vectors read back by passage id, whichever the FAISS type (IVF needs a direct map)
+    ids = [index.passages[i].id for i in (11, 3)]
+    assert np.allclose(index.vectors(ids), enc.encode_passages(
+        [index.passages[i].title for i in (11, 3)], [index.passages[i].text for i in (11, 3)]), atol=1e-5)
+
+
+def test_vectors_by_passage_id(flat_index, st_encoder):
+    index = open_index(flat_index)
+    ids = [p.id for p in index.passages[:4]][::-1]
+    assert np.array_equal(index.vectors(ids), _vectors(flat_index)[:4][::-1])
+    assert index.vectors([]).shape == (0, HIDDEN)
+    with pytest.raises(IndexMismatchError, match="passage id 'nope' is not in index .*1 of 2 unknown.*index_dir"):
+        index.vectors([ids[0], "nope"])
 
 
 def test_build_unknown_faiss_type(tmp_path, corpus_jsonl, st_encoder):

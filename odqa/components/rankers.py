@@ -1,4 +1,6 @@
-"""Cross-encoder re-ranking: score each passage jointly with the question (paper, Section 3)."""
+"""Re-ranking the retrieved candidates (paper, Section 3): a cross-encoder scoring each passage
+jointly with the question, a question encoder tuned against the index's passage vectors (Atlas
+query-side fine-tuning), or the frozen LM's likelihood of the question (UPR)."""
 
 from __future__ import annotations
 
@@ -39,6 +41,13 @@ def _reorder(documents: list[Document], scores: list[float], top_k: int | None,
     return ranked[:top_k] if top_k else ranked
 
 
+def _check_ranker_args(candidates: int | None, fusion: str) -> None:
+    if candidates is not None and candidates < 1:
+        raise PipelineConfigError(f"candidates must be at least 1 (or null for all), got {candidates}")
+    if fusion not in FUSIONS:
+        raise PipelineConfigError(f"unknown fusion '{fusion}'; use one of {list(FUSIONS)}")
+
+
 @component
 class CrossEncoderRanker:
     """Re-orders passages by a cross-encoder's relevance score for (question, passage).
@@ -69,10 +78,7 @@ class CrossEncoderRanker:
         :param fusion: ``none`` (the ranker's order) or ``rrf`` (reciprocal-rank fusion of the
             ranker's order with the retrieval order).
         """
-        if candidates is not None and candidates < 1:
-            raise PipelineConfigError(f"candidates must be at least 1 (or null for all), got {candidates}")
-        if fusion not in FUSIONS:
-            raise PipelineConfigError(f"unknown fusion '{fusion}'; use one of {list(FUSIONS)}")
+        _check_ranker_args(candidates, fusion)
         self.fusion = fusion
         self.model = model
         self.top_k = top_k
@@ -109,6 +115,84 @@ class CrossEncoderRanker:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "CrossEncoderRanker":
+        return default_from_dict(cls, data)
+
+
+@component
+class QueryEncoderRanker:
+    """Re-orders passages by a tuned question encoder's similarity to each passage's vector in the
+    dense index (query-side fine-tuning, :mod:`odqa.lm.query_encoder`): one question embedding per
+    question, no passage is re-encoded. ``model`` is an artifact made by
+    ``odqa train reranker --student query-encoder``; ``index_dir`` the index the candidates come
+    from, built with the artifact's base encoder.
+
+    Usage:
+        >>> ranker = QueryEncoderRanker(model="pipelines/artifacts/query-encoder-minilm-answer",
+        ...                             index_dir="indexes/wiki-vital", candidates=10)
+        >>> ranker.run(query="Who wrote Hamlet?", documents=retrieved)["documents"]  # doctest: +SKIP
+    """
+
+    def __init__(self, model: str, index_dir: str, top_k: int | None = None, candidates: int | None = None,
+                 fusion: str = "none"):
+        """
+        :param model: A query-encoder artifact directory.
+        :param index_dir: The dense index holding the candidates' vectors.
+        :param top_k: Keep this many passages (all when ``None``).
+        :param candidates: Score only the first N passages; the rest follow in their retrieval order.
+        :param fusion: ``none`` (the ranker's order) or ``rrf`` (fused with the retrieval order).
+        """
+        _check_ranker_args(candidates, fusion)
+        self.model = model
+        self.index_dir = str(index_dir)
+        self.top_k = top_k
+        self.candidates = candidates
+        self.fusion = fusion
+        self._encoder = None
+        self._index = None
+
+    def warm_up(self) -> None:
+        if self._encoder is not None:
+            return
+        from odqa.encoders import load_encoder
+        from odqa.index import open_index
+        from odqa.lm.query_encoder import load_query_encoder
+
+        encoder, manifest = load_query_encoder(self.model)
+        index = open_index(self.index_dir)
+        if index.manifest.get("encoder_kind") == "dpr":
+            raise PipelineConfigError(f"index '{self.index_dir}' holds DPR vectors; the query-encoder ranker "
+                                      "needs an index built with its sentence-transformers base encoder "
+                                      f"'{manifest['base_model']}'")
+        index.check_encoder(load_encoder(manifest["base_model"]))  # the passage vectors are the base's
+        self._encoder, self._index = encoder, index
+
+    @component.output_types(documents=list[Document])
+    def run(self, query: str, documents: list[Document], top_k: int | None = None) -> dict[str, Any]:
+        """
+        :param query: The question.
+        :param documents: Candidate passages from ``index_dir``, in retrieval order.
+        :param top_k: Overrides the instance's ``top_k``.
+        :returns: ``documents`` sorted by the tuned similarity; the earlier score is kept in
+            ``meta["retrieval_score"]``.
+        """
+        import torch
+
+        query = check_question(query)
+        if not documents:
+            return {"documents": []}
+        self.warm_up()
+        head = documents[:self.candidates]
+        vectors = torch.from_numpy(self._index.vectors([d.id for d in head]))
+        with torch.inference_mode():
+            scores = self._encoder.scores([query], vectors[None])[0].tolist()
+        return {"documents": _reorder(documents, scores, top_k or self.top_k, self.fusion)}
+
+    def to_dict(self) -> dict[str, Any]:
+        return default_to_dict(self, model=self.model, index_dir=self.index_dir, top_k=self.top_k,
+                               candidates=self.candidates, fusion=self.fusion)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "QueryEncoderRanker":
         return default_from_dict(cls, data)
 
 

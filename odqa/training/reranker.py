@@ -1,8 +1,13 @@
-"""Train the cross-encoder re-ranker (paper, Section 3) as a LoRA adapter on a frozen encoder.
+"""Train the re-ranker (paper, Section 3) as a LoRA adapter on a frozen encoder. Two students:
 
-The base encoder (MiniLM by default) is loaded as a one-output sequence classifier and frozen;
-only LoRA matrices on its attention and dense layers, plus the classification head, learn.
-The artifact holds just those (``adapter_model.safetensors`` + ``adapter_config.json``) with
+- ``cross-encoder`` (default): the base encoder (MiniLM by default) is loaded as a one-output
+  sequence classifier and frozen; LoRA matrices on its attention and dense layers, plus the
+  classification head, learn to score (question, passage) pairs.
+- ``query-encoder``: Atlas's query-side fine-tuning (:mod:`odqa.lm.query_encoder`): LoRA on the
+  dense index's own question encoder and a score scale; passages keep the index's vectors, so the
+  student starts as the dense retriever's order and a scored candidate costs no encoder pass.
+
+The artifact holds just the adapter (``adapter_model.safetensors`` + ``adapter_config.json``) with
 ``manifest.json`` and ``curves.png``: a few MB, while the base is resolved by name at load time.
 
 Each step takes B questions, each with 1 positive and k hard negatives, and minimises the
@@ -31,6 +36,8 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from collections.abc import Callable
+
 import torch
 
 from odqa.configs import RerankerTrainConfig
@@ -41,7 +48,7 @@ from odqa.runs import atomic_write_bytes, file_sha256
 from odqa.artifacts import ArtifactWriter, make_manifest, write_manifest
 from odqa.training.checkpoints import work_dir
 from odqa.data.negatives import Ctx, TrainExample
-from odqa.lm.cross_encoder import KIND, load_base, pair_text, quiet_transformers, score_pairs
+from odqa.lm.cross_encoder import KIND, base_weights, load_base, pair_text, quiet_transformers, score_pairs
 from odqa.training.frozen import FrozenCheck
 from odqa.training.loop import plot_curves, train_loop
 
@@ -51,7 +58,7 @@ COMMIT_LIMIT = 5 * 1024 * 1024  # artifacts above this are rebuilt by command, n
 
 
 # settings a resumed run must share with its checkpoint (epochs / max_steps may grow)
-RESUME_KEYS = ("base", "labels", "train_candidates", "temperature", "batch_questions", "negatives", "lr",
+RESUME_KEYS = ("student", "base", "labels", "train_candidates", "temperature", "batch_questions", "negatives", "lr",
                "weight_decay", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "max_length", "max_examples",
                "seed")
 
@@ -116,6 +123,20 @@ def make_group(ex: TrainExample, batch: list[TrainExample], k: int, rng: random.
     return [rng.choice(ex.positives), *negatives]
 
 
+Scorer = Callable[[list[str], list[list[Ctx]]], torch.Tensor]  # a student's [questions, widest group] scores
+
+
+def padded(groups: list[list[Ctx]], flat: torch.Tensor) -> torch.Tensor:
+    """``flat`` scores of every group's candidates, in order, as ``[groups, widest group]`` with
+    ``-inf`` where a group is shorter."""
+    scores = flat.new_full((len(groups), max(len(g) for g in groups)), float("-inf"))
+    start = 0
+    for i, g in enumerate(groups):
+        scores[i, : len(g)] = flat[start:start + len(g)]
+        start += len(g)
+    return scores
+
+
 def group_scores(model, tokenizer, questions: list[str], groups: list[list[Ctx]],
                  cfg: RerankerTrainConfig) -> torch.Tensor:
     """The cross-encoder's scores of each question's group of passages: ``[questions, widest group]``,
@@ -134,19 +155,13 @@ def group_scores(model, tokenizer, questions: list[str], groups: list[list[Ctx]]
         parts.append(model(**enc.to(model.device)).logits[:, 0])
         where += idx
     logits = torch.cat(parts)[torch.argsort(torch.tensor(where, device=model.device))]  # back to pair order
-    width = max(len(g) for g in groups)
-    scores = logits.new_full((len(groups), width), float("-inf"))
-    start = 0
-    for i, g in enumerate(groups):
-        scores[i, : len(g)] = logits[start:start + len(g)]
-        start += len(g)
-    return scores
+    return padded(groups, logits)
 
 
-def step_loss(model, tokenizer, batch: list[TrainExample], cfg: RerankerTrainConfig, rng: random.Random):
+def step_loss(score: Scorer, batch: list[TrainExample], cfg: RerankerTrainConfig, rng: random.Random):
     """Listwise softmax cross-entropy: each question's positive against its negatives."""
     groups = [make_group(ex, batch, cfg.negatives, rng) for ex in batch]
-    scores = group_scores(model, tokenizer, [ex.question for ex in batch], groups, cfg)
+    scores = score([ex.question for ex in batch], groups)
     return torch.nn.functional.cross_entropy(scores, scores.new_zeros(len(groups), dtype=torch.long))
 
 
@@ -166,9 +181,9 @@ def teacher_targets(teacher: torch.Tensor, temperature: float) -> torch.Tensor:
     return torch.softmax(teacher / temperature, dim=-1)
 
 
-def distill_loss(model, tokenizer, batch: list[TaughtGroup], cfg: RerankerTrainConfig) -> torch.Tensor:
+def distill_loss(score: Scorer, batch: list[TaughtGroup], cfg: RerankerTrainConfig) -> torch.Tensor:
     """Listwise KL(teacher || student) over each question's candidates (Atlas perplexity distillation)."""
-    scores = group_scores(model, tokenizer, [g.question for g in batch], [g.candidates for g in batch], cfg)
+    scores = score([g.question for g in batch], [g.candidates for g in batch])
     width = scores.shape[1]
     teacher = scores.new_full((len(batch), width), float("-inf"))
     for i, g in enumerate(batch):
@@ -260,6 +275,7 @@ class DevSet:
     flags: list[list[bool]]  # has_answer of each candidate's text
     packer: object  # the pipeline's ContextPacker
     source: str  # the stage the candidates come from
+    retrieval: object = None  # the pipeline's retrieval stages (a haystack Pipeline)
 
 
 def documents_sender(pipeline, name: str) -> str | None:
@@ -333,7 +349,7 @@ def build_dev_set(pipeline_path: str | Path, dev: str, limit: int | None = None,
                                                   "candidates": [[d.to_dict() for d in docs] for docs in candidates]
                                                   }).encode("utf-8"))
     flags = [[has_answer(d.content, q.answers) for d in docs] for q, docs in zip(questions, candidates)]
-    return DevSet(questions, candidates, flags, packer, source)
+    return DevSet(questions, candidates, flags, packer, source, retrieval)
 
 
 def ranking_metrics(dev: DevSet, orders: list[list[int]]) -> dict:
@@ -348,20 +364,129 @@ def ranking_metrics(dev: DevSet, orders: list[list[int]]) -> dict:
             "mrr": round(statistics.mean(reciprocal_rank(r) for r in ranked), 4), "lm_input_recall": percent(lm_input)}
 
 
-def rerank_orders(model, tokenizer, dev: DevSet, cfg: RerankerTrainConfig, progress: bool = True) -> list[list[int]]:
+def rerank_orders(student: "Student", dev: DevSet, progress: bool = True) -> list[list[int]]:
+    """Each dev question's candidates, as indices, in the order of the student's scores."""
     from tqdm.auto import tqdm
 
-
-    was_training = model.training
-    model.eval()
+    was_training = student.model.training
+    student.model.eval()
     orders = []
-    for q, docs in tqdm(list(zip(dev.questions, dev.candidates)), desc="dev re-ranking", unit="q", leave=False,
-                        disable=not progress):
-        pairs = [(q.question, pair_text(d.meta.get("title", ""), d.content)) for d in docs]
-        scores = score_pairs(model, tokenizer, pairs, cfg.eval_batch_size, cfg.max_length)
-        orders.append(sorted(range(len(docs)), key=lambda i: -scores[i]))
-    model.train(was_training)
+    with torch.inference_mode():
+        for q, docs in tqdm(list(zip(dev.questions, dev.candidates)), desc="dev re-ranking", unit="q", leave=False,
+                            disable=not progress):
+            scores = student.rank(q.question, docs)
+            orders.append(sorted(range(len(docs)), key=lambda i: -scores[i]))
+    student.model.train(was_training)
     return orders
+
+
+# --- the two students -----------------------------------------------------------------------
+@dataclass
+class Student:
+    """A re-ranker being trained, whichever its architecture: what the loop, the dev evaluation and
+    the artifact need of it."""
+
+    kind: str  # the artifact kind
+    base: str  # the frozen base encoder, by name
+    model: torch.nn.Module  # what train_loop checkpoints (its trained tensors only)
+    frozen: torch.nn.Module  # the base weights, watched by FrozenCheck
+    score: Scorer  # training scores of each question's group
+    rank: Callable[[str, list], list[float]]  # dev scores of one question's Documents
+    describe: str  # what is trained, for the log
+    save: Callable[[Path], dict]  # writes the adapter into a directory; returns manifest fields
+
+
+def cross_encoder_student(cfg: RerankerTrainConfig) -> Student:
+    """LoRA + a fresh head on the base encoder read as a one-output sequence classifier."""
+    from peft import get_peft_model
+
+    base, tokenizer, frozen, fresh = load_base(cfg.base)
+    with quiet_transformers():
+        model = get_peft_model(base, lora_config(cfg, fresh))
+
+    def rank(question: str, docs: list) -> list[float]:
+        pairs = [(question, pair_text(d.meta.get("title", ""), d.content)) for d in docs]
+        return score_pairs(model, tokenizer, pairs, cfg.eval_batch_size, cfg.max_length)
+
+    def save(tmp: Path) -> dict:
+        _save_adapter(model, tmp, cfg.base)
+        return {"lora": {**_lora_fields(cfg), "modules_to_save": _head_modules(fresh)}, "max_length": cfg.max_length,
+                "tokenizer": "base"}
+
+    return Student(KIND, cfg.base, model, frozen, lambda questions, groups: group_scores(model, tokenizer, questions, groups, cfg),
+                   rank, f"cross-encoder {cfg.base}, LoRA r={cfg.lora_r} on {cfg.lora_targets} + "
+                         f"{_head_modules(fresh)}", save)
+
+
+def query_encoder_student(cfg: RerankerTrainConfig, index) -> Student:
+    """LoRA on the dense index's question encoder, scored against the index's passage vectors."""
+    from peft import LoraConfig, get_peft_model
+
+    from odqa.lm import query_encoder as qe
+
+    if index.manifest.get("encoder_kind") == "dpr":
+        raise PipelineConfigError(f"index '{index.path}' holds DPR vectors; --student query-encoder adapts a "
+                                  "sentence-transformers encoder: use a pipeline whose dense index was built with one")
+    name = index.manifest["encoder"]
+    encoder = qe.QueryEncoder(name)
+    index.check_encoder(encoder_of(name))
+    frozen = base_weights(encoder.transformer, set())
+    with quiet_transformers():
+        encoder.set_transformer(get_peft_model(encoder.transformer, LoraConfig(
+            r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+            target_modules=list(cfg.lora_targets))))
+
+    def score(questions: list[str], groups: list[list[Ctx]]) -> torch.Tensor:
+        width = max(len(g) for g in groups)
+        vectors = torch.zeros(len(groups), width, int(index.manifest["dim"]))
+        for i, g in enumerate(groups):
+            vectors[i, : len(g)] = torch.from_numpy(index.vectors([c.id for c in g]))
+        flat = encoder.scores(questions, vectors)
+        return padded(groups, torch.cat([flat[i, : len(g)] for i, g in enumerate(groups)]))
+
+    def rank(question: str, docs: list) -> list[float]:
+        return encoder.scores([question], torch.from_numpy(index.vectors([str(d.id) for d in docs]))[None])[0].tolist()
+
+    def save(tmp: Path) -> dict:
+        _save_adapter(encoder.transformer, tmp, name)
+        return {"lora": _lora_fields(cfg), "scale": round(float(encoder.log_scale.detach().exp()), 6)}
+
+    return Student(qe.KIND, name, encoder, frozen, score, rank,
+                   f"query encoder {name} (the index's), LoRA r={cfg.lora_r} on {cfg.lora_targets} + a score scale",
+                   save)
+
+
+def encoder_of(name: str):
+    """The frozen dense encoder ``name`` (as the retriever loads it)."""
+    from odqa.encoders import load_encoder
+
+    return load_encoder(name)
+
+
+def _lora_fields(cfg: RerankerTrainConfig) -> dict:
+    return {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout, "targets": list(cfg.lora_targets)}
+
+
+def _save_adapter(model, tmp: Path, base: str) -> None:
+    """peft's adapter files, naming the base as given rather than by this machine's path."""
+    model.save_pretrained(str(tmp))
+    adapter_config = tmp / "adapter_config.json"
+    adapter_config.write_text(json.dumps({**json.loads(adapter_config.read_text()),
+                                          "base_model_name_or_path": base}, indent=2) + "\n")
+    (tmp / "README.md").unlink(missing_ok=True)  # peft's empty model card; the manifest says it all
+
+
+def pipeline_index(retrieval):
+    """The index of the (retrieval) pipeline's dense retriever, opened."""
+    from odqa.components.retrievers import DenseRetriever
+    from odqa.index import open_index
+
+    dense = [c for _, c in retrieval.walk() if isinstance(c, DenseRetriever)]
+    if not dense:
+        raise PipelineConfigError("--student query-encoder re-scores candidates with the dense index's passage "
+                                  "vectors, but the pipeline's retrieval has no DenseRetriever; pass a hybrid or "
+                                  "dense pipeline such as pipelines/frozen_reader.yml")
+    return open_index(dense[0].index_dir)
 
 
 # --- curves ---------------------------------------------------------------------------------
@@ -374,8 +499,6 @@ def _say(progress: bool, msg: str) -> None:
 def train_reranker(pipeline: str | Path, train: str | Path | list, dev: str, out: str | Path,
                    config: RerankerTrainConfig | None = None, resume: bool = False, progress: bool = True) -> dict:
     """Train a LoRA re-ranker and write its artifact to ``out``. Returns a summary (metrics, sizes)."""
-    from peft import get_peft_model
-
     cfg = config or RerankerTrainConfig()
     out = Path(out)
     work = work_dir(out, resume)  # refuses an `out` that is not an artifact, or a left checkpoint without --resume
@@ -402,47 +525,45 @@ def train_reranker(pipeline: str | Path, train: str | Path | list, dev: str, out
     before = ranking_metrics(dev_set, [list(range(len(c))) for c in dev_set.candidates])
 
     torch.manual_seed(cfg.seed)
-    base, tokenizer, frozen, fresh = load_base(cfg.base)
+    student = (query_encoder_student(cfg, pipeline_index(dev_set.retrieval)) if cfg.student == "query-encoder"
+               else cross_encoder_student(cfg))
     steps_per_epoch = math.ceil(len(examples) / cfg.batch_questions)
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
     settings = {k: v for k, v in asdict(cfg).items() if k in RESUME_KEYS}
     settings["train"] = [str(f) if from_set else str(Path(f).resolve()) for f in files]
-    with FrozenCheck(frozen, cfg.base) as check:
-        with quiet_transformers():
-            model = get_peft_model(base, lora_config(cfg, fresh))
-        trainable = [p for p in model.parameters() if p.requires_grad]
+    with FrozenCheck(student.frozen, student.base) as check:
+        trainable = [p for p in student.model.parameters() if p.requires_grad]
         n_trainable = sum(p.numel() for p in trainable)
-        _say(progress, f"re-ranker: base {cfg.base}, LoRA r={cfg.lora_r} on {cfg.lora_targets} + "
-                       f"{_head_modules(fresh)}: {n_trainable:,} trainable parameters "
-                       f"({100 * n_trainable / sum(p.numel() for p in model.parameters()):.2f}%); "
+        _say(progress, f"re-ranker: {student.describe}: {n_trainable:,} trainable parameters "
+                       f"({100 * n_trainable / sum(p.numel() for p in student.model.parameters()):.2f}%); "
                        f"{len(examples)} examples, {steps_per_epoch} steps/epoch, {total} steps")
 
         def batch_loss(idx: list[int], step: int) -> torch.Tensor:
             batch = [examples[i] for i in idx]
             if cfg.labels == "reader":
-                return distill_loss(model, tokenizer, batch, cfg)
-            return step_loss(model, tokenizer, batch, cfg, random.Random(cfg.seed * 1_000_003 + step))
+                return distill_loss(student.score, batch, cfg)
+            return step_loss(student.score, batch, cfg, random.Random(cfg.seed * 1_000_003 + step))
 
         def evaluate() -> dict:
-            after = ranking_metrics(dev_set, rerank_orders(model, tokenizer, dev_set, cfg, progress))
+            after = ranking_metrics(dev_set, rerank_orders(student, dev_set, progress))
             _say(progress, f"dev MRR {after['mrr']:.4f} (retrieval order {before['mrr']:.4f}), recall@5 "
                            f"{after['recall@5']} ({before['recall@5']}), LM-input recall "
                            f"{after['lm_input_recall']} ({before['lm_input_recall']})")
             return after
 
-        result = train_loop(work, {"model": model}, [{"params": trainable, "lr": cfg.lr,
-                                                       "weight_decay": cfg.weight_decay}],
+        result = train_loop(work, {"model": student.model}, [{"params": trainable, "lr": cfg.lr,
+                                                               "weight_decay": cfg.weight_decay}],
                             len(examples), batch_loss, evaluate, cfg, batch_size=cfg.batch_questions,
                             max_steps=cfg.max_steps, epochs=cfg.epochs, warmup=cfg.warmup, metric="mrr",
                             resume=resume, progress=progress, desc="training re-ranker", settings=settings)
     # the base's hash matched before and after: write the best adapter, never the base
-    return _write_artifact(model, out, cfg, check.digest, train, from_set, teacher_stats, dev, examples, in_file,
-                           dev_set, before, result.best, result.history, n_trainable, result.seconds, fresh)
+    return _write_artifact(student, out, cfg, check.digest, train, from_set, teacher_stats, dev, examples, in_file,
+                           dev_set, before, result.best, result.history, n_trainable, result.seconds)
 
 
-def _write_artifact(model, out: Path, cfg: RerankerTrainConfig, digest: str, train, from_set: bool,
+def _write_artifact(student: Student, out: Path, cfg: RerankerTrainConfig, digest: str, train, from_set: bool,
                     teacher_stats: dict | None, dev, examples, in_file, dev_set: DevSet, before: dict, best: dict,
-                    history: dict, n_trainable: int, seconds: float, fresh: set[str]) -> dict:
+                    history: dict, n_trainable: int, seconds: float) -> dict:
     synthetic = sum(getattr(e, "synthetic", False) for e in examples)
     dev_metrics = {
         "dev": dev, "questions": len(dev_set.questions), "candidates_from": dev_set.source,
@@ -453,7 +574,7 @@ def _write_artifact(model, out: Path, cfg: RerankerTrainConfig, digest: str, tra
         "before": before, "after": {k: v for k, v in best.items() if k != "step"},
     }
     manifest = make_manifest(
-        KIND, backbone=None, backbone_hash=None, base_model=cfg.base, base_model_hash=digest,
+        student.kind, backbone=None, backbone_hash=None, base_model=student.base, base_model_hash=digest,
         data={"train": train if isinstance(train, list) else str(train),
               "synthetic": {0: False, len(examples): True}.get(synthetic, "mixed"),
               "labels": {"answer": "positives hold an accepted answer (has_answer)" if from_set
@@ -463,19 +584,12 @@ def _write_artifact(model, out: Path, cfg: RerankerTrainConfig, digest: str, tra
               "synthetic_examples": synthetic, "examples": len(examples), "examples_in_file": in_file,
               **({"teacher": teacher_stats} if teacher_stats else {}),
               "steps": history["loss"][-1][0] if history["loss"] else 0},
-        dev_metrics=dev_metrics,
-        lora={"r": cfg.lora_r, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout, "targets": list(cfg.lora_targets),
-              "modules_to_save": _head_modules(fresh)},
-        trainable_params=n_trainable, train_seconds=round(seconds, 1), max_length=cfg.max_length,
-        tokenizer="base", config=asdict(cfg), dev_history=history["dev"],
+        dev_metrics=dev_metrics, student=cfg.student, trainable_params=n_trainable, train_seconds=round(seconds, 1),
+        config=asdict(cfg), dev_history=history["dev"],
     )
     with ArtifactWriter(out) as tmp:
-        model.save_pretrained(str(tmp))
-        adapter_config = tmp / "adapter_config.json"  # name the base as given, not by this machine's path
-        adapter_config.write_text(json.dumps({**json.loads(adapter_config.read_text()),
-                                              "base_model_name_or_path": cfg.base}, indent=2) + "\n")
-        (tmp / "README.md").unlink(missing_ok=True)  # peft's empty model card; the manifest says it all
-        plot_curves(history, tmp / "curves.png", "re-ranker: listwise CE and dev MRR", metric="mrr",
+        manifest.update(student.save(tmp))
+        plot_curves(history, tmp / "curves.png", f"re-ranker ({cfg.student}): {'KL to the teacher' if cfg.labels == 'reader' else 'listwise CE'} and dev MRR", metric="mrr",
                     dev_label="dev MRR (re-ranked)", baseline=before["mrr"], baseline_label="retrieval order")
         size = sum(f.stat().st_size for f in tmp.iterdir()) + 4096
         manifest["size_bytes"] = size

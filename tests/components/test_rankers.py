@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from haystack import Document, Pipeline
 
-from odqa.components.rankers import CrossEncoderRanker
+from odqa.components.rankers import CrossEncoderRanker, QueryEncoderRanker
 from odqa.errors import EmptyQuestionError, PipelineConfigError, ResourceNotFoundError
 
 QUESTION = "Who wrote Romeo and Juliet?"
@@ -55,6 +55,21 @@ def test_candidates_and_fusion_are_checked(cross_encoder):
         CrossEncoderRanker(model=cross_encoder, candidates=0)
     with pytest.raises(PipelineConfigError, match=r"unknown fusion 'mean'; use one of \['none', 'rrf'\]"):
         CrossEncoderRanker(model=cross_encoder, fusion="mean")
+    # the query-encoder ranker takes the same two settings, checked the same way, before loading anything
+    with pytest.raises(PipelineConfigError, match="candidates must be at least 1.*got -1"):
+        QueryEncoderRanker(model="missing", index_dir="missing", candidates=-1)
+    with pytest.raises(PipelineConfigError, match=r"unknown fusion 'max'"):
+        QueryEncoderRanker(model="missing", index_dir="missing", fusion="max")
+
+
+def test_query_encoder_ranker_missing_artifact(tmp_path, flat_index, docs):
+    from odqa.errors import ArtifactMismatchError
+
+    ranker = QueryEncoderRanker(model=str(tmp_path / "nothing"), index_dir=flat_index)
+    assert ranker.run(query=QUESTION, documents=[]) == {"documents": []}  # nothing to rank: nothing loaded
+    with pytest.raises(ArtifactMismatchError, match="does not exist; train one with `odqa train reranker "
+                                                    "--student query-encoder --out"):
+        ranker.run(query=QUESTION, documents=docs)
 
 
 def test_rrf_fusion_of_ranker_and_retrieval_orders(make_docs):

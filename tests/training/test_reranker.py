@@ -552,6 +552,102 @@ def test_distill_loss_is_the_kl_to_the_teacher():
 
 def _kl(groups, student: list[float], cfg) -> float:
     scores = torch.tensor([student])
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(rr, "group_scores", lambda *a: scores)
-        return float(rr.distill_loss(None, None, groups, cfg))
+    return float(rr.distill_loss(lambda questions, candidates: scores, groups, cfg))
+
+
+# --- the query-encoder student (Atlas query-side fine-tuning) ----------------------------------------
+@pytest.fixture(scope="module")
+def query_trained(work, questions_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("qenc") / "query-encoder"
+    result = train_reranker(work["pipeline"], questions_file, work["dev"], out,
+                            config("ignored", student="query-encoder", train_candidates=5, max_steps=4), progress=False)
+    return out, result["manifest"]
+
+
+def test_query_encoder_artifact(query_trained, st_encoder):
+    from odqa.lm.query_encoder import QueryEncoder, base_hash
+
+    out, m = query_trained
+    assert sorted(f.name for f in out.iterdir()) == [
+        "adapter_config.json", "adapter_model.safetensors", "curves.png", "manifest.json"]
+    # the base is the index's own encoder (not --base), and its weights are untouched
+    assert (m["kind"], m["student"], m["base_model"]) == ("query_encoder", "query-encoder", st_encoder)
+    assert m["base_model_hash"] == base_hash(QueryEncoder(st_encoder))
+    assert m["lora"] == {"r": 4, "alpha": 8, "dropout": 0.1, "targets": ["query", "key", "value", "dense"]}
+    assert m["scale"] > 0 and m["scale"] != pytest.approx(20.0)  # the scale is trained too
+    assert m["data"]["labels"] == "positives hold an accepted answer (has_answer)"
+    with safe_open(str(out / "adapter_model.safetensors"), "pt") as f:
+        b = [f.get_tensor(k) for k in f.keys() if "lora_B" in k]
+    assert b and any(t.abs().sum() > 0 for t in b)  # LoRA B starts at zero: the adapter learned
+
+
+def test_query_encoder_ranker_in_a_pipeline(query_trained, work, flat_index):
+    """The trained adapter ranks the join's candidates in a pipeline, with the scores the trainer's
+    own dev evaluation computes."""
+    import yaml
+
+    import odqa
+    from odqa.components.rankers import QueryEncoderRanker
+
+    out, _ = query_trained
+    data = yaml.safe_load(Path(work["pipeline"]).read_text())
+    data["components"]["ranker"] = {"type": "odqa.components.rankers.QueryEncoderRanker",
+                                    "init_parameters": {"model": str(out), "index_dir": flat_index, "candidates": 3}}
+    data["connections"] = [c for c in data["connections"] if c["receiver"] != "packer.documents"] + [
+        {"sender": "join.documents", "receiver": "ranker.documents"},
+        {"sender": "ranker.documents", "receiver": "packer.documents"}]
+    path = Path(work["pipeline"]).parent / "ranked-query.yml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    _, outputs = odqa.load(path).ask_with_outputs("Who wrote Romeo and Juliet?")
+    joined, ranked = outputs["join"]["documents"], outputs["ranker"]["documents"]
+    assert sorted(d.id for d in ranked[:3]) == sorted(d.id for d in joined[:3])  # only the first 3 are re-ordered
+    assert [d.id for d in ranked[3:]] == [d.id for d in joined[3:]]
+    assert [d.score for d in ranked[:3]] == sorted((d.score for d in ranked[:3]), reverse=True)
+    direct = QueryEncoderRanker(model=str(out), index_dir=flat_index, candidates=3)
+    again = direct.run(query="Who wrote Romeo and Juliet?", documents=joined)["documents"]
+    assert [(d.id, d.score) for d in again] == [(d.id, d.score) for d in ranked]
+    assert QueryEncoderRanker.from_dict(direct.to_dict()).to_dict() == direct.to_dict()
+
+
+def test_query_encoder_ranker_refuses_another_index(query_trained, tmp_path, corpus_jsonl, st_encoder_other, make_docs):
+    from odqa.components.rankers import QueryEncoderRanker
+    from odqa.errors import IndexMismatchError
+    from odqa.index import build_index
+
+    out, _ = query_trained
+    other = build_index(corpus_jsonl, tmp_path / "other", encoder=st_encoder_other, progress=False)
+    ranker = QueryEncoderRanker(model=str(out), index_dir=str(other))
+    with pytest.raises(IndexMismatchError, match="was built with encoder .* set the retriever's encoder"):
+        ranker.run(query="Who wrote Hamlet?", documents=make_docs(("0", "t", "x")))
+
+
+def test_query_encoder_ranker_refuses_a_cross_encoder_artifact(trained, flat_index, make_docs):
+    from odqa.components.rankers import QueryEncoderRanker
+
+    out, _ = trained
+    with pytest.raises(ArtifactMismatchError, match="is a 'reranker', not a 'query_encoder'"):
+        QueryEncoderRanker(model=str(out), index_dir=flat_index).run(query="Who?", documents=make_docs(("0", "t", "x")))
+
+
+def test_query_encoder_student_needs_a_dense_retriever(work, questions_file, flat_index, tmp_path):
+    import yaml
+
+    from odqa.errors import PipelineConfigError
+
+    data = yaml.safe_load(Path(work["pipeline"]).read_text())
+    del data["components"]["dense"]
+    data["connections"] = [c for c in data["connections"] if not c["sender"].startswith("dense")]
+    path = Path(work["pipeline"]).parent / "bm25-only.yml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(PipelineConfigError, match="has no DenseRetriever; pass a hybrid or dense pipeline"):
+        train_reranker(path, questions_file, work["dev"], tmp_path / "o",
+                       config("ignored", student="query-encoder", train_candidates=5, max_steps=1), progress=False)
+
+
+def test_resume_refuses_another_student(work, questions_file, bare_bert, tmp_path):
+    out = tmp_path / "art"
+    train_reranker(work["pipeline"], questions_file, work["dev"], out,
+                   config(bare_bert, train_candidates=5, max_steps=1), progress=False)
+    with pytest.raises(ArtifactMismatchError, match="student='cross-encoder'.*'query-encoder'.*drop --resume"):
+        train_reranker(work["pipeline"], questions_file, work["dev"], out,
+                       config(bare_bert, student="query-encoder", train_candidates=5), resume=True, progress=False)

@@ -1,0 +1,114 @@
+"""Query-side fine-tuning (Atlas, Izacard et al. 2022, Section 2.4): the dense retriever's question
+encoder, adapted (a LoRA adapter) while the passages keep the vectors already in the index, so a
+re-ranker built on it costs one question embedding and never re-embeds or re-indexes a passage.
+
+A candidate's score is ``scale * cos(E'(question), E(passage))``: ``E`` is the index's frozen
+sentence-transformers encoder, ``E'`` the same encoder with the adapter, ``scale`` a learned
+inverse temperature. With the adapter at zero (its initial state) the scores order candidates
+exactly as the dense retriever does, so training starts from a working ranker.
+
+    encoder, manifest = load_query_encoder("pipelines/artifacts/query-encoder-minilm-answer")
+    encoder.scores(["Who wrote Hamlet?"], torch.tensor(passage_vectors)[None])   # -> [[...]]
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from odqa.artifacts import read_manifest
+from odqa.errors import ArtifactMismatchError
+from odqa.lm.backbone import weights_hash
+
+KIND = "query_encoder"
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
+INITIAL_SCALE = 20.0  # sentence-transformers' scale for cosine similarities in a softmax loss
+
+
+class QueryEncoder(torch.nn.Module):
+    """A sentence-transformers encoder's question side with a learned score scale.
+
+    :param name: The encoder (bundled name, path or HF id): the index's own, so a question
+        lands in the space of the index's passage vectors.
+    """
+
+    def __init__(self, name: str):
+        super().__init__()
+        from odqa.encoders import SentenceTransformerEncoder
+
+        self.name = name
+        self.st = SentenceTransformerEncoder(name).model  # a copy of its own: the retriever's stays untouched
+        self.st.requires_grad_(False)
+        self.st.eval()
+        self.log_scale = torch.nn.Parameter(torch.tensor(math.log(INITIAL_SCALE)))
+
+    @property
+    def _slot(self) -> str:
+        # sentence-transformers >= 6 keeps the transformer as ``model`` (``auto_model`` is a read-only
+        # alias); older releases as ``auto_model``
+        return "model" if isinstance(getattr(self.st[0], "model", None), torch.nn.Module) else "auto_model"
+
+    @property
+    def transformer(self) -> torch.nn.Module:
+        """The encoder's transformer (where the adapter goes)."""
+        return getattr(self.st[0], self._slot)
+
+    def set_transformer(self, module: torch.nn.Module) -> None:
+        """Put ``module`` (the transformer wrapped with an adapter) in the encoder's place. A method,
+        not a property setter: ``nn.Module`` would register an assigned module under its own name."""
+        setattr(self.st[0], self._slot, module)
+
+    def embed(self, questions: list[str]) -> torch.Tensor:
+        """Unit-length question embeddings, ``[len(questions), dim]`` (differentiable)."""
+        prep = getattr(self.st, "preprocess", None) or self.st.tokenize
+        features = {k: v.to(self.log_scale.device) if torch.is_tensor(v) else v for k, v in prep(questions).items()}
+        return torch.nn.functional.normalize(self.st(features)["sentence_embedding"], dim=-1)
+
+    def scores(self, questions: list[str], vectors: torch.Tensor) -> torch.Tensor:
+        """``[questions, candidates]`` scores of each question against its own candidates'
+        passage vectors (``vectors``: ``[questions, candidates, dim]``, as stored in the index)."""
+        q = self.embed(questions)
+        return self.log_scale.exp() * torch.einsum("bkd,bd->bk", vectors.to(q), q)
+
+
+def base_hash(encoder: QueryEncoder) -> str:
+    """The weight hash of the frozen encoder under the adapter (what training must leave unchanged;
+    the trainer's FrozenCheck hashes the same :func:`~odqa.lm.cross_encoder.base_weights` view)."""
+    from odqa.lm.cross_encoder import base_weights
+
+    return weights_hash(base_weights(encoder.transformer, set()))
+
+
+def load_query_encoder(directory: str | Path) -> tuple[QueryEncoder, dict]:
+    """Load a query-encoder artifact (made by ``odqa train reranker --student query-encoder``):
+    the adapter merged into an in-memory copy of the base encoder, and the manifest."""
+    from peft import PeftModel
+
+    from odqa.lm.cross_encoder import quiet_transformers
+
+    directory = Path(directory).expanduser()
+    if not directory.is_dir():
+        raise ArtifactMismatchError(f"query-encoder artifact '{directory}' does not exist; train one with "
+                                    f"`odqa train reranker --student query-encoder --out {directory}`")
+    manifest = read_manifest(directory, kind=KIND)
+    missing = [f for f in ADAPTER_FILES if not (directory / f).is_file()]
+    if missing or not manifest.get("base_model") or "scale" not in manifest:
+        what = f"is missing {', '.join(missing)}" if missing else "names no base_model or scale in its manifest"
+        raise ArtifactMismatchError(f"query-encoder artifact '{directory}' {what}; re-create it with "
+                                    "`odqa train reranker --student query-encoder`")
+    encoder = QueryEncoder(manifest["base_model"])
+    expected = manifest.get("base_model_hash")
+    if expected and base_hash(encoder) != expected:
+        raise ArtifactMismatchError(
+            f"query-encoder artifact '{directory}' was trained on encoder '{manifest['base_model']}' with weight "
+            f"hash {expected[:12]}, but that name now loads other weights ({base_hash(encoder)[:12]}); install "
+            "the same encoder or retrain")
+    with quiet_transformers():
+        encoder.set_transformer(PeftModel.from_pretrained(encoder.transformer, str(directory)).merge_and_unload())
+    with torch.no_grad():
+        encoder.log_scale.fill_(math.log(manifest["scale"]))
+    encoder.requires_grad_(False)
+    encoder.eval()
+    return encoder, manifest
