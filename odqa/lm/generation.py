@@ -10,6 +10,7 @@ question's body and its answer tokens go through the LM.
 Usage:
     >>> prefix = cached_prefix(key, model, soft_prompt, prefix_ids)   # once per process
     >>> new_ids, logprobs = greedy_generate(model, prefix, torch.tensor([body_ids]), 16, stop_ids)
+    >>> [(new_ids, logprobs), ...] = greedy_generate_batch(model, prefix, [body_ids, ...], 16, stop_ids)
 """
 
 from __future__ import annotations
@@ -127,6 +128,63 @@ def greedy_generate(model, prefix: PrefixCache | None, inputs: torch.Tensor, max
             break
         step = {"input_ids": torch.tensor([[token]], device=device)}
     return new, logprobs
+
+
+@torch.inference_mode()
+def greedy_generate_batch(model, prefix: PrefixCache | None, bodies: list[list[int]], max_new_tokens: int,
+                          stop_ids: list[int], pad_id: int = 0) -> list[tuple[list[int], list[float]]]:
+    """:func:`greedy_generate` for several inputs at once, one weight read per step for all of them.
+
+    Each row is ``prefix + body``; bodies of unequal length are padded on the left, between the
+    shared prefix and the body, and the pads are masked out and skipped by the positions, so every
+    row sees exactly the positions and tokens it sees alone. A row stops at its own stop token; the
+    batch stops when every row has (rows that are done keep decoding, unread, until then).
+
+    :param bodies: The token ids after the prefix, one non-empty list per row.
+    :param pad_id: Any token id (pads are masked).
+    :returns: ``(new_token_ids, token_logprobs)`` per row, in order, as :func:`greedy_generate` returns.
+    """
+    if not bodies or any(not b for b in bodies):
+        raise PipelineConfigError("greedy_generate_batch takes one or more non-empty token sequences")
+    device = model.get_input_embeddings().weight.device
+    b, width = len(bodies), max(len(x) for x in bodies)
+    start = prefix.length if prefix is not None else 0
+    ids = torch.full((b, width), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros((b, start + width), dtype=torch.long, device=device)
+    mask[:, :start] = 1
+    positions = torch.full((b, width), start, dtype=torch.long, device=device)
+    for i, body in enumerate(bodies):
+        n = len(body)
+        ids[i, width - n:] = torch.tensor(body, dtype=torch.long, device=device)
+        mask[i, start + width - n:] = 1
+        positions[i, width - n:] = torch.arange(start, start + n, device=device)
+    cache = None
+    if prefix is not None:
+        cache = prefix.fresh()
+        cache.batch_repeat_interleave(b)
+    stops = set(stop_ids)
+    new: list[list[int]] = [[] for _ in bodies]
+    logprobs: list[list[float]] = [[] for _ in bodies]
+    done = [False] * b
+    step_ids, step_pos = ids, positions
+    for _ in range(max_new_tokens):
+        out = model(input_ids=step_ids, past_key_values=cache, use_cache=True, logits_to_keep=1,
+                    attention_mask=mask, position_ids=step_pos)
+        cache = out.past_key_values
+        logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+        tokens = torch.argmax(logp, dim=-1)
+        for i in range(b):
+            if not done[i]:
+                t = int(tokens[i])
+                new[i].append(t)
+                logprobs[i].append(float(logp[i, t]))
+                done[i] = t in stops
+        if all(done):
+            break
+        step_ids = tokens.unsqueeze(1)
+        step_pos = step_pos[:, -1:] + 1
+        mask = torch.cat([mask, mask.new_ones((b, 1))], dim=1)
+    return list(zip(new, logprobs))
 
 
 def strip_stops(ids: list[int], stops: list[int], pad_id: int | None) -> list[int]:

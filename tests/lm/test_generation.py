@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from odqa.errors import PipelineConfigError
-from odqa.lm.generation import PrefixCache, cached_prefix, greedy_generate
+from odqa.lm.generation import PrefixCache, cached_prefix, greedy_generate, greedy_generate_batch
 from odqa.lm.prompting import encode_parts, get_template
 from odqa.lm.soft_prompt import SoftPrompt
 
@@ -145,3 +145,49 @@ def test_bad_inputs(model):
     with pytest.raises(PipelineConfigError, match="empty"):
         PrefixCache.build(model, None, [])
     assert greedy_generate(model, None, torch.tensor([[5, 6]]), 0, []) == ([], [])
+
+
+# --- batched greedy decoding ---------------------------------------------------------------------
+BATCH_QUESTIONS = [QUESTION, "What is the capital of Australia?", "Which planet is red?",
+                   "Who painted the ceiling of the Sistine Chapel in Rome, and in which years?"]
+
+
+@pytest.mark.parametrize("with_soft", [False, True])
+def test_batched_answers_are_the_single_answers(backbone, model, soft, with_soft):
+    """Bodies of four lengths in one batch: each row's tokens and log-probs are what it gets alone."""
+    sp = soft if with_soft else None
+    template = get_template("qa-completion")
+    parts = [encode_parts(backbone.tokenizer, template, q, PASSAGES[i % 2:]) for i, q in enumerate(BATCH_QUESTIONS)]
+    prefix = PrefixCache.build(model, sp, parts[0][0])
+    bodies = [body for _, body in parts]
+    assert len({len(b) for b in bodies}) == len(bodies)  # every row padded differently
+    alone = [greedy_generate(model, prefix, torch.tensor([body]), 8, []) for body in bodies]
+    together = greedy_generate_batch(model, prefix, bodies, 8, [])
+    assert [t for t, _ in together] == [t for t, _ in alone]
+    assert len({tuple(t) for t, _ in alone}) == len(alone)  # the rows really differ
+    for (_, got), (_, want) in zip(together, alone):
+        assert got == pytest.approx(want, abs=1e-4)
+
+
+def test_batched_rows_stop_at_their_own_stop_token(backbone, model, soft):
+    template = get_template("qa-completion")
+    parts = [encode_parts(backbone.tokenizer, template, q, PASSAGES) for q in BATCH_QUESTIONS[:3]]
+    prefix = PrefixCache.build(model, soft, parts[0][0])
+    bodies = [body for _, body in parts]
+    free = [greedy_generate(model, prefix, torch.tensor([b]), 8, [])[0] for b in bodies]
+    # a token row 0 first emits at step 3 or later; the others stop there too if they emit it, or run on
+    stop = next(t for i, t in enumerate(free[0]) if i >= 2 and t not in free[0][:i])
+    together = greedy_generate_batch(model, prefix, bodies, 8, [stop])
+    for (got, _), row in zip(together, free):
+        want = row[: row.index(stop) + 1] if stop in row else row
+        assert got == want
+    assert 2 < len(together[0][0]) < 8 and any(len(got) != len(together[0][0]) for got, _ in together)
+
+
+def test_batched_without_a_prefix(backbone, model):
+    template = get_template("qa")
+    rows = [sum(encode_parts(backbone.tokenizer, template, q, PASSAGES), []) for q in BATCH_QUESTIONS[:2]]
+    alone = [greedy_generate(model, None, torch.tensor([r]), 5, [])[0] for r in rows]
+    assert [t for t, _ in greedy_generate_batch(model, None, rows, 5, [])] == alone
+    with pytest.raises(PipelineConfigError, match="one or more non-empty token sequences"):
+        greedy_generate_batch(model, None, [rows[0], []], 5, [])
