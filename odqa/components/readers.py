@@ -98,29 +98,61 @@ class FrozenLMReader:
         :returns: ``answers``: one :class:`GeneratedAnswer` whose ``meta`` holds ``score`` (the
             geometric-mean token probability), ``prompt_tokens`` and ``new_tokens``.
         """
+        query, documents, prefix_ids, body_ids = self._encode(query, documents)
+        if self._cached:
+            text, score, n_new = self._generate_cached(prefix_ids, body_ids)
+        else:
+            text, score, n_new = self._generate(torch.tensor([prefix_ids + body_ids], device=self._backbone.device))
+        return {"answers": [self._answer(query, documents, len(prefix_ids) + len(body_ids), text, score, n_new)]}
+
+    def run_batch(self, queries: list[str], documents: list[list[Document]]) -> dict[str, Any]:
+        """Answer several questions, each with its own packed passages, decoding them together
+        (:func:`~odqa.lm.generation.greedy_generate_batch`): the answers are those :meth:`run` gives
+        one by one, token for token. Beam search, or a reader without the prefix cache, answers
+        them one by one.
+
+        :returns: ``answers``: one :class:`GeneratedAnswer` per question, in order.
+        """
+        if len(queries) != len(documents):
+            raise PipelineConfigError(f"run_batch needs one list of documents per question, got {len(queries)} "
+                                      f"questions and {len(documents)} lists")
+        if not self._cached:
+            return {"answers": [self.run(q, d)["answers"][0] for q, d in zip(queries, documents)]}
+        from odqa.lm.generation import greedy_generate_batch
+
+        rows = [self._encode(q, d) for q, d in zip(queries, documents)]
+        model = self._backbone.model
+        prefix = cached_prefix(self._prefix_key, model, self._soft, rows[0][2])
+        bodies = [body if prefix is not None else head + body for _, _, head, body in rows]
+        decoded = greedy_generate_batch(model, prefix, bodies, self.max_new_tokens, self._backbone.stop_token_ids,
+                                        pad_id=self._backbone.tokenizer.pad_token_id or 0)
+        return {"answers": [self._answer(q, d, len(head) + len(body), *self._decode(new, torch.tensor(logp)))
+                            for (q, d, head, body), (new, logp) in zip(rows, decoded)]}
+
+    def _encode(self, query: str, documents: list[Document] | None):
+        """``(question, documents, prefix ids, body ids)``: the checked question and the reader's input."""
         query = check_question(query)
         documents = documents or []
         self.warm_up()
         tok, prompt = self._backbone.tokenizer, self._prompt
         passages = [(d.meta.get("title", ""), d.content) for d in documents]
         prefix_ids, body_ids = prompt.encode(tok, query, passages)
-        ids = prefix_ids + body_ids  # the reader's input, counted the same way by the packer
-        if len(ids) > prompt.limit:
+        n = len(prefix_ids) + len(body_ids)  # the reader's input, counted the same way by the packer
+        if n > prompt.limit:
             prompt.budget(tok, query)  # only now worth rendering the bare prompt: raises if the question alone is too long
             raise PipelineConfigError(
-                f"the reader's prompt is {len(ids)} tokens, over its limit of {prompt.limit}; put a ContextPacker "
+                f"the reader's prompt is {n} tokens, over its limit of {prompt.limit}; put a ContextPacker "
                 "with the same model, template, context_length and max_new_tokens before the reader"
             )
-        if self._cached:
-            text, score, n_new = self._generate_cached(prefix_ids, body_ids)
-        else:
-            text, score, n_new = self._generate(torch.tensor([ids], device=self._backbone.device))
-        answer = GeneratedAnswer(
+        return query, documents, prefix_ids, body_ids
+
+    def _answer(self, query: str, documents: list[Document], n_ids: int, text: str, score: float,
+                n_new: int) -> GeneratedAnswer:
+        return GeneratedAnswer(
             data=clean_answer(text), query=query, documents=documents,
-            meta={"score": score, "raw": text, "prompt_tokens": len(ids) + prompt.soft_prompt_tokens,
+            meta={"score": score, "raw": text, "prompt_tokens": n_ids + self._prompt.soft_prompt_tokens,
                   "new_tokens": n_new},
         )
-        return {"answers": [answer]}
 
     def _generate_cached(self, prefix_ids: list[int], body_ids: list[int]) -> tuple[str, float, int]:
         model = self._backbone.model

@@ -227,6 +227,36 @@ def test_prefix_cache_gives_the_same_answers(lively_lm, make_docs, template, wit
     assert sum(n for _, _, n, _, _ in got) > len(inputs)  # the loop decoded past the first token
 
 
+
+@pytest.mark.parametrize("template", ["qa-completion", "qa"])
+@pytest.mark.parametrize("with_soft_prompt", [False, True])
+def test_run_batch_gives_the_answers_of_run(lively_lm, make_docs, template, with_soft_prompt):
+    """Four questions with contexts of four lengths, decoded together: each answer is run()'s."""
+    lm, soft = lively_lm
+    reader = FrozenLMReader(model=lm, template=template, context_length=1024, max_new_tokens=6,
+                            soft_prompt=soft if with_soft_prompt else None)
+    docs = make_docs(("p0", "Romeo and Juliet", "Romeo and Juliet is a tragedy written by William Shakespeare."),
+                     ("p1", "Canberra", "Canberra is the capital city of Australia."))
+    inputs = [(QUESTION, docs), ("What is the capital of Australia?", docs[1:]), ("Who painted the Mona Lisa?", []),
+              ("Which planet is red?", make_docs(("m", "Mars", "Mars is the fourth planet from the Sun.")))]
+    batched = reader.run_batch([q for q, _ in inputs], [d for _, d in inputs])["answers"]
+    got = [(a.data, a.meta["raw"], a.meta["new_tokens"], a.meta["prompt_tokens"], a.meta["score"]) for a in batched]
+    want = _answers(reader, inputs)
+    assert [g[:4] for g in got] == [w[:4] for w in want]
+    assert [g[4] for g in got] == pytest.approx([w[4] for w in want], abs=1e-4)
+    assert [a.documents for a in batched] == [d for _, d in inputs] and len({g[1] for g in got}) > 1
+
+
+def test_run_batch_bad_inputs(tiny_lm, docs):
+    reader = FrozenLMReader(model=tiny_lm, context_length=1024, max_new_tokens=2)
+    with pytest.raises(PipelineConfigError, match="one list of documents per question, got 2 questions and 1"):
+        reader.run_batch(["a?", "b?"], [docs])
+    with pytest.raises(EmptyQuestionError):
+        reader.run_batch(["Who?", "  "], [docs, docs])
+    beam = FrozenLMReader(model=tiny_lm, context_length=1024, max_new_tokens=2, num_beams=2)
+    one = beam.run(query="Who?", documents=docs)["answers"][0].data
+    assert [a.data for a in beam.run_batch(["Who?"], [docs])["answers"]] == [one]  # beams: one by one
+
 def test_prefix_cache_is_built_once_per_process(tiny_lm, tmp_path, docs):
     path = SoftPrompt(torch.randn(4, HIDDEN)).save(tmp_path / "sp", {"backbone": tiny_lm})  # a key no test used
     settings = dict(model=tiny_lm, template="qa-completion", context_length=1024, max_new_tokens=3,
