@@ -358,9 +358,12 @@ class QA:
         finally:
             _timings.reset(token)
         record["total"] = time.perf_counter() - start
+        return self._answer(question, out, record), out
+
+    def _answer(self, question: str, out: dict, record: dict[str, float]) -> Answer:
         generated = out[self.reader]["answers"][0]
         packed = out.get(self.packer, {}) if self.packer else {}
-        answer = Answer(
+        return Answer(
             question=question,
             answer=generated.data or "",
             score=float(generated.meta.get("score", 0.0)),
@@ -370,10 +373,103 @@ class QA:
             meta={k: v for k, v in generated.meta.items() if k != "score"} | (
                 {"budget": packed["budget"]} if "budget" in packed else {}),
         )
-        return answer, out
 
-    def ask_many(self, questions: list[str], progress: bool = True,
-                 task: str | None = None) -> list[Answer | FailedAnswer]:
+    # --- batches ---------------------------------------------------------------------------
+    def batchable(self) -> bool:
+        """Whether the reader can decode several questions together: it has ``run_batch`` and reads
+        the question and the packer's passages only (the frozen reader does; other readers answer
+        one question at a time, with the same results)."""
+        reader = self.pipeline.get_component(self.reader)
+        if not hasattr(reader, "run_batch") or self.packer is None:
+            return False
+        fed = {(u, data["to_socket"].name) for u, _, data in self.pipeline.graph.in_edges(self.reader, data=True)}
+        return fed == {(self.packer, "documents")}
+
+    def _upstream(self) -> Pipeline:
+        """The pipeline without its reader, sharing this pipeline's (warm) component instances."""
+        if getattr(self, "_upstream_pipeline", None) is None:
+            data = self.pipeline.to_dict()
+            data["components"].pop(self.reader)
+            data["connections"] = [c for c in data["connections"] if self.reader not in
+                                   (c["sender"].split(".")[0], c["receiver"].split(".")[0])]
+            upstream = Pipeline.from_dict(data, allowed_modules=["odqa.*"])  # built cheaply: components load in warm_up
+            for name in upstream.graph.nodes:
+                upstream.graph.nodes[name]["instance"] = self.pipeline.get_component(name)
+            self._upstream_pipeline = upstream
+        return self._upstream_pipeline
+
+    def ask_many_with_outputs(self, questions: list[str], batch_size: int = 8, every_stage: bool = True
+                              ) -> list[tuple[Answer, dict] | FailedAnswer]:
+        """:meth:`ask_with_outputs` for several questions, the reader decoding up to ``batch_size`` of
+        them together (:meth:`batchable` pipelines; others answer one by one). Each answer is the
+        one the question gets alone; a bad question gets a :class:`FailedAnswer` in its place.
+        The reader's time in each answer's ``timings`` is its share of the batch's."""
+        if batch_size < 1:
+            raise PipelineConfigError(f"batch_size must be at least 1, got {batch_size}")
+        results: list = []
+        if batch_size == 1 or not self.batchable():
+            for q in questions:
+                try:
+                    results.append(self.ask_with_outputs(q, every_stage=every_stage))
+                except BadQuestionError as e:
+                    results.append(FailedAnswer(q, e))
+            return results
+        for start in range(0, len(questions), batch_size):
+            results += self._ask_batch(questions[start:start + batch_size], every_stage)
+        return results
+
+    def _ask_batch(self, questions: list[str], every_stage: bool) -> list:
+        self.warm_up()
+        upstream, reader = self._upstream(), self.pipeline.get_component(self.reader)
+        include = {name for name, _ in upstream.walk()} if every_stage else {self.packer}
+        results: list = [None] * len(questions)
+        pending = []  # (index, question, outputs, timings)
+        for i, raw in enumerate(questions):
+            record: dict[str, float] = {}
+            token = _timings.set(record)
+            start = time.perf_counter()
+            try:
+                question = check_question(raw)
+                out = upstream.run({"query": question}, include_outputs_from=include)
+            except BadQuestionError as e:
+                results[i] = FailedAnswer(raw, e)
+                continue
+            except PipelineRuntimeError as e:
+                error = unwrap_error(e)
+                if not isinstance(error, BadQuestionError):
+                    raise error from None
+                results[i] = FailedAnswer(raw, error)
+                continue
+            finally:
+                _timings.reset(token)
+            record["total"] = time.perf_counter() - start
+            pending.append((i, question, out, record))
+        if not pending:
+            return results
+        start = time.perf_counter()
+        try:
+            answers = reader.run_batch([q for _, q, _, _ in pending],
+                                       [out[self.packer]["documents"] for _, _, out, _ in pending])["answers"]
+        except BadQuestionError:  # one question the reader refuses: answer each alone, so only it fails
+            answers = []
+            for _, q, out, _ in pending:
+                try:
+                    answers.append(reader.run(query=q, documents=out[self.packer]["documents"])["answers"][0])
+                except BadQuestionError as e:
+                    answers.append(e)
+        share = (time.perf_counter() - start) / len(pending)
+        for (i, q, out, record), generated in zip(pending, answers):
+            if isinstance(generated, BadQuestionError):
+                results[i] = FailedAnswer(questions[i], generated)
+                continue
+            out[self.reader] = {"answers": [generated]}
+            record[self.reader] = share
+            record["total"] += share
+            results[i] = (self._answer(q, out, record), out)
+        return results
+
+    def ask_many(self, questions: list[str], progress: bool = True, task: str | None = None,
+                 batch_size: int = 1) -> list[Answer | FailedAnswer]:
         """Answer a list of questions in order, with a progress bar.
 
         Returns one result per question, in order. A question that cannot be answered (a
@@ -381,13 +477,26 @@ class QA:
         :class:`FailedAnswer` holding the error in its place, and the others are still answered;
         ``result.ok`` tells the two apart. Errors that would fail every question (a broken
         pipeline, a missing index) still raise.
+
+        :param batch_size: Questions the reader decodes together (:meth:`ask_many_with_outputs`);
+            the answers are the same as one by one.
         """
         from tqdm.auto import tqdm
 
+        if batch_size < 1:
+            raise PipelineConfigError(f"batch_size must be at least 1, got {batch_size}")
         results: list[Answer | FailedAnswer] = []
-        for q in tqdm(questions, desc="answering", unit="q", disable=not progress):
-            try:
-                results.append(self.ask(q, task=task))
-            except BadQuestionError as e:
-                results.append(FailedAnswer(q, e))
+        step = batch_size if task is None else 1
+        with tqdm(total=len(questions), desc="answering", unit="q", disable=not progress) as bar:
+            for start in range(0, len(questions), step):
+                chunk = questions[start:start + step]
+                if task is not None:
+                    try:
+                        results.append(self.ask(chunk[0], task=task))
+                    except BadQuestionError as e:
+                        results.append(FailedAnswer(chunk[0], e))
+                else:
+                    results += [r if isinstance(r, FailedAnswer) else r[0]
+                                for r in self.ask_many_with_outputs(chunk, step, every_stage=False)]
+                bar.update(len(chunk))
         return results

@@ -120,6 +120,54 @@ def test_ask_many_keeps_every_answer_around_a_bad_question(qa):
     assert failed[1].to_dict() == {"question": "123", "error": str(failed[1].error), "error_type": "QuestionTypeError"}
 
 
+
+@pytest.mark.parametrize("batch_size", [2, 3, 8])
+def test_batched_answers_are_the_single_answers(qa, batch_size):
+    """Batches of several sizes, a bad question among them: same answers, passages and errors as one
+    by one, in input order; the reader's share of its batch is in each answer's timings."""
+    questions = ["Who wrote Romeo and Juliet?", "", "Which planet is known as the Red Planet?", 123,
+                 "Who painted the Mona Lisa?", "What is the capital of Australia?", "?!"]
+    alone = qa.ask_many(questions, progress=False)
+    batched = qa.ask_many(questions, progress=False, batch_size=batch_size)
+    assert [r.ok for r in batched] == [r.ok for r in alone] == [True, False, True, False, True, True, False]
+    for a, b in zip(alone, batched):
+        if a.ok:
+            assert (b.question, b.answer, [p.id for p in b.passages], b.dropped_ids) == (
+                a.question, a.answer, [p.id for p in a.passages], a.dropped_ids)
+            assert b.score == pytest.approx(a.score, abs=1e-5) and b.meta == a.meta
+            assert set(b.timings) == set(a.timings) and b.timings["reader"] > 0
+        else:
+            assert (type(b.error), str(b.error)) == (type(a.error), str(a.error))
+
+
+def test_batched_outputs_hold_every_stage(qa):
+    [(answer, outputs)] = qa.ask_many_with_outputs(["Who wrote Romeo and Juliet?"], batch_size=4)
+    assert set(outputs) == STAGES and outputs["reader"]["answers"][0].data == answer.answer
+    assert qa.batchable()
+    with pytest.raises(PipelineConfigError, match="batch_size must be at least 1, got 0"):
+        qa.ask_many(["Who?"], batch_size=0)
+
+
+def test_a_question_the_reader_refuses_fails_alone_in_its_batch(qa, monkeypatch):
+    """The reader refuses one question of a batch (e.g. over its budget): only that one fails."""
+    from odqa.errors import QuestionTooLongError
+
+    reader = qa.pipeline.get_component(qa.reader)
+    real_run = reader.run
+
+    def picky(query, documents=None):
+        if "Mona Lisa" in query:
+            raise QuestionTooLongError("too long for the test")
+        return real_run(query=query, documents=documents)
+
+    def refuse(queries, documents):
+        raise QuestionTooLongError("one question of the batch is too long")
+
+    monkeypatch.setattr(reader, "run_batch", refuse)
+    monkeypatch.setattr(reader, "run", picky)
+    results = qa.ask_many(["Who wrote Romeo and Juliet?", "Who painted the Mona Lisa?"], progress=False, batch_size=2)
+    assert [r.ok for r in results] == [True, False] and str(results[1].error) == "too long for the test"
+
 def test_a_question_that_is_not_a_string(qa):
     with pytest.raises(QuestionTypeError, match=r"the question must be a string, got int \(123\)"):
         qa.ask(123)

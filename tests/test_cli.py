@@ -65,15 +65,15 @@ def assert_one_error_line(capsys, code: int) -> str:
 
 
 def _count_asks(monkeypatch) -> list[str]:
-    """Record every question QA.ask answers (the real method still runs)."""
+    """Record every question the pipeline answers alone (the real method still runs)."""
     asked: list[str] = []
-    real = odqa.api.QA.ask
+    real = odqa.api.QA.ask_with_outputs
 
-    def ask(self, question):
+    def ask(self, question, *args, **kwargs):
         asked.append(question)
-        return real(self, question)
+        return real(self, question, *args, **kwargs)
 
-    monkeypatch.setattr(odqa.api.QA, "ask", ask)
+    monkeypatch.setattr(odqa.api.QA, "ask_with_outputs", ask)
     return asked
 
 
@@ -401,6 +401,30 @@ def test_eval_retrieval_bad_input(capsys, tmp_path, content, fragments):
     for fragment in fragments:
         assert fragment in line
 
+
+
+def test_run_in_batches_writes_the_same_answers(tmp_path, warm):
+    path = tmp_path / "q.jsonl"
+    rows = [QUESTIONS[0], {"id": "long", "question": LONG_QUESTION}, *QUESTIONS[1:]]
+    path.write_text("".join(json.dumps(q) + "\n" for q in rows), encoding="utf-8")
+    one, three = tmp_path / "one.jsonl", tmp_path / "three.jsonl"
+    assert main(["run", warm, "--questions", str(path), "--out", str(one)]) == 0
+    assert main(["run", warm, "--questions", str(path), "--out", str(three), "--batch-size", "3"]) == 0
+
+    def records(p):
+        return [{k: v for k, v in json.loads(line).items() if k != "timings"} for line in p.read_text().splitlines()]
+    assert records(three) == records(one) and "error" in records(three)[1]
+
+
+@pytest.mark.parametrize("command", ["run", "eval"])
+@pytest.mark.parametrize("value", ["0", "-2", "eight"])
+def test_bad_batch_size(capsys, tmp_path, warm, command, value):
+    argv = ["run", warm, "--questions", "q.jsonl", "--out", str(tmp_path / "o")] if command == "run" else [
+        "eval", "--pipeline", warm, "--questions", "q.jsonl", "--out", str(tmp_path / "o")]
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--batch-size", value])
+    assert exit_.value.code == 2
+    assert f"--batch-size: must be a whole number of at least 1, got '{value}'" in capsys.readouterr().err
 
 def test_eval_retrieval_missing_file(capsys, tmp_path):
     line = assert_one_error_line(capsys, main(["eval", "retrieval", "--results", str(tmp_path / "nope.json")]))

@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from odqa.cli._common import DEFAULT_PIPELINE
+from odqa.cli._common import DEFAULT_PIPELINE, positive_int
 from odqa.errors import BadQuestionError, OdqaError
 
 # (question, the answer the bundled corpus gives): printed side by side, right or wrong
@@ -74,14 +74,23 @@ def cmd_run(args) -> int:
         todo = [q for q in questions if q.id not in done]
         if done:
             print(f"resuming: {len(done)} of {len(questions)} already answered in {out}", file=sys.stderr)
-        with RunWriter(out) as writer:
-            for q in tqdm(todo, desc="answering", unit="q"):
-                try:
-                    result = ask(q.question)
-                except BadQuestionError as e:  # one bad question does not stop the batch
-                    failed += 1
-                    result = FailedAnswer(q.question, e)
-                writer.write({"id": q.id, "answers": q.answers, **result.to_dict()})
+        step = args.batch_size
+        with RunWriter(out) as writer, tqdm(total=len(todo), desc="answering", unit="q") as bar:
+            for start in range(0, len(todo), step):  # each batch is written before the next is read
+                chunk = todo[start:start + step]
+                if args.task is not None:  # a multitask input is rendered for its task, one at a time
+                    results = []
+                    for q in chunk:
+                        try:
+                            results.append(ask(q.question))
+                        except BadQuestionError as e:  # one bad question does not stop the run
+                            results.append(FailedAnswer(q.question, e))
+                else:
+                    results = qa.ask_many([q.question for q in chunk], progress=False, batch_size=step)
+                for q, result in zip(chunk, results):
+                    failed += not result.ok
+                    writer.write({"id": q.id, "answers": q.answers, **result.to_dict()})
+                bar.update(len(chunk))
     note = f" ({failed} could not be answered; see their 'error' field)" if failed else ""
     print(f"wrote {len(questions)} answers to {out}{note}", file=sys.stderr)
     return 0
@@ -115,6 +124,8 @@ def register(sub) -> None:
     r.add_argument("--questions", help="jsonl file with a 'question' per line, or fanoutqa-wiki[:split]")
     r.add_argument("--out", help="answers jsonl (appended to; a rerun resumes)")
     r.add_argument("--json", action="store_true")
+    r.add_argument("--batch-size", type=positive_int, default=1,
+                   help="--questions: questions the reader decodes together (same answers as one by one)")
     r.set_defaults(func=cmd_run)
 
     d = sub.add_parser("demo", help="answer a few sample questions")

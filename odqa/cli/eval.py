@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from odqa.cli._common import positive_int
 from odqa.errors import OdqaError
 
 
@@ -57,14 +58,16 @@ def cmd_eval(args) -> int:
 
         questions = load_questions(args.questions, require_answers=True)[: args.limit]
         qa = api.load(args.pipeline)
-        metrics = evaluation.evaluate(qa, questions, out, shard=args.shard, shards=args.shards)
+        metrics = evaluation.evaluate(qa, questions, out, shard=args.shard, shards=args.shards,
+                                      batch_size=args.batch_size)
         if args.ablate:
             rows = [("full pipeline", metrics)]
             for name in [n.strip() for n in args.ablate.split(",") if n.strip()]:
                 ablated = evaluation.without_stage(qa, name)
                 sub_out = out / f"without-{name}"
                 rows.append((f"without {name}", None if ablated is None else
-                             evaluation.evaluate(ablated, questions, sub_out, shard=args.shard, shards=args.shards)))
+                             evaluation.evaluate(ablated, questions, sub_out, shard=args.shard, shards=args.shards,
+                                                 batch_size=args.batch_size)))
                 if ablated is not None:
                     write_report(sub_out, f"odqa evaluation: {args.pipeline} without {name}", command)
             (out / "ablation.md").write_text(f"# Ablations\n\nCommand: `{command}`\n\n"
@@ -106,6 +109,8 @@ def register(sub) -> None:
     e.add_argument("--results", help="for `eval retrieval`: DPR retriever output (JSON list of "
                                      "question/answers/ctxs)")
     e.add_argument("--k", default=None, help="for `eval retrieval`: comma-separated k, default 1,5,20,100")
+    e.add_argument("--batch-size", type=positive_int, default=1,
+                   help="questions the reader decodes together (same answers as one by one)")
     e.add_argument("--shards", type=int, default=1)
     e.add_argument("--shard", type=int, default=None)
     e.add_argument("--ablate", default="", help="comma-separated stages to rerun without, e.g. ranker,dense,bm25")

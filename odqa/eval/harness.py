@@ -58,7 +58,21 @@ def _packer_input(qa) -> str | None:
 
 def score_question(qa, q: Question) -> dict:
     """Run one question through the pipeline and score every stage."""
-    answer, outputs = qa.ask_with_outputs(q.question)
+    return score_answer(qa, q, *qa.ask_with_outputs(q.question))
+
+
+def score_batch(qa, questions: list[Question]) -> list[dict]:
+    """:func:`score_question` for several questions answered together (the same records)."""
+    records = []
+    for q, result in zip(questions, qa.ask_many_with_outputs([q.question for q in questions], len(questions))):
+        if not isinstance(result, tuple):  # a set's question the pipeline cannot answer fails the run, as alone
+            raise result.error
+        records.append(score_answer(qa, q, *result))
+    return records
+
+
+def score_answer(qa, q: Question, answer, outputs: dict) -> dict:
+    """Score every stage of one question's answer and the pipeline's outputs for it."""
     stages = {name: _flags(outputs[name]["documents"], q.answers) for name in _document_stages(qa, outputs)}
     read = [{"id": p.id, "title": p.title, "has_answer": has_answer(p.text, q.answers)}
             for p in answer.passages]
@@ -168,8 +182,10 @@ def check_run_key(out: Path, key: dict, resuming: bool) -> None:
 
 
 def evaluate(qa, questions: list[Question], out: Path, shard: int | None = None, shards: int = 1,
-             progress: bool = True) -> dict:
-    """Score ``questions`` (deduplicated by (id, question)) into ``out``; resumes a killed run."""
+             progress: bool = True, batch_size: int = 1) -> dict:
+    """Score ``questions`` (deduplicated by (id, question)) into ``out``; resumes a killed run.
+    ``batch_size`` questions are answered together (the same answers; each batch is written before
+    the next starts)."""
     questions = dedup(questions)
     if shards < 1 or (shard is not None and not 0 <= shard < shards):
         raise OdqaError(f"--shard must be in 0..{shards - 1} for --shards {shards}, got {shard}")
@@ -178,10 +194,10 @@ def evaluate(qa, questions: list[Question], out: Path, shard: int | None = None,
     out = Path(out)
     check_replaceable(out, (EVAL_RUN_KIND,), "an evaluation run")
     with OutputLock(out):
-        return _evaluate(qa, questions, out, progress)
+        return _evaluate(qa, questions, out, progress, batch_size)
 
 
-def _evaluate(qa, questions: list[Question], out: Path, progress: bool) -> dict:
+def _evaluate(qa, questions: list[Question], out: Path, progress: bool, batch_size: int = 1) -> dict:
     path = out / "predictions.jsonl"
     previous = read_records(path)
     check_run_key(out, run_key(qa), resuming=bool(previous))
@@ -189,12 +205,13 @@ def _evaluate(qa, questions: list[Question], out: Path, progress: bool) -> dict:
     todo = [q for q in questions if q.id not in done]
     ems = [r["em"] for r in previous]
     with RunWriter(path) as writer:
-        bar = tqdm(todo, desc="evaluating", unit="q", disable=not progress, initial=len(done),
-                   total=len(questions))
-        for q in bar:
-            record = score_question(qa, q)
-            writer.write(record)
-            ems.append(record["em"])
+        bar = tqdm(desc="evaluating", unit="q", disable=not progress, initial=len(done), total=len(questions))
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start:start + batch_size]
+            for record in score_batch(qa, chunk) if batch_size > 1 else [score_question(qa, chunk[0])]:
+                writer.write(record)
+                ems.append(record["em"])
+            bar.update(len(chunk))
             bar.set_postfix(EM=f"{100 * sum(ems) / len(ems):.1f}")
         bar.close()
     return finish(out, [q.id for q in questions])

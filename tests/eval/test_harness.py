@@ -74,6 +74,35 @@ def test_killed_run_resumes_to_the_same_metrics(qa, full_run, tmp_path, monkeypa
     assert (out / "metrics.json").read_text() == (full_run[0] / "metrics.json").read_text()
 
 
+
+def test_batched_run_gives_the_same_records_and_resumes(qa, full_run, tmp_path, monkeypatch):
+    """--batch-size 3: the same records (timings aside) and metrics; a kill in the second batch
+    keeps the first batch's records, and the resumed run answers only the rest."""
+    out = tmp_path / "batched"
+    real = qa.ask_many_with_outputs
+    calls = []
+
+    def dies_on_second_batch(questions, batch_size=8, every_stage=True):
+        calls.append(list(questions))
+        if len(calls) == 2:
+            raise KeyboardInterrupt("simulated kill")
+        return real(questions, batch_size, every_stage)
+
+    monkeypatch.setattr(qa, "ask_many_with_outputs", dies_on_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        evaluation.evaluate(qa, QUESTIONS, out, progress=False, batch_size=3)
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == 3
+    calls.clear()
+    monkeypatch.setattr(qa, "ask_many_with_outputs", lambda *a, **k: calls.append(list(a[0])) or real(*a, **k))
+    evaluation.evaluate(qa, QUESTIONS, out, progress=False, batch_size=3)
+    assert [len(c) for c in calls] == [1]  # only the fourth question is answered again
+    assert (out / "metrics.json").read_text() == (full_run[0] / "metrics.json").read_text()
+
+    def records(run):
+        return [{k: v for k, v in json.loads(line).items() if k != "timings"}
+                for line in (run / "predictions.jsonl").read_text().splitlines()]
+    assert records(out) == records(full_run[0])
+
 def test_shards_merge_to_the_full_metrics(qa, full_run, tmp_path):
     dirs = [tmp_path / f"s{i}" for i in range(2)]
     for i, d in enumerate(dirs):
