@@ -13,6 +13,7 @@ from odqa.lm.soft_prompt import soft_prompt_length
 
 
 ORDERS = ("best-first", "best-last")
+MAX_CACHED_COSTS = 500_000  # passage token counts kept per packer (a 10k-passage corpus needs 10k)
 
 
 @component
@@ -62,6 +63,7 @@ class ContextPacker:
         self.soft_prompt = soft_prompt
         self._tokenizer = None
         self._prompt: ReaderPrompt | None = None
+        self._costs: dict[str, int] = {}  # formatted passage -> its tokens: each passage is tokenised once
 
     def warm_up(self) -> None:
         if self._tokenizer is None:
@@ -85,9 +87,8 @@ class ContextPacker:
         available = prompt.budget(tok, query)
         chosen: list[int] = []
         used = 0
-        texts = [format_passages([(d.meta.get("title", ""), d.content)]) + "\n" for d in documents]
-        costs = [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]] if texts else []
-        for i, cost in enumerate(costs):  # one batched tokenizer call above: cheap for 100 passages
+        costs = self._passage_costs(documents)
+        for i, cost in enumerate(costs):
             if self.max_passages is not None and len(chosen) == self.max_passages:
                 break
             if used + cost <= available:
@@ -114,6 +115,19 @@ class ContextPacker:
                 "prompt_tokens": prompt_tokens,
             },
         }
+
+    def _passage_costs(self, documents: list[Document]) -> list[int]:
+        """Each passage's tokens in the prompt, counted once per passage text (then looked up): the
+        retrievers return the same passages again and again, and tokenising 100 of them per
+        question was most of the packer's time."""
+        texts = [format_passages([(d.meta.get("title", ""), d.content)]) + "\n" for d in documents]
+        missing = list(dict.fromkeys(t for t in texts if t not in self._costs))
+        if missing:
+            if len(self._costs) + len(missing) > MAX_CACHED_COSTS:
+                self._costs.clear()
+            counted = self._tokenizer(missing, add_special_tokens=False)["input_ids"]  # one batched call
+            self._costs.update((t, len(ids)) for t, ids in zip(missing, counted))
+        return [self._costs[t] for t in texts]
 
     def to_dict(self) -> dict[str, Any]:
         return default_to_dict(

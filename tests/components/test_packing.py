@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from haystack import Pipeline
+from haystack import Document, Pipeline
 
 from odqa.components.packing import ContextPacker
 from odqa.lm.prompting import ReaderPrompt
@@ -223,3 +223,28 @@ def test_packer_counts_what_the_reader_reads(backbone, tiny_lm, soft_prompt_dir,
         assert meta["prompt_tokens"] + max_new <= context_length
         lengths.add(len(packed["documents"]))
     assert len(lengths) >= 3  # the windows above packed several different numbers of passages
+
+
+def test_each_passage_is_tokenised_once(tiny_lm, docs, monkeypatch):
+    """Passage token counts are cached by text: a second question over the same passages tokenises
+    none of them again, a new passage alone is tokenised, and the packing is the same."""
+    packer = ContextPacker(model=tiny_lm, context_length=1024)
+    packer.warm_up()
+    first = packer.run(query="Who wrote Hamlet?", documents=docs)
+    real, seen = packer._tokenizer, []
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def __call__(self, texts, *args, **kwargs):
+            if isinstance(texts, list):  # the batched passage call (prompts are tokenised one by one)
+                seen.append(len(texts))
+            return real(texts, *args, **kwargs)
+
+    monkeypatch.setattr(packer, "_tokenizer", Counting())
+    again = packer.run(query="Who wrote Hamlet?", documents=docs)
+    assert seen == [] and again == first
+    new = Document(id="new", content="A passage never packed before.", meta={"title": "New"})
+    packer.run(query="Which passage is new?", documents=[*docs, new])
+    assert seen == [1]
