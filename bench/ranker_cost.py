@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import statistics
 import sys
 import time
@@ -25,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 import odqa
+from _report import command, publish  # bench/_report.py (scripts run as python bench/NAME.py)
 from odqa.components.rankers import CrossEncoderRanker
 from odqa.data.questions import dedup, load_questions
 from odqa.training.reranker import documents_sender
@@ -76,7 +76,7 @@ def main() -> int:
     reader_ms = 1000 * statistics.median(reader)
     lines = [
         f"# Re-ranker cost: `{shipped.model}`", "",
-        f"Command: `python {' '.join(shlex.quote(a) for a in sys.argv)}`  ",
+        f"Command: `{command()}`  ",
         f"{len(reader)} questions of `{args.questions}` (after {WARMUP} warm-up), {os.cpu_count()} CPU cores, "
         f"torch {torch.__version__} with {torch.get_num_threads()} threads; candidates are the pipeline's "
         f"`{source}` output.", "",
@@ -90,11 +90,7 @@ def main() -> int:
         ms = sorted(1000 * t for t in ts)
         med, p90 = statistics.median(ms), ms[int(0.9 * (len(ms) - 1))]
         lines.append(f"| {c} | {n} | {med:.0f} | {p90:.0f} | {med / reader_ms:.2f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text, encoding="utf-8")
-    return 0
+    return publish(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -55,12 +55,13 @@ def test_train_reader_quick_on_the_real_backbone(env, tmp_path):
     res = _odqa(env, "train", "reader", "--train", str(train), "--out", str(out), "--quick", "--prompt-length", "8")
     assert res.returncode == 0, res.stderr[-2000:]
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["kind"] == "soft_prompt" and manifest["length"] == 8 and manifest["hidden_size"] == 576
-    assert manifest["backbone"] == "smollm2-135m-instruct" and manifest["steps"] == 2
+    # the default pipeline's reader (pipelines/frozen_reader.yml): Gemma-3-270m, 640-d embeddings
+    assert manifest["kind"] == "soft_prompt" and manifest["length"] == 8 and manifest["hidden_size"] == 640
+    assert manifest["backbone"] == "gemma3-270m" and manifest["steps"] == 2
     assert "backbone hash unchanged" in res.stdout
 
     # the hash recorded by the command is the real backbone's, computed here on a fresh load
     from odqa.lm.backbone import load_backbone
     from odqa.lm.backbone import weights_hash
 
-    assert weights_hash(load_backbone("smollm2-135m-instruct").model) == manifest["backbone_hash"]
+    assert weights_hash(load_backbone("gemma3-270m").model) == manifest["backbone_hash"]

@@ -1,0 +1,146 @@
+"""This machine's limit for the reader, and how close the reader comes to it.
+
+1. Measures float32 matrix-multiply throughput at the reader's own shapes (every distinct Linear
+   of the backbone, fed as many rows as the measured prompts' bodies hold), int8 throughput at
+   the same shapes (``torch._int_mm``, int8 x int8 -> int32, as int8 kernels run), and memory
+   read bandwidth (summing a tensor several times the size of the caches).
+2. Runs the pipeline on real questions and records each answer's prompt: the tokens the reader
+   computes (the body after the cached prefix) and the tokens it generates.
+3. Counts, per answer, the prefill FLOPs (2 x weights touched x body tokens, plus attention over
+   the prefix and the body) and the bytes each decoding step must read (every weight once, plus
+   the keys and values so far), and prints the floor: prefill FLOPs / the measured throughput +
+   decoding bytes / the measured bandwidth, in seconds per answer, beside the reader's median
+   time as a ratio of it.
+
+    python bench/floor.py --pipeline pipelines/frozen_reader.yml --questions trivia-wiki:dev --limit 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import odqa
+from _report import command, publish  # bench/_report.py (scripts run as python bench/NAME.py)
+from odqa.data.questions import dedup, load_questions
+from odqa.lm.prompting import encode_prefix, get_template
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def best_seconds(fn, repeats: int = 5) -> float:
+    fn()  # warm
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def linear_shapes(model) -> dict[tuple[int, int], int]:
+    """``(in, out) -> count`` of the decoder's Linear layers (the LM head apart)."""
+    head = model.get_output_embeddings()
+    shapes: dict[tuple[int, int], int] = {}
+    for m in model.modules():
+        if isinstance(m, torch.nn.Linear) and m is not head:
+            key = (m.in_features, m.out_features)
+            shapes[key] = shapes.get(key, 0) + 1
+    return shapes
+
+
+def matmul_throughput(shapes: dict[tuple[int, int], int], rows: int) -> tuple[float, float]:
+    """(float32 FLOP/s, int8 OP/s) over the reader's Linear shapes, weighted as the model uses them."""
+    flops = fp_time = int_time = 0.0
+    for (n_in, n_out), count in shapes.items():
+        x, w = torch.randn(rows, n_in), torch.randn(n_in, n_out)
+        xi = torch.randint(-127, 127, (rows, n_in), dtype=torch.int8)
+        wi = torch.randint(-127, 127, (n_in, n_out), dtype=torch.int8)
+        flops += count * 2 * rows * n_in * n_out
+        fp_time += count * best_seconds(lambda: torch.matmul(x, w))
+        int_time += count * best_seconds(lambda: torch._int_mm(xi, wi))
+    return flops / fp_time, flops / int_time
+
+
+def read_bandwidth(megabytes: int = 1024) -> float:
+    """Bytes per second read by summing a float32 tensor of ``megabytes``."""
+    x = torch.ones(megabytes * 2**20 // 4)
+    return x.numel() * 4 / best_seconds(lambda: x.sum(), repeats=3)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--pipeline", default=str(ROOT / "pipelines/frozen_reader.yml"))
+    ap.add_argument("--questions", default="trivia-wiki:dev")
+    ap.add_argument("--limit", type=int, default=20)
+    ap.add_argument("--out", default=str(ROOT / "bench/results/floor.md"))
+    args = ap.parse_args()
+
+    qa = odqa.load(args.pipeline)
+    qa.warm_up()
+    reader = qa.pipeline.get_component(qa.reader)
+    model, cfg = reader._backbone.model, reader._backbone.model.config
+    questions = [q.question for q in dedup(load_questions(args.questions))][: args.limit + 2]
+    qa.ask_many(questions[:2], progress=False)  # warm-up
+    answers = qa.ask_many(questions[2:], progress=False)
+    # the positions the prefix cache holds (soft prompt + the template's fixed head): computed once
+    # per process, so an answer computes only the rest of its prompt
+    head_ids = encode_prefix(reader._backbone.tokenizer, get_template(reader.template)) if reader.prefix_cache else []
+    prefix = len(head_ids) + (reader._soft.length if reader._soft is not None else 0)
+    bodies = [a.meta["prompt_tokens"] - prefix for a in answers]
+    steps = [a.meta["new_tokens"] for a in answers]
+    measured = statistics.median(a.timings[qa.reader] for a in answers)
+
+    shapes = linear_shapes(model)
+    weights = sum(count * n_in * n_out for (n_in, n_out), count in shapes.items())
+    head = model.get_output_embeddings().weight.numel()
+    layers, d = cfg.num_hidden_layers, cfg.hidden_size
+    kv_dim = getattr(cfg, "num_key_value_heads", cfg.num_attention_heads) * getattr(
+        cfg, "head_dim", d // cfg.num_attention_heads)
+    bytes_per = next(model.parameters()).element_size()
+    fp32, int8 = matmul_throughput(shapes, max(1, int(statistics.median(bodies))))
+    bandwidth = read_bandwidth()
+
+    floors, int8_floors = [], []
+    for body, n_new in zip(bodies, steps):
+        # prefill: every weight once per body token, attention of each body token over what precedes it,
+        # the LM head for the last position only
+        attention = 4 * layers * d * body * (prefix + (body + 1) / 2)
+        prefill = 2 * weights * body + attention + 2 * head
+        # decoding: steps after the first token (which prefill yields); each reads every weight, the
+        # LM head and the keys/values so far
+        kv = lambda t: 2 * layers * kv_dim * t * bytes_per  # noqa: E731
+        decode = sum((weights + head) * bytes_per + kv(prefix + body + s) for s in range(1, n_new))
+        floors.append(prefill / fp32 + decode / bandwidth)
+        int8_floors.append(prefill / int8 + sum((weights + head) + kv(prefix + body + s) for s in range(1, n_new))
+                           / bandwidth)
+    floor, floor8 = statistics.median(floors), statistics.median(int8_floors)
+    lines = [
+        f"# The reader against this machine's limit: `{Path(args.pipeline).name}`", "",
+        f"Command: `{command()}`  ",
+        f"{len(answers)} questions of `{args.questions}`; {os.cpu_count()} CPU cores, torch threads "
+        f"{torch.get_num_threads()}; backbone `{reader.model}` ({reader.dtype}).", "",
+        "| quantity | value |", "|---|---|",
+        f"| float32 matmul at the reader's shapes ({int(statistics.median(bodies))} rows) | {fp32 / 1e9:.0f} GFLOP/s |",
+        f"| int8 matmul (`torch._int_mm`) at the same shapes | {int8 / 1e9:.0f} GOP/s |",
+        f"| memory read bandwidth (1 GB sum) | {bandwidth / 1e9:.1f} GB/s |",
+        f"| decoder weights (Linear layers) / LM head | {weights / 1e6:.1f}M / {head / 1e6:.1f}M parameters |",
+        f"| cached prefix / body tokens computed per answer (median) | {prefix} / {statistics.median(bodies):.0f} |",
+        f"| generated tokens per answer (median) | {statistics.median(steps):.0f} |",
+        f"| prefill GFLOP per answer (median) | {statistics.median(2 * weights * b for b in bodies) / 1e9:.1f} + attention |",
+        f"| bytes read per decoding step | {((weights + head) * bytes_per) / 1e6:.0f} MB + keys/values |",
+        f"| **floor, float32** (median over answers) | **{floor:.3f} s** |",
+        f"| floor if weights and matmuls were int8 | {floor8:.3f} s |",
+        f"| reader, measured median | {measured:.3f} s |",
+        f"| **measured / float32 floor** | **{measured / floor:.2f}x** |",
+    ]
+    return publish(lines, args.out)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
