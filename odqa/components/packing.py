@@ -37,7 +37,7 @@ class ContextPacker:
 
     def __init__(self, model: str, template: str = "qa-completion", context_length: int = 384,
                  max_new_tokens: int = 16, soft_prompt: str | None = None, max_passages: int | None = None,
-                 order: str = "best-first"):
+                 order: str = "best-first", index_dir: str | None = None):
         """
         :param model: The reader's backbone (its tokenizer measures the budget).
         :param template: The reader's prompt template (see :mod:`odqa.lm.prompting`).
@@ -47,6 +47,9 @@ class ContextPacker:
         :param max_passages: Keep at most this many passages (``None``: as many as fit).
         :param order: How the kept passages reach the reader: ``best-first``, or ``best-last``
             (the best passage nearest the question, which the prompt puts after the passages).
+        :param index_dir: The index the passages come from: every passage's tokens are counted once,
+            at warm-up, so packing is lookups only (without it each passage is counted the first
+            time it is seen).
         """
         get_template(template)  # fail early on an unknown name
         if order not in ORDERS:
@@ -61,6 +64,7 @@ class ContextPacker:
         self.context_length = context_length
         self.max_new_tokens = max_new_tokens
         self.soft_prompt = soft_prompt
+        self.index_dir = index_dir
         self._tokenizer = None
         self._prompt: ReaderPrompt | None = None
         self._costs: dict[str, int] = {}  # formatted passage -> its tokens: each passage is tokenised once
@@ -72,6 +76,12 @@ class ContextPacker:
             self._prompt = ReaderPrompt(self.template, self.context_length, self.max_new_tokens,
                                         soft_prompt_length(self.soft_prompt))
             self._tokenizer = load_backbone(self.model).tokenizer
+            if self.index_dir:
+                from odqa.index import open_index
+
+                index = open_index(self.index_dir)
+                if index.manifest["count"] <= MAX_CACHED_COSTS:  # a 21M-passage index is counted as it is read
+                    self._passage_costs(index.passages)
 
     @component.output_types(documents=list[Document], dropped_ids=list[str], budget=dict)
     def run(self, query: str, documents: list[Document]) -> dict[str, Any]:
@@ -116,11 +126,13 @@ class ContextPacker:
             },
         }
 
-    def _passage_costs(self, documents: list[Document]) -> list[int]:
+    def _passage_costs(self, documents: list) -> list[int]:
         """Each passage's tokens in the prompt, counted once per passage text (then looked up): the
         retrievers return the same passages again and again, and tokenising 100 of them per
-        question was most of the packer's time."""
-        texts = [format_passages([(d.meta.get("title", ""), d.content)]) + "\n" for d in documents]
+        question was most of the packer's time. ``documents``: haystack Documents, or the index's
+        passages."""
+        texts = [format_passages([(d.meta.get("title", ""), d.content) if isinstance(d, Document) else
+                                  (d.title, d.text)]) + "\n" for d in documents]
         missing = list(dict.fromkeys(t for t in texts if t not in self._costs))
         if missing:
             if len(self._costs) + len(missing) > MAX_CACHED_COSTS:
@@ -133,7 +145,7 @@ class ContextPacker:
         return default_to_dict(
             self, model=self.model, template=self.template, context_length=self.context_length,
             max_new_tokens=self.max_new_tokens, soft_prompt=self.soft_prompt, max_passages=self.max_passages,
-            order=self.order,
+            order=self.order, index_dir=self.index_dir,
         )
 
     @classmethod

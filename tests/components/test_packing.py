@@ -51,7 +51,8 @@ def test_to_dict_from_dict(tiny_lm, soft_prompt_dir):
     assert data == {
         "type": "odqa.components.packing.ContextPacker",
         "init_parameters": {"model": tiny_lm, "template": "chat", "context_length": 512, "max_new_tokens": 8,
-                            "soft_prompt": soft_prompt_dir, "max_passages": None, "order": "best-first"},
+                            "soft_prompt": soft_prompt_dir, "max_passages": None, "order": "best-first",
+                            "index_dir": None},
     }
     assert ContextPacker.from_dict(data).to_dict() == data
 
@@ -248,3 +249,31 @@ def test_each_passage_is_tokenised_once(tiny_lm, docs, monkeypatch):
     new = Document(id="new", content="A passage never packed before.", meta={"title": "New"})
     packer.run(query="Which passage is new?", documents=[*docs, new])
     assert seen == [1]
+
+
+def test_index_passages_are_counted_at_warm_up(tiny_lm, flat_index, monkeypatch):
+    """With ``index_dir`` every passage of the index is counted once, at warm-up: packing its
+    passages then tokenises none of them, and packs as a packer without it does."""
+    from odqa.index import open_index
+
+    passages = open_index(flat_index).passages
+    packer = ContextPacker(model=tiny_lm, context_length=1024, index_dir=flat_index)
+    packer.warm_up()
+    assert len(packer._costs) == len(passages)
+    real, seen = packer._tokenizer, []
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def __call__(self, texts, *args, **kwargs):
+            if isinstance(texts, list):
+                seen.append(len(texts))
+            return real(texts, *args, **kwargs)
+
+    monkeypatch.setattr(packer, "_tokenizer", Counting())
+    docs = [Document(id=p.id, content=p.text, meta={"title": p.title}) for p in passages[:6]]
+    lazy = ContextPacker(model=tiny_lm, context_length=1024)
+    assert packer.run(query="Who wrote Hamlet?", documents=docs) == lazy.run(query="Who wrote Hamlet?", documents=docs)
+    assert seen == []
+    assert ContextPacker.from_dict(packer.to_dict()).index_dir == flat_index
