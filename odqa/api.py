@@ -301,6 +301,7 @@ class QA:
     def __init__(self, pipeline: Pipeline, source: str = "<pipeline>"):
         self.pipeline = pipeline
         self.source = source
+        self._upstream_pipeline: Pipeline | None = None  # the stages before the reader, for batches
         # the reader is the stage that writes answers, the packer the one that reports what it cut:
         # found by their output sockets, so any component with those outputs takes the part
         readers = [n for n, _ in pipeline.walk() if _socket_type(pipeline, n, "answers") == list[GeneratedAnswer]]
@@ -387,7 +388,7 @@ class QA:
 
     def _upstream(self) -> Pipeline:
         """The pipeline without its reader, sharing this pipeline's (warm) component instances."""
-        if getattr(self, "_upstream_pipeline", None) is None:
+        if self._upstream_pipeline is None:
             data = self.pipeline.to_dict()
             data["components"].pop(self.reader)
             data["connections"] = [c for c in data["connections"] if self.reader not in
