@@ -40,8 +40,7 @@ Systems
   DESIGN.md's baseline setting. No ranker: no trained cross-encoder exists.
 - Generator: Haystack 3.x has no local Hugging Face generator, so ``SmolLM2Generator`` /
   ``SmolLM2ChatGenerator`` below are minimal ``@component`` wrappers around
-  ``odqa.lm.backbone.load_backbone("smollm2-135m-instruct")`` (the very model object odqa's
-  reader uses): ``model.generate`` greedy, 16 new tokens, stopping at EOS, end-of-turn or a
+  ``odqa.lm.backbone.load_backbone(backbone)`` (the very model object odqa's reader uses): ``model.generate`` greedy, 16 new tokens, stopping at EOS, end-of-turn or a
   newline (``Backbone.stop_token_ids``, as odqa's reader; ``clean_answer`` keeps only the
   first line anyway, so this affects time, not answers).
 - Prompt (a) ``chat``: what a stock Haystack user writes: Haystack's tutorial RAG prompt
@@ -52,11 +51,19 @@ Systems
   checked at start-up to render byte-identically to odqa's template, so (b) vs odqa
   isolates retrieval and packing.
 
-``odqa``: ``odqa.load("pipelines/frozen_reader_zeroshot.yml")`` (no learned modules): bm25s + FAISS flat IP (top 100 each),
-RRF, ``ContextPacker`` (as many passages as fit a 384-token window), ``FrozenLMReader``
-(``qa-completion``, greedy, 16 new tokens).
+``odqa zero-shot`` and ``odqa default`` (``--odqa NAME=FILE,...``): by default
+``pipelines/frozen_reader_zeroshot.yml`` (no learned modules) and ``pipelines/frozen_reader.yml``
+(the default pipeline): bm25s + FAISS flat IP (top 100 each), RRF, ``ContextPacker`` (as many
+passages as fit a 384-token window), ``FrozenLMReader`` (greedy, 16 new tokens). Every system
+reads with the same backbone (``--backbone``, by default the default pipeline's reader; a
+pipeline reading with another is refused). After the interleaved single-stream pass, each odqa
+pipeline answers all the questions again in batches of ``--batch-size`` (``QA.ask_many``): its
+answers per second, EM, and how many answers equal the single-stream ones.
 
-    python bench/haystack_peer.py                 # all test questions
+    python bench/haystack_peer.py --backbone smollm2-135m-instruct \
+        --odqa zero-shot=pipelines/frozen_reader_zeroshot.yml,default=pipelines/frozen_reader_smollm2.yml
+    python bench/haystack_peer.py --variants qa-completion \
+        --odqa zero-shot=pipelines/frozen_reader_gemma_fewshot.yml,default=pipelines/frozen_reader.yml  # Gemma
     python bench/haystack_peer.py --limit 10      # smoke test
 """
 
@@ -257,7 +264,7 @@ def build_store(passages, vectors: np.ndarray) -> InMemoryDocumentStore:
     return store
 
 
-def build_pipeline(store: InMemoryDocumentStore, variant: str) -> Pipeline:
+def build_pipeline(store: InMemoryDocumentStore, variant: str, backbone: str = BACKBONE) -> Pipeline:
     p = Pipeline()
     p.add_component("bm25", InMemoryBM25Retriever(document_store=store, top_k=TOP_K_RETRIEVE))
     p.add_component("text_embedder", SentenceTransformersTextEmbedder(
@@ -270,23 +277,23 @@ def build_pipeline(store: InMemoryDocumentStore, variant: str) -> Pipeline:
     if variant == "chat":
         p.add_component("prompt_builder", ChatPromptBuilder(template=[ChatMessage.from_user(CHAT_TEMPLATE)],
                                                             required_variables=["question", "documents"]))
-        p.add_component("llm", SmolLM2ChatGenerator())
+        p.add_component("llm", SmolLM2ChatGenerator(model=backbone))
         p.connect("prompt_builder.prompt", "llm.messages")
     else:
         p.add_component("prompt_builder", PromptBuilder(template=QA_COMPLETION_TEMPLATE,
                                                         required_variables=["question", "documents"]))
-        p.add_component("llm", SmolLM2Generator())
+        p.add_component("llm", SmolLM2Generator(model=backbone))
         p.connect("prompt_builder.prompt", "llm.prompt")
     p.connect("join.documents", "prompt_builder.documents")
     return p
 
 
-def check_prompt_identity(pipe: Pipeline, passages) -> None:
+def check_prompt_identity(pipe: Pipeline, passages, backbone: str = BACKBONE) -> None:
     """Prompt (b) must render exactly as odqa's `qa-completion` template does."""
     docs = to_documents(passages[:3])
     question = "Who wrote Romeo and Juliet?"
     ours = pipe.get_component("prompt_builder").run(question=question, documents=docs)["prompt"]
-    tok = load_backbone(BACKBONE).tokenizer
+    tok = load_backbone(backbone).tokenizer
     theirs = get_template("qa-completion").render(tok, question, [(p.title, p.text) for p in passages[:3]])
     if ours != theirs:
         raise SystemExit("prompt (b) does not render like odqa's qa-completion template:\n"
@@ -346,7 +353,13 @@ def main() -> None:
     ap.add_argument("--doc-embeddings", choices=("auto", "haystack", "faiss"), default="auto",
                     help="where the Haystack store's passage vectors come from (see the module docstring)")
     ap.add_argument("--index", default=str(ROOT / "indexes" / "wiki-vital"), help="odqa index for --doc-embeddings faiss")
-    ap.add_argument("--no-odqa", action="store_true", help="skip odqa's row")
+    ap.add_argument("--no-odqa", action="store_true", help="skip odqa's rows")
+    ap.add_argument("--backbone", default=None, help="the frozen LM every system reads with (default: the default "
+                    "pipeline's reader); the odqa pipelines must read with it too")
+    ap.add_argument("--odqa", default="zero-shot=pipelines/frozen_reader_zeroshot.yml,default=pipelines/frozen_reader.yml",
+                    help="odqa pipelines, NAME=FILE comma-separated (for Gemma's zero-shot row: "
+                         "pipelines/frozen_reader_gemma_fewshot.yml)")
+    ap.add_argument("--batch-size", type=int, default=8, help="odqa's pipelines also answer in batches of N (0: not)")
     ap.add_argument("--jsonl", default=None, help="also write every prediction here")
     args = ap.parse_args()
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -368,11 +381,20 @@ def main() -> None:
     store_secs = time.perf_counter() - t
     del vectors
 
-    systems: dict[str, Any] = {f"haystack ({VARIANTS[v]})": (v, build_pipeline(store, v)) for v in variants}
+    odqa_files = {} if args.no_odqa else dict(item.split("=", 1) for item in args.odqa.split(",") if item)
+    qas = {f"odqa {name}": odqa.load(ROOT / path) for name, path in odqa_files.items()}
+    readers = {name: qa.pipeline.get_component(qa.reader).model for name, qa in qas.items()}
+    backbone = args.backbone or odqa.load(ROOT / "pipelines" / "frozen_reader.yml").pipeline.get_component("reader").model
+    other = {name: m for name, m in readers.items() if m != backbone}
+    if other:
+        ap.error(f"every system must read with the same backbone ({backbone}); {other} differ: pass --backbone or "
+                 "other --odqa pipelines")
+    if "chat" in variants and not load_backbone(backbone).tokenizer.chat_template:
+        ap.error(f"backbone '{backbone}' has no chat template for the 'chat' variant; pass --variants qa-completion")
+    systems: dict[str, Any] = {f"haystack ({VARIANTS[v]})": (v, build_pipeline(store, v, backbone)) for v in variants}
     if "qa-completion" in variants:
-        check_prompt_identity(systems["haystack (b)"][1], passages)
-    if not args.no_odqa:
-        systems["odqa"] = ("odqa", odqa.load(ROOT / "pipelines" / "frozen_reader_zeroshot.yml"))
+        check_prompt_identity(systems["haystack (b)"][1], passages, backbone)
+    systems.update({name: ("odqa", qa) for name, qa in qas.items()})
     odqa.api._install_timer()  # per-stage timings for the Haystack pipelines too
 
     def ask(name: str, question: str) -> dict:
@@ -391,6 +413,15 @@ def main() -> None:
                                                                             "answers": q.answers})
         bar.set_postfix({n.replace("haystack ", "hs"): f"{100 * statistics.mean(r['em'] for r in rs):.0f}"
                          for n, rs in records.items()})
+    batched: dict[str, dict] = {}  # odqa pipelines answering the same questions N at a time
+    if args.batch_size > 1:
+        for name, qa in tqdm(qas.items(), desc=f"batches of {args.batch_size}", unit="system"):
+            start = time.perf_counter()
+            answers = qa.ask_many([q.question for q in questions], progress=False, batch_size=args.batch_size)
+            secs = time.perf_counter() - start
+            preds = [clean_answer(a.meta.get("raw", a.answer)) for a in answers]
+            batched[name] = {"secs": secs, "em": [exact_match(p, q.answers) for p, q in zip(preds, questions)],
+                             "same": sum(p == r["prediction"] for p, r in zip(preds, records[name]))}
     load_after = os.getloadavg()
     total = time.perf_counter() - t0
 
@@ -401,7 +432,8 @@ def main() -> None:
                     fh.write(json.dumps({"system": name} | {k: v for k, v in r.items() if k != "passages"},
                                         ensure_ascii=False) + "\n")
 
-    text = report(args, questions, n_all, records, emb_source, store_secs, total, load_before, load_after)
+    text = report(args, questions, n_all, records, emb_source, store_secs, total, load_before, load_after, backbone,
+                  odqa_files, batched)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text, encoding="utf-8")
     print(text)
@@ -412,22 +444,37 @@ RETRIEVAL = {
     "odqa": "bm25s + FAISS flat IP (top 100 each), RRF, packer (384-token window)",
 }
 PROMPT = {
-    "chat": "(a) SmolLM2 chat template, Haystack tutorial prompt, \"answer briefly\"",
+    "chat": "(a) the backbone's chat template, Haystack tutorial prompt, \"answer briefly\"",
     "qa-completion": "(b) odqa `qa-completion` (plain text, 3-shot)",
-    "odqa": "odqa `qa-completion` (plain text, 3-shot)",
 }
 
 
-def report(args, questions, n_all, records, emb_source, store_secs, total, load_before, load_after) -> str:
+def odqa_prompt(qa) -> str:
+    reader = qa.pipeline.get_component(qa.reader)
+    learned = f" + the soft prompt `{Path(reader.soft_prompt).name}`" if reader.soft_prompt else " (no learned module)"
+    return f"odqa `{reader.template}`{learned}"
+
+
+def report(args, questions, n_all, records, emb_source, store_secs, total, load_before, load_after, backbone,
+           odqa_files, batched) -> str:
+    import resource
+
     n = len(questions)
     pct = lambda xs: 100 * sum(xs) / len(xs)  # noqa: E731
     rows, detail = [], []
+    base = records.get("haystack (b)") or next(iter(records.values()))
+    base_rate = len(base) / sum(r["secs"] for r in base)
     for name, rs in records.items():
-        kind = "odqa" if name == "odqa" else "haystack"
-        prompt = PROMPT["odqa" if name == "odqa" else {"haystack (a)": "chat", "haystack (b)": "qa-completion"}[name]]
+        kind = "odqa" if name.startswith("odqa") else "haystack"
+        prompt = (f"`{odqa_files[name[len('odqa '):]]}`" if kind == "odqa" else
+                  PROMPT[{"haystack (a)": "chat", "haystack (b)": "qa-completion"}[name]])
+        rate = len(rs) / sum(r["secs"] for r in rs)
+        b = batched.get(name)
+        batch_cols = (f"{n / b['secs']:.2f} ({n / b['secs'] / base_rate:.1f}x) | {pct(b['em']):.1f} | {b['same']}/{n}"
+                      if b else "– | – | –")
         rows.append(f"| {name} | {RETRIEVAL[kind]} | {prompt} | {pct([r['em'] for r in rs]):.1f} | "
                     f"{pct([r['f1'] for r in rs]):.1f} | {pct([r['recall'] for r in rs]):.1f} | "
-                    f"{median([r['secs'] for r in rs]):.2f} |")
+                    f"{median([r['secs'] for r in rs]):.2f} | {rate:.2f} ({rate / base_rate:.1f}x) | {batch_cols} |")
         stage_names = list(dict.fromkeys(k for r in rs for k in r["stages"]))
         stages = ", ".join(f"{k} {1000 * median([r['stages'].get(k, 0.0) for r in rs]):.0f}" for k in stage_names)
         detail.append(f"| {name} | {median([r['prompt_tokens'] for r in rs]):.0f} | "
@@ -451,9 +498,13 @@ shared with other jobs, so timings are indicative.
 {label} Questions: `{QUESTIONS}`, deduplicated by (id, question) with `odqa.data.questions.dedup`.
 Every system answered each question in turn, in one process, after one warm-up question each.
 
-| system | retrieval | prompt | EM | F1 | context recall | median s/q |
-|---|---|---|---|---|---|---|
+| system | retrieval | prompt | EM | F1 | context recall | median s/q | answers/s single (× haystack (b)) | answers/s in batches of {args.batch_size} (×) | EM batched | batched = single |
+|---|---|---|---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
+
+Peak memory of this whole process (every system loaded at once, `getrusage` max RSS):
+{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GB. Batched rows: `QA.ask_many(questions,
+batch_size={args.batch_size})` over all the questions, after the interleaved single-stream pass.
 
 - EM / F1: `odqa.metrics` (SQuAD normalization, best over aliases), after
   `odqa.lm.prompting.clean_answer` on every system's raw output (first line, no "Answer:"
@@ -462,7 +513,7 @@ Every system answered each question in turn, in one process, after one warm-up q
   `title\\ntext`): the top {TOP_K_PROMPT} fused passages for Haystack (it has no token-budget
   packer), the packer's passages for odqa.
 - median s/q: wall time of one `Pipeline.run` (Haystack) or `QA.ask` (odqa).
-- Reader everywhere: the same SmolLM2-135M-Instruct object (`odqa.lm.backbone.load_backbone`),
+- Reader everywhere: the same `{backbone}` object (`odqa.lm.backbone.load_backbone`),
   float32, greedy, at most {MAX_NEW_TOKENS} new tokens, stopping at EOS / end-of-turn / newline.
   The Haystack generators are minimal `@component` wrappers defined in this script (Haystack 3.x
   ships no local Hugging Face generator); they cannot be serialized, which a bench does not need.
