@@ -413,9 +413,11 @@ def cross_encoder_student(cfg: RerankerTrainConfig) -> Student:
         return {"lora": {**_lora_fields(cfg), "modules_to_save": _head_modules(fresh)}, "max_length": cfg.max_length,
                 "tokenizer": "base"}
 
-    return Student(KIND, cfg.base, model, frozen, lambda questions, groups: group_scores(model, tokenizer, questions, groups, cfg),
-                   rank, f"cross-encoder {cfg.base}, LoRA r={cfg.lora_r} on {cfg.lora_targets} + "
-                         f"{_head_modules(fresh)}", save)
+    def score(questions: list[str], groups: list[list[Ctx]]) -> torch.Tensor:
+        return group_scores(model, tokenizer, questions, groups, cfg)
+
+    return Student(KIND, cfg.base, model, frozen, score, rank,
+                   f"cross-encoder {cfg.base}, LoRA r={cfg.lora_r} on {cfg.lora_targets} + {_head_modules(fresh)}", save)
 
 
 def query_encoder_student(cfg: RerankerTrainConfig, index) -> Student:
