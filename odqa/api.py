@@ -295,6 +295,22 @@ def _check_in_step(packer, reader, source: str) -> None:
         raise PipelineConfigError(f"{source}: the packer and the reader disagree ({detail}); set them to the same values")
 
 
+def _timed_run(pipeline: Pipeline, inputs: dict, include: set[str]) -> tuple[dict, dict[str, float]]:
+    """``pipeline.run`` with each stage's seconds and the ``total`` recorded; a component's own
+    error comes out unwrapped, as the :class:`~odqa.errors.OdqaError` it raised."""
+    record: dict[str, float] = {}
+    token = _timings.set(record)
+    start = time.perf_counter()
+    try:
+        out = pipeline.run(inputs, include_outputs_from=include)
+    except PipelineRuntimeError as e:
+        raise unwrap_error(e) from None
+    finally:
+        _timings.reset(token)
+    record["total"] = time.perf_counter() - start
+    return out, record
+
+
 class QA:
     """A loaded pipeline that answers questions."""
 
@@ -345,20 +361,9 @@ class QA:
                                           "apply to multitask pipelines such as pipelines/idpt_multitask.yml")
             inputs["task"] = task
         self.warm_up()
-        record: dict[str, float] = {}
-        token = _timings.set(record)
-        start = time.perf_counter()
-        try:
-            if every_stage:
-                include = {name for name, _ in self.pipeline.walk()}
-            else:
-                include = {self.reader} | ({self.packer} if self.packer else set())
-            out = self.pipeline.run(inputs, include_outputs_from=include)
-        except PipelineRuntimeError as e:
-            raise unwrap_error(e) from None
-        finally:
-            _timings.reset(token)
-        record["total"] = time.perf_counter() - start
+        include = ({name for name, _ in self.pipeline.walk()} if every_stage else
+                   {self.reader} | ({self.packer} if self.packer else set()))
+        out, record = _timed_run(self.pipeline, inputs, include)
         return self._answer(question, out, record), out
 
     def _answer(self, question: str, out: dict, record: dict[str, float]) -> Answer:
@@ -399,19 +404,19 @@ class QA:
             self._upstream_pipeline = upstream
         return self._upstream_pipeline
 
-    def ask_many_with_outputs(self, questions: list[str], batch_size: int = 8, every_stage: bool = True
-                              ) -> list[tuple[Answer, dict] | FailedAnswer]:
+    def ask_many_with_outputs(self, questions: list[str], batch_size: int = 8, every_stage: bool = True,
+                              task: str | None = None) -> list[tuple[Answer, dict] | FailedAnswer]:
         """:meth:`ask_with_outputs` for several questions, the reader decoding up to ``batch_size`` of
-        them together (:meth:`batchable` pipelines; others answer one by one). Each answer is the
-        one the question gets alone; a bad question gets a :class:`FailedAnswer` in its place.
-        The reader's time in each answer's ``timings`` is its share of the batch's."""
+        them together (:meth:`batchable` pipelines without a ``task``; others answer one by one).
+        Each answer is the one the question gets alone; a bad question gets a :class:`FailedAnswer`
+        in its place. The reader's time in each answer's ``timings`` is its share of the batch's."""
         if batch_size < 1:
             raise PipelineConfigError(f"batch_size must be at least 1, got {batch_size}")
         results: list = []
-        if batch_size == 1 or not self.batchable():
+        if batch_size == 1 or task is not None or not self.batchable():
             for q in questions:
                 try:
-                    results.append(self.ask_with_outputs(q, every_stage=every_stage))
+                    results.append(self.ask_with_outputs(q, every_stage=every_stage, task=task))
                 except BadQuestionError as e:
                     results.append(FailedAnswer(q, e))
             return results
@@ -426,24 +431,12 @@ class QA:
         results: list = [None] * len(questions)
         pending = []  # (index, question, outputs, timings)
         for i, raw in enumerate(questions):
-            record: dict[str, float] = {}
-            token = _timings.set(record)
-            start = time.perf_counter()
             try:
                 question = check_question(raw)
-                out = upstream.run({"query": question}, include_outputs_from=include)
+                out, record = _timed_run(upstream, {"query": question}, include)
             except BadQuestionError as e:
                 results[i] = FailedAnswer(raw, e)
                 continue
-            except PipelineRuntimeError as e:
-                error = unwrap_error(e)
-                if not isinstance(error, BadQuestionError):
-                    raise error from None
-                results[i] = FailedAnswer(raw, error)
-                continue
-            finally:
-                _timings.reset(token)
-            record["total"] = time.perf_counter() - start
             pending.append((i, question, out, record))
         if not pending:
             return results
@@ -487,17 +480,10 @@ class QA:
         if batch_size < 1:
             raise PipelineConfigError(f"batch_size must be at least 1, got {batch_size}")
         results: list[Answer | FailedAnswer] = []
-        step = batch_size if task is None else 1
         with tqdm(total=len(questions), desc="answering", unit="q", disable=not progress) as bar:
-            for start in range(0, len(questions), step):
-                chunk = questions[start:start + step]
-                if task is not None:
-                    try:
-                        results.append(self.ask(chunk[0], task=task))
-                    except BadQuestionError as e:
-                        results.append(FailedAnswer(chunk[0], e))
-                else:
-                    results += [r if isinstance(r, FailedAnswer) else r[0]
-                                for r in self.ask_many_with_outputs(chunk, step, every_stage=False)]
+            for start in range(0, len(questions), batch_size):
+                chunk = questions[start:start + batch_size]
+                results += [r if isinstance(r, FailedAnswer) else r[0]
+                            for r in self.ask_many_with_outputs(chunk, batch_size, every_stage=False, task=task)]
                 bar.update(len(chunk))
         return results

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from odqa.cli._common import DEFAULT_PIPELINE, positive_int
-from odqa.errors import BadQuestionError, OdqaError
+from odqa.errors import OdqaError
 
 # (question, the answer the bundled corpus gives): printed side by side, right or wrong
 DEMO_QUESTIONS = [
@@ -58,7 +58,6 @@ def cmd_run(args) -> int:
         raise OdqaError("--questions needs --out FILE.jsonl for the answers")
     from tqdm.auto import tqdm
 
-    from odqa.api import FailedAnswer
     from odqa.data.questions import dedup, load_questions
     from odqa.runs import OutputLock, RunWriter, read_records
 
@@ -77,16 +76,8 @@ def cmd_run(args) -> int:
         step = args.batch_size
         with RunWriter(out) as writer, tqdm(total=len(todo), desc="answering", unit="q") as bar:
             for start in range(0, len(todo), step):  # each batch is written before the next is read
-                chunk = todo[start:start + step]
-                if args.task is not None:  # a multitask input is rendered for its task, one at a time
-                    results = []
-                    for q in chunk:
-                        try:
-                            results.append(ask(q.question))
-                        except BadQuestionError as e:  # one bad question does not stop the run
-                            results.append(FailedAnswer(q.question, e))
-                else:
-                    results = qa.ask_many([q.question for q in chunk], progress=False, batch_size=step)
+                chunk = todo[start:start + step]  # one bad question gets its error record, the rest go on
+                results = qa.ask_many([q.question for q in chunk], progress=False, task=args.task, batch_size=step)
                 for q, result in zip(chunk, results):
                     failed += not result.ok
                     writer.write({"id": q.id, "answers": q.answers, **result.to_dict()})
