@@ -153,17 +153,12 @@ class QueryEncoderRanker:
     def warm_up(self) -> None:
         if self._encoder is not None:
             return
-        from odqa.encoders import load_encoder
         from odqa.index import open_index
-        from odqa.lm.query_encoder import load_query_encoder
+        from odqa.lm.query_encoder import check_index, load_query_encoder
 
         encoder, manifest = load_query_encoder(self.model)
         index = open_index(self.index_dir)
-        if index.manifest.get("encoder_kind") == "dpr":
-            raise PipelineConfigError(f"index '{self.index_dir}' holds DPR vectors; the query-encoder ranker "
-                                      "needs an index built with its sentence-transformers base encoder "
-                                      f"'{manifest['base_model']}'")
-        index.check_encoder(load_encoder(manifest["base_model"]))  # the passage vectors are the base's
+        check_index(index, manifest["base_model"])  # the passage vectors are the base's
         self._encoder, self._index = encoder, index
 
     @component.output_types(documents=list[Document])

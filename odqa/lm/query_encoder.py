@@ -73,6 +73,18 @@ class QueryEncoder(torch.nn.Module):
         return self.log_scale.exp() * torch.einsum("bkd,bd->bk", vectors.to(q), q)
 
 
+def check_index(index, encoder: str) -> None:
+    """Refuse a dense index whose passage vectors are not ``encoder``'s (a sentence-transformers
+    encoder: the question side a query encoder adapts must embed into the same space)."""
+    from odqa.encoders import load_encoder
+    from odqa.errors import PipelineConfigError
+
+    if index.manifest.get("encoder_kind") == "dpr":
+        raise PipelineConfigError(f"index '{index.path}' holds DPR vectors; a query encoder adapts a "
+                                  f"sentence-transformers encoder ('{encoder}'): use an index built with one")
+    index.check_encoder(load_encoder(encoder))
+
+
 def base_hash(encoder: QueryEncoder) -> str:
     """The weight hash of the frozen encoder under the adapter (what training must leave unchanged;
     the trainer's FrozenCheck hashes the same :func:`~odqa.lm.cross_encoder.base_weights` view)."""

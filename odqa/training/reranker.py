@@ -426,12 +426,9 @@ def query_encoder_student(cfg: RerankerTrainConfig, index) -> Student:
 
     from odqa.lm import query_encoder as qe
 
-    if index.manifest.get("encoder_kind") == "dpr":
-        raise PipelineConfigError(f"index '{index.path}' holds DPR vectors; --student query-encoder adapts a "
-                                  "sentence-transformers encoder: use a pipeline whose dense index was built with one")
     name = index.manifest["encoder"]
+    qe.check_index(index, name)
     encoder = qe.QueryEncoder(name)
-    index.check_encoder(encoder_of(name))
     frozen = base_weights(encoder.transformer, set())
     with quiet_transformers():
         encoder.set_transformer(get_peft_model(encoder.transformer, LoraConfig(
@@ -443,8 +440,9 @@ def query_encoder_student(cfg: RerankerTrainConfig, index) -> Student:
         vectors = torch.zeros(len(groups), width, int(index.manifest["dim"]))
         for i, g in enumerate(groups):
             vectors[i, : len(g)] = torch.from_numpy(index.vectors([c.id for c in g]))
-        flat = encoder.scores(questions, vectors)
-        return padded(groups, torch.cat([flat[i, : len(g)] for i, g in enumerate(groups)]))
+        scores = encoder.scores(questions, vectors)
+        lengths = torch.tensor([len(g) for g in groups], device=scores.device)
+        return scores.masked_fill(torch.arange(width, device=scores.device) >= lengths[:, None], float("-inf"))
 
     def rank(question: str, docs: list) -> list[float]:
         return encoder.scores([question], torch.from_numpy(index.vectors([str(d.id) for d in docs]))[None])[0].tolist()
@@ -456,13 +454,6 @@ def query_encoder_student(cfg: RerankerTrainConfig, index) -> Student:
     return Student(qe.KIND, name, encoder, frozen, score, rank,
                    f"query encoder {name} (the index's), LoRA r={cfg.lora_r} on {cfg.lora_targets} + a score scale",
                    save)
-
-
-def encoder_of(name: str):
-    """The frozen dense encoder ``name`` (as the retriever loads it)."""
-    from odqa.encoders import load_encoder
-
-    return load_encoder(name)
 
 
 def _lora_fields(cfg: RerankerTrainConfig) -> dict:
@@ -491,7 +482,6 @@ def pipeline_index(retrieval):
     return open_index(dense[0].index_dir)
 
 
-# --- curves ---------------------------------------------------------------------------------
 # --- the loop -------------------------------------------------------------------------------
 def _say(progress: bool, msg: str) -> None:
     if progress:
