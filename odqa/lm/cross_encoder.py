@@ -124,6 +124,24 @@ def load_base(name: str):
     return model, tokenizer, base_weights(model, fresh), fresh
 
 
+def read_adapter_artifact(directory: Path, kind: str, label: str, command: str, keys: tuple[str, ...] = ("base_model",)
+                          ) -> dict:
+    """The manifest of a LoRA adapter artifact (``ADAPTER_FILES`` beside a ``manifest.json`` of
+    ``kind`` naming ``keys``), or an error naming what is wrong and the ``command`` that makes one."""
+    if not directory.is_dir():
+        raise ArtifactMismatchError(f"{label} artifact '{directory}' does not exist; train one with "
+                                    f"`{command} --out {directory}`")
+    manifest = read_manifest(directory, kind=kind)
+    if manifest.get("kind") != kind:
+        raise ArtifactMismatchError(f"artifact '{directory}' has no kind '{kind}' in its manifest.json; "
+                                    f"pass a directory written by `{command}`")
+    missing = [f for f in ADAPTER_FILES if not (directory / f).is_file()]
+    if missing or not all(manifest.get(k) for k in keys):
+        what = f"is missing {', '.join(missing)}" if missing else f"names no {' or '.join(keys)} in its manifest"
+        raise ArtifactMismatchError(f"{label} artifact '{directory}' {what}; re-create it with `{command}`")
+    return manifest
+
+
 def load_reranker(directory: str | Path):
     """Load a re-ranker artifact: ``(model, tokenizer, manifest)``, the adapter merged into an
     in-memory copy of the base (the base's files are never written)."""
@@ -131,17 +149,7 @@ def load_reranker(directory: str | Path):
     from safetensors import safe_open
 
     directory = Path(directory).expanduser()
-    if not directory.is_dir():
-        raise ArtifactMismatchError(f"re-ranker artifact '{directory}' does not exist; train one with "
-                                    f"`odqa train reranker --out {directory}`")
-    manifest = read_manifest(directory, kind=KIND)
-    if manifest.get("kind") != KIND:
-        raise ArtifactMismatchError(f"artifact '{directory}' has no kind '{KIND}' in its manifest.json; "
-                                    "pass a directory written by `odqa train reranker`")
-    missing = [f for f in ADAPTER_FILES if not (directory / f).is_file()]
-    if missing or not manifest.get("base_model"):
-        what = f"is missing {', '.join(missing)}" if missing else "names no base_model in its manifest"
-        raise ArtifactMismatchError(f"re-ranker artifact '{directory}' {what}; re-create it with `odqa train reranker`")
+    manifest = read_adapter_artifact(directory, KIND, "re-ranker", "odqa train reranker")
     with safe_open(str(directory / ADAPTER_FILES[0]), "pt") as f:
         if not any(".classifier." in k or k.startswith("classifier.") for k in f.keys()):
             raise PipelineConfigError(f"re-ranker artifact '{directory}' has no trained classification head; "

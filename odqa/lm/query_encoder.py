@@ -18,12 +18,10 @@ from pathlib import Path
 
 import torch
 
-from odqa.artifacts import read_manifest
 from odqa.errors import ArtifactMismatchError
 from odqa.lm.backbone import weights_hash
 
 KIND = "query_encoder"
-ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 INITIAL_SCALE = 20.0  # sentence-transformers' scale for cosine similarities in a softmax loss
 
 
@@ -98,18 +96,11 @@ def load_query_encoder(directory: str | Path) -> tuple[QueryEncoder, dict]:
     the adapter merged into an in-memory copy of the base encoder, and the manifest."""
     from peft import PeftModel
 
-    from odqa.lm.cross_encoder import quiet_transformers
+    from odqa.lm.cross_encoder import quiet_transformers, read_adapter_artifact
 
     directory = Path(directory).expanduser()
-    if not directory.is_dir():
-        raise ArtifactMismatchError(f"query-encoder artifact '{directory}' does not exist; train one with "
-                                    f"`odqa train reranker --student query-encoder --out {directory}`")
-    manifest = read_manifest(directory, kind=KIND)
-    missing = [f for f in ADAPTER_FILES if not (directory / f).is_file()]
-    if missing or not manifest.get("base_model") or "scale" not in manifest:
-        what = f"is missing {', '.join(missing)}" if missing else "names no base_model or scale in its manifest"
-        raise ArtifactMismatchError(f"query-encoder artifact '{directory}' {what}; re-create it with "
-                                    "`odqa train reranker --student query-encoder`")
+    manifest = read_adapter_artifact(directory, KIND, "query-encoder", "odqa train reranker --student query-encoder",
+                                     keys=("base_model", "scale"))
     encoder = QueryEncoder(manifest["base_model"])
     expected = manifest.get("base_model_hash")
     if expected and base_hash(encoder) != expected:
