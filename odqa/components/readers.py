@@ -39,7 +39,8 @@ class FrozenLMReader:
 
     def __init__(self, model: str = "smollm2-135m-instruct", template: str = "qa-completion",
                  soft_prompt: str | None = None, context_length: int = 384, max_new_tokens: int = 16,
-                 num_beams: int = 1, dtype: str = "float32", prefix_cache: bool = True):
+                 num_beams: int = 1, dtype: str = "float32", prefix_cache: bool = True,
+                 quantize: str | None = None):
         """
         :param model: Backbone: a bundled name, local path or HF id.
         :param template: Prompt template (see :mod:`odqa.lm.prompting`).
@@ -50,8 +51,16 @@ class FrozenLMReader:
         :param dtype: ``float32`` (CPU default), ``bfloat16`` or ``float16``.
         :param prefix_cache: Reuse the soft prompt's and the template prefix's keys and values
             across questions (greedy decoding only; beam search ignores it).
+        :param quantize: ``int8`` runs the backbone's linear layers in int8 on the CPU
+            (:mod:`odqa.lm.quantization`; the soft prompt, embeddings and output head stay
+            float), or ``None`` for none.
         """
+        from odqa.lm.quantization import QUANTIZE
+
         get_template(template)
+        if quantize is not None and quantize not in QUANTIZE:
+            raise PipelineConfigError(f"unknown quantize '{quantize}' for the reader; use one of {list(QUANTIZE)} "
+                                      "or null")
         if num_beams < 1:
             raise PipelineConfigError(f"num_beams must be at least 1, got {num_beams}")
         self.model = model
@@ -62,6 +71,7 @@ class FrozenLMReader:
         self.num_beams = num_beams
         self.dtype = dtype
         self.prefix_cache = prefix_cache
+        self.quantize = quantize
         self._backbone = None
         self._soft = None
         self._prompt: ReaderPrompt | None = None
@@ -72,7 +82,7 @@ class FrozenLMReader:
             return
         from odqa.lm.backbone import load_backbone
 
-        backbone = load_backbone(self.model, self.dtype)
+        backbone = load_backbone(self.model, self.dtype, quantize=self.quantize)
         soft = None
         if self.soft_prompt:
             soft = backbone.soft_prompt(self.soft_prompt)
@@ -81,7 +91,7 @@ class FrozenLMReader:
                                     soft.length if soft is not None else 0)
         if self._cached:
             digest = soft.digest() if soft else None
-            self._prefix_key = (self.model, self.dtype, self.soft_prompt, digest, self.template)
+            self._prefix_key = (self.model, self.dtype, self.quantize, self.soft_prompt, digest, self.template)
             cached_prefix(self._prefix_key, backbone.model, soft,  # build it now, not on the first question
                           encode_prefix(backbone.tokenizer, get_template(self.template)))
         self._backbone = backbone
@@ -192,7 +202,7 @@ class FrozenLMReader:
         return default_to_dict(
             self, model=self.model, template=self.template, soft_prompt=self.soft_prompt,
             context_length=self.context_length, max_new_tokens=self.max_new_tokens,
-            num_beams=self.num_beams, dtype=self.dtype, prefix_cache=self.prefix_cache,
+            num_beams=self.num_beams, dtype=self.dtype, prefix_cache=self.prefix_cache, quantize=self.quantize,
         )
 
     @classmethod

@@ -183,13 +183,29 @@ BUNDLED_SETS = ("fanoutqa-wiki", "fanoutqa-closedbook", "trivia-wiki", "trivia")
 
 
 def is_question_set(spec: str) -> bool:
-    """Whether ``spec`` names a bundled question set (``NAME`` or ``NAME:SPLIT``) rather than a file."""
-    return str(spec).partition(":")[0] in BUNDLED_SETS
+    """Whether ``spec`` names a bundled question set (``NAME``, ``NAME:SPLIT``, or a ``+`` mixture of
+    them) rather than a file."""
+    return all(part.strip().partition(":")[0] in BUNDLED_SETS for part in str(spec).split("+"))
 
 
 def load_questions(spec: str, require_answers: bool = False) -> list[Question]:
-    """``fanoutqa-wiki[:SPLIT]``, ``fanoutqa-closedbook[:SPLIT]``, or a questions file
-    (see :func:`read_questions_file`)."""
+    """``fanoutqa-wiki[:SPLIT]``, ``fanoutqa-closedbook[:SPLIT]``, ``trivia-wiki[:SPLIT]``,
+    ``trivia[:SPLIT]``, or a questions file (see :func:`read_questions_file`).
+
+    ``A+B`` is a mixture: A's questions, then B's (e.g. ``trivia-wiki:train+fanoutqa-wiki:train``).
+    A file whose own name holds a ``+`` is read as that file.
+    """
+    if "+" in spec and not Path(spec).exists():
+        parts = spec.split("+")
+        if not all(p.strip() for p in parts):
+            raise ResourceNotFoundError(
+                f"question set mixture '{spec}' has an empty part; write A+B, e.g. "
+                "trivia-wiki:train+fanoutqa-wiki:train")
+        return [q for part in parts for q in load_questions(part.strip(), require_answers)]
+    return _load_one(spec, require_answers)
+
+
+def _load_one(spec: str, require_answers: bool) -> list[Question]:
     from odqa.data import trivia
 
     name, _, split = spec.partition(":")

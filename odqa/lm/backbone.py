@@ -21,7 +21,7 @@ from odqa.errors import PipelineConfigError, ResourceNotFoundError
 from odqa.resources import model_dir
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_CACHE: dict[tuple[str, str, str], "Backbone"] = {}
+_CACHE: dict[tuple[str, str, str, str | None], "Backbone"] = {}
 _LOCK = threading.Lock()
 
 
@@ -85,13 +85,25 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return resolved
 
 
-def load_backbone(name: str, dtype: str = "float32", device: str | torch.device | None = None) -> Backbone:
+def load_backbone(name: str, dtype: str = "float32", device: str | torch.device | None = None,
+                  quantize: str | None = None) -> Backbone:
     """Load a causal LM by bundled name, local path or HF id, frozen, on ``device`` (see
-    :func:`resolve_device`); cached per (name, dtype, device)."""
+    :func:`resolve_device`); cached per (name, dtype, device, quantize).
+
+    ``quantize="int8"`` replaces its linear layers by int8 ones (:mod:`odqa.lm.quantization`),
+    for inference on the CPU; training loads the unquantized backbone."""
+    from odqa.lm.quantization import QUANTIZE, quantize_int8
+
     if dtype not in _DTYPES:
         raise ResourceNotFoundError(f"unknown dtype '{dtype}'; use one of {sorted(_DTYPES)}")
+    if quantize is not None and quantize not in QUANTIZE:
+        raise PipelineConfigError(f"unknown quantize '{quantize}'; use one of {list(QUANTIZE)} or null")
     where = resolve_device(device)
-    key = (name, dtype, str(where))
+    if quantize is not None and where.type != "cpu":
+        raise PipelineConfigError(f"quantize: {quantize} is for the CPU, but the backbone would run on {where}; "
+                                  "set quantize: null (dtype: bfloat16 is the GPU's cheaper precision) "
+                                  "or ODQA_DEVICE=cpu")
+    key = (name, dtype, str(where), quantize)
     with _LOCK:
         if key in _CACHE:
             return _CACHE[key]
@@ -102,7 +114,10 @@ def load_backbone(name: str, dtype: str = "float32", device: str | torch.device 
         model = AutoModelForCausalLM.from_pretrained(path, dtype=_DTYPES[dtype])
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
-        backbone = Backbone(name=name, model=freeze(model.to(where)), tokenizer=tokenizer)
+        model = freeze(model.to(where))
+        if quantize == "int8":
+            quantize_int8(model)
+        backbone = Backbone(name=name, model=model, tokenizer=tokenizer)
         _CACHE[key] = backbone
         return backbone
 

@@ -57,6 +57,8 @@ def test_init_stores_params_and_validates(tiny_lm):
         FrozenLMReader(model=tiny_lm, num_beams=0, template="span-chat", context_length=1024)
     with pytest.raises(PipelineConfigError, match="unknown reader template 'x'"):
         FrozenLMReader(model=tiny_lm, template="x")
+    with pytest.raises(PipelineConfigError, match="unknown quantize 'fp8' for the reader; use one of \\['int8'\\]"):
+        FrozenLMReader(model=tiny_lm, quantize="fp8")
 
 
 def test_to_dict_from_dict(tiny_lm, soft_prompt_dir):
@@ -66,9 +68,11 @@ def test_to_dict_from_dict(tiny_lm, soft_prompt_dir):
         "type": "odqa.components.readers.FrozenLMReader",
         "init_parameters": {"model": tiny_lm, "template": "span-chat", "soft_prompt": soft_prompt_dir,
                             "context_length": 1024, "max_new_tokens": 5, "num_beams": 2, "dtype": "float32",
-                            "prefix_cache": True},
+                            "prefix_cache": True, "quantize": None},
     }
     assert FrozenLMReader.from_dict(data).to_dict() == data
+    q8 = FrozenLMReader(model=tiny_lm, template="qa", quantize="int8").to_dict()
+    assert FrozenLMReader.from_dict(q8).quantize == "int8" and FrozenLMReader.from_dict(q8).to_dict() == q8
     off = FrozenLMReader(model=tiny_lm, template="qa", prefix_cache=False).to_dict()
     assert off["init_parameters"]["prefix_cache"] is False and off["init_parameters"]["template"] == "qa"
     again = FrozenLMReader.from_dict(off)
@@ -245,6 +249,25 @@ def test_run_batch_gives_the_answers_of_run(lively_lm, make_docs, template, with
     assert [g[:4] for g in got] == [w[:4] for w in want]
     assert [g[4] for g in got] == pytest.approx([w[4] for w in want], abs=1e-4)
     assert [a.documents for a in batched] == [d for _, d in inputs] and len({g[1] for g in got}) > 1
+
+
+@pytest.mark.parametrize("with_soft_prompt", [False, True])
+def test_int8_reader_batched_cached_and_plain_agree(lively_lm, make_docs, with_soft_prompt):
+    """The int8 reader quantizes each token alone, so a batch, the prefix cache and a plain run
+    all give the same answers (closeness to float: tests/lm/test_quantization.py)."""
+    lm, soft = lively_lm
+    settings = dict(model=lm, template="qa", context_length=1024, max_new_tokens=6,
+                    soft_prompt=soft if with_soft_prompt else None)
+    docs = make_docs(("p0", "Romeo and Juliet", "Romeo and Juliet is a tragedy written by William Shakespeare."),
+                     ("p1", "Canberra", "Canberra is the capital city of Australia."))
+    inputs = [(QUESTION, docs), ("What is the capital of Australia?", docs[1:]), ("Who painted the Mona Lisa?", []),
+              ("Which planet is red?", make_docs(("m", "Mars", "Mars is the fourth planet from the Sun.")))]
+    cached = FrozenLMReader(quantize="int8", **settings)
+    plain = _answers(FrozenLMReader(quantize="int8", prefix_cache=False, **settings), inputs)
+    batched = cached.run_batch([q for q, _ in inputs], [d for _, d in inputs])["answers"]
+    assert [g[:4] for g in _answers(cached, inputs)] == [p[:4] for p in plain]
+    assert [(a.data, a.meta["raw"], a.meta["new_tokens"]) for a in batched] == [p[:3] for p in plain]
+    assert cached._prefix_key[2] == "int8"  # its own prefix cache, apart from the float reader's
 
 
 def test_run_batch_bad_inputs(tiny_lm, docs):

@@ -117,3 +117,28 @@ def test_unknown_split_is_reported_first(monkeypatch):
     with pytest.raises(ResourceNotFoundError) as e:
         load_questions("fanoutqa-wiki:bogus")
     assert "unknown split 'bogus'" in str(e.value)
+
+
+def _write(path, rows):
+    import json
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_mixture_reads_each_part_in_order(tmp_path):
+    a = _write(tmp_path / "a.jsonl", [{"id": "a1", "question": "Who?", "answers": ["x"]}])
+    b = _write(tmp_path / "b.jsonl", [{"id": "b1", "question": "What?", "answers": ["y"]},
+                                      {"id": "b2", "question": "When?", "answers": ["z"]}])
+    qs = load_questions(f"{a}+{b}", require_answers=True)
+    assert [q.id for q in qs] == ["a1", "b1", "b2"]
+
+
+def test_file_with_plus_in_its_name_is_one_file(tmp_path):
+    path = _write(tmp_path / "a+b.jsonl", [{"id": "q", "question": "Who?", "answers": ["x"]}])
+    assert [q.id for q in load_questions(str(path))] == ["q"]
+
+
+def test_mixture_with_an_empty_part_is_refused(tmp_path):
+    a = _write(tmp_path / "a.jsonl", [{"id": "a1", "question": "Who?", "answers": ["x"]}])
+    with pytest.raises(ResourceNotFoundError, match="empty part; write A\\+B"):
+        load_questions(f"{a}+")

@@ -1,0 +1,68 @@
+"""Int8 linear layers for the frozen backbone on the CPU: fewer bytes and cheaper multiplies per answer.
+
+Each quantized ``nn.Linear`` keeps its weight as int8, one symmetric scale per output channel,
+and quantizes its input at run time, one symmetric scale per token; the product is
+``torch._int_mm`` (int8 x int8, exact int32 accumulation), rescaled to the input's dtype.
+This is the scheme of torchao's ``Int8DynamicActivationInt8Weight``, run by torch's own int8
+kernel, which on this machine multiplies about 3.8x as fast as float32 (``bench/floor.py``).
+
+Two choices keep the answers close to float32's (``bench/int8_reader.py`` measures them):
+
+- **per-token activation scales.** torch's eager ``quantize_dynamic`` scales the whole
+  activation tensor at once, so a few large activations (frequent in LMs: Dettmers et al.
+  2022, "LLM.int8()"; Xiao et al. 2023, "SmoothQuant") flatten every other token to a few
+  levels; its answers collapse.
+- **layers left in float32:** the output head (tied to the embeddings, read once per token)
+  and the MLP's down projection, whose input (the gated activation) carries the largest
+  outlier channels, which a per-token scale cannot absorb.
+
+The backbone stays frozen: quantization is for inference only (rounding has no gradient),
+so training always runs the float32 backbone.
+"""
+
+from __future__ import annotations
+
+import torch
+
+QUANTIZE = ("int8",)
+KEEP_FLOAT = ("lm_head", "down_proj")  # module names left in float32 (see the module docstring)
+
+
+class Int8Linear(torch.nn.Module):
+    """``y = x W^T + b`` with ``W`` int8 per output channel and ``x`` int8 per token."""
+
+    def __init__(self, linear: torch.nn.Linear):
+        super().__init__()
+        w = linear.weight.detach().float()
+        scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.register_buffer("weight_t", torch.round(w / scale[:, None]).clamp(-127, 127)
+                             .to(torch.int8).t().contiguous())  # [in, out], as _int_mm takes it
+        self.register_buffer("scale", scale)
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        rows = x.reshape(-1, shape[-1]).float()
+        x_scale = rows.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127.0
+        x_q = torch.round(rows / x_scale).clamp(-127, 127).to(torch.int8)
+        y = torch._int_mm(x_q, self.weight_t).float() * x_scale * self.scale
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+
+
+def quantize_int8(model: torch.nn.Module, keep_float: tuple[str, ...] = KEEP_FLOAT) -> int:
+    """Replace, in place, every ``nn.Linear`` whose own name is not in ``keep_float`` by an
+    :class:`Int8Linear`; returns how many were replaced. The output head stays float whatever
+    its name. The float weights the replaced layers held are freed."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    swaps = [(parent, name, child) for parent in model.modules()
+             for name, child in parent.named_children()
+             if isinstance(child, torch.nn.Linear) and name not in keep_float and child is not head]
+    for parent, name, child in swaps:
+        setattr(parent, name, Int8Linear(child))
+    return len(swaps)

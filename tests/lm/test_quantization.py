@@ -1,0 +1,71 @@
+"""odqa.lm.quantization: int8 linear layers (per-channel weights, per-token activations) on tiny models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from odqa.errors import PipelineConfigError
+from odqa.lm import backbone as backbone_module
+from odqa.lm.backbone import load_backbone
+from odqa.lm.quantization import KEEP_FLOAT, Int8Linear, quantize_int8
+
+
+def test_int8_linear_is_close_to_the_float_layer():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(48, 24)
+    x = torch.randn(2, 5, 48)
+    x[0, 1] *= 30  # one loud token: its own scale, so the others keep their resolution
+    q = Int8Linear(lin)
+    want, got = lin(x), q(x)
+    assert got.shape == want.shape and got.dtype == x.dtype
+    rel = (got - want).norm(dim=-1) / want.norm(dim=-1)
+    assert rel.max() < 0.02
+    assert q.weight_t.dtype == torch.int8 and q.weight_t.shape == (48, 24)
+
+
+def test_int8_linear_without_bias_and_in_bfloat16():
+    torch.manual_seed(1)
+    lin = torch.nn.Linear(16, 8, bias=False)
+    x = torch.randn(3, 16, dtype=torch.bfloat16)
+    got = Int8Linear(lin)(x)
+    assert got.dtype == torch.bfloat16
+    assert torch.allclose(got.float(), lin(x.float()), atol=0.05, rtol=0.05)
+
+
+def test_quantize_int8_keeps_the_head_and_down_projection_float(tiny_lm):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm).eval()
+    ids = torch.tensor([[3, 7, 11, 5, 9, 2]])
+    with torch.no_grad():
+        want = model(ids).logits
+    n = quantize_int8(model)
+    layers = model.config.num_hidden_layers
+    assert n == layers * 6  # q, k, v, o, gate, up; not down_proj, not the head
+    names = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, Int8Linear)}
+    assert names == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj"}
+    assert isinstance(model.lm_head, torch.nn.Linear) and "down_proj" in KEEP_FLOAT
+    assert model.lm_head.weight is model.get_input_embeddings().weight  # still tied, still float
+    with torch.no_grad():
+        got = model(ids).logits
+    cos = torch.nn.functional.cosine_similarity(got.flatten(), want.flatten(), dim=0)
+    assert cos > 0.999
+
+
+def test_load_backbone_quantized_is_cached_apart(tiny_lm):
+    plain = load_backbone(tiny_lm)
+    q8 = load_backbone(tiny_lm, quantize="int8")
+    assert q8 is load_backbone(tiny_lm, quantize="int8") and q8 is not plain
+    assert not any(isinstance(m, Int8Linear) for m in plain.model.modules())
+    assert any(isinstance(m, Int8Linear) for m in q8.model.modules())
+    assert all(not p.requires_grad for p in q8.model.parameters())
+
+
+def test_bad_quantize_is_refused(tiny_lm, monkeypatch):
+    with pytest.raises(PipelineConfigError, match="unknown quantize 'int4'; use one of \\['int8'\\] or null"):
+        load_backbone(tiny_lm, quantize="int4")
+    monkeypatch.setattr(backbone_module, "resolve_device", lambda device=None: torch.device("cuda"))
+    with pytest.raises(PipelineConfigError, match="quantize: int8 is for the CPU, but the backbone would run on "
+                                                  "cuda; set quantize: null"):
+        load_backbone(tiny_lm, quantize="int8")
