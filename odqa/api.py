@@ -311,6 +311,20 @@ def _timed_run(pipeline: Pipeline, inputs: dict, include: set[str]) -> tuple[dic
     return out, record
 
 
+class _Given:
+    """Stands in for a batched stage (:meth:`QA._fed_upstream`) in one question's run: returns
+    that question's share of the batch's result, whatever it is called with."""
+
+    def __init__(self, stage):
+        self.output: dict[str, Any] = {}
+        # the sockets Haystack checks inputs and routes outputs by: the real stage's
+        self.__haystack_input__ = stage.__haystack_input__
+        self.__haystack_output__ = stage.__haystack_output__
+
+    def run(self, **_inputs) -> dict[str, Any]:
+        return self.output
+
+
 class QA:
     """A loaded pipeline that answers questions."""
 
@@ -318,6 +332,7 @@ class QA:
         self.pipeline = pipeline
         self.source = source
         self._upstream_pipeline: Pipeline | None = None  # the stages before the reader, for batches
+        self._fed: tuple[Pipeline, dict[str, _Given]] | None = None  # the same, its retrievers batched
         # the reader is the stage that writes answers, the packer the one that reports what it cut:
         # found by their output sockets, so any component with those outputs takes the part
         readers = [n for n, _ in pipeline.walk() if _socket_type(pipeline, n, "answers") == list[GeneratedAnswer]]
@@ -404,6 +419,21 @@ class QA:
             self._upstream_pipeline = upstream
         return self._upstream_pipeline
 
+    def _fed_upstream(self) -> tuple[Pipeline, dict[str, "_Given"]]:
+        """The upstream pipeline with each stage that reads the question only and searches many at
+        once (a retriever's ``run_batch``) replaced by a :class:`_Given`, which hands on the batch
+        search's result for the question being run; the other stages are this pipeline's instances."""
+        if self._fed is None:
+            upstream = self._upstream()
+            batched = {n for n in upstream.graph.nodes if not list(upstream.graph.in_edges(n))
+                       and callable(getattr(upstream.get_component(n), "run_batch", None))}
+            fed = Pipeline.from_dict(upstream.to_dict(), allowed_modules=["odqa.*"])
+            given = {n: _Given(upstream.get_component(n)) for n in batched}
+            for name in fed.graph.nodes:
+                fed.graph.nodes[name]["instance"] = given.get(name) or upstream.get_component(name)
+            self._fed = fed, given
+        return self._fed
+
     def ask_many_with_outputs(self, questions: list[str], batch_size: int = 8, every_stage: bool = True,
                               task: str | None = None) -> list[tuple[Answer, dict] | FailedAnswer]:
         """:meth:`ask_with_outputs` for several questions, the reader decoding up to ``batch_size`` of
@@ -426,17 +456,35 @@ class QA:
 
     def _ask_batch(self, questions: list[str], every_stage: bool) -> list:
         self.warm_up()
-        upstream, reader = self._upstream(), self.pipeline.get_component(self.reader)
+        (upstream, given), reader = self._fed_upstream(), self.pipeline.get_component(self.reader)
         include = {name for name, _ in upstream.walk()} if every_stage else {self.packer}
         results: list = [None] * len(questions)
-        pending = []  # (index, question, outputs, timings)
+        valid = []  # (index, question)
         for i, raw in enumerate(questions):
             try:
-                question = check_question(raw)
-                out, record = _timed_run(upstream, {"query": question}, include)
+                valid.append((i, check_question(raw)))
             except BadQuestionError as e:
                 results[i] = FailedAnswer(raw, e)
+        searched, seconds = {}, {}
+        try:
+            for name in given if valid else ():  # the retrievers: every valid question in one search each
+                start = time.perf_counter()
+                searched[name] = self._upstream().get_component(name).run_batch([q for _, q in valid])
+                seconds[name] = (time.perf_counter() - start) / len(valid)
+        except BadQuestionError:  # one question a retriever refuses: search each alone, so only it fails
+            (upstream, given), searched, seconds = (self._upstream(), {}), {}, {}
+        pending = []  # (index, question, outputs, timings)
+        for row, (i, question) in enumerate(valid):
+            for name, stage in given.items():
+                stage.output = {socket: rows[row] for socket, rows in searched[name].items()}
+            try:
+                out, record = _timed_run(upstream, {"query": question}, include)
+            except BadQuestionError as e:
+                results[i] = FailedAnswer(questions[i], e)
                 continue
+            for name, share in seconds.items():
+                record["total"] += share - record.get(name, 0.0)
+                record[name] = share
             pending.append((i, question, out, record))
         if not pending:
             return results

@@ -168,6 +168,46 @@ def test_a_question_the_reader_refuses_fails_alone_in_its_batch(qa, monkeypatch)
     results = qa.ask_many(["Who wrote Romeo and Juliet?", "Who painted the Mona Lisa?"], progress=False, batch_size=2)
     assert [r.ok for r in results] == [True, False] and str(results[1].error) == "too long for the test"
 
+def test_batched_retrievers_search_once_per_batch(qa, monkeypatch):
+    """Each retriever searches a batch's questions in one run_batch call, never one by one."""
+    calls = {"batch": [], "run": 0}
+    for name in ("bm25", "dense"):
+        stage = qa.pipeline.get_component(name)
+        real = stage.run_batch
+
+        def spy(queries, top_k=None, real=real, name=name):
+            calls["batch"].append((name, len(queries)))
+            return real(queries, top_k)
+
+        monkeypatch.setattr(stage, "run_batch", spy)
+        monkeypatch.setattr(stage, "run", lambda **_: calls.__setitem__("run", calls["run"] + 1))
+    questions = ["Who wrote Romeo and Juliet?", "", "Which planet is known as the Red Planet?",
+                 "Who painted the Mona Lisa?", "What is the capital of Australia?"]
+    results = qa.ask_many(questions, progress=False, batch_size=5)
+    assert [r.ok for r in results] == [True, False, True, True, True]
+    assert sorted(calls["batch"]) == [("bm25", 4), ("dense", 4)] and calls["run"] == 0
+    assert all(r.timings["bm25"] > 0 and r.timings["dense"] > 0 for r in results if r.ok)
+
+
+def test_a_question_a_retriever_refuses_fails_alone_in_its_batch(qa, monkeypatch):
+    """A retriever refuses one question of a batch search: the batch is searched one by one, and
+    only that question fails."""
+    from odqa.errors import QuestionTooLongError
+
+    stage = qa.pipeline.get_component("bm25")
+    real_batch = stage.run_batch  # run() searches a batch of one
+
+    def picky(queries, top_k=None):
+        if any("Mona Lisa" in q for q in queries):
+            raise QuestionTooLongError("too long for the retriever")
+        return real_batch(queries, top_k)
+
+    monkeypatch.setattr(stage, "run_batch", picky)
+    results = qa.ask_many(["Who wrote Romeo and Juliet?", "Who painted the Mona Lisa?"], progress=False, batch_size=2)
+    assert [r.ok for r in results] == [True, False]
+    assert str(results[1].error) == "too long for the retriever"
+
+
 def test_a_question_that_is_not_a_string(qa):
     with pytest.raises(QuestionTypeError, match=r"the question must be a string, got int \(123\)"):
         qa.ask(123)

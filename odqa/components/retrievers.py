@@ -44,14 +44,20 @@ class BM25Retriever:
         :param top_k: Overrides the instance's ``top_k``.
         :returns: ``documents``, best first, with BM25 scores; passages scoring 0 are left out.
         """
-        query = check_question(query)
+        return {"documents": self.run_batch([query], top_k)["documents"][0]}
+
+    def run_batch(self, queries: list[str], top_k: int | None = None) -> dict[str, Any]:
+        """:meth:`run` for several questions in one search; ``documents`` holds one list per question."""
+        queries = [check_question(q) for q in queries]
         self.warm_up()
+        if not queries:
+            return {"documents": []}
         k = min(top_k or self.top_k, self._index.manifest["count"])
-        tokens = self._index.bm25_config().tokenize([query])
+        tokens = self._index.bm25_config().tokenize(queries)
         ids, scores = self._index.bm25().retrieve(tokens, k=k, show_progress=False, n_threads=1)
         passages = self._index.passages
-        docs = [to_document(passages[int(i)], s) for i, s in zip(ids[0], scores[0]) if s > 0]
-        return {"documents": docs}
+        return {"documents": [[to_document(passages[int(i)], s) for i, s in zip(row_ids, row_scores) if s > 0]
+                              for row_ids, row_scores in zip(ids, scores)]}
 
     def to_dict(self) -> dict[str, Any]:
         return default_to_dict(self, index_dir=self.index_dir, top_k=self.top_k)
@@ -107,14 +113,21 @@ class DenseRetriever:
         :param top_k: Overrides the instance's ``top_k``.
         :returns: ``documents``, best first, scored by inner product.
         """
-        query = check_question(query)
+        return {"documents": self.run_batch([query], top_k)["documents"][0]}
+
+    def run_batch(self, queries: list[str], top_k: int | None = None) -> dict[str, Any]:
+        """:meth:`run` for several questions: one encoder pass and one FAISS search; ``documents``
+        holds one list per question."""
+        queries = [check_question(q) for q in queries]
         self.warm_up()
+        if not queries:
+            return {"documents": []}
         k = min(top_k or self.top_k, self._index.manifest["count"])
-        q = self._encoder.encode_queries([query]).astype(np.float32)
+        q = self._encoder.encode_queries(queries).astype(np.float32)
         scores, ids = self._index.dense().search(q, k)
         passages = self._index.passages
-        docs = [to_document(passages[int(i)], s) for i, s in zip(ids[0], scores[0]) if i >= 0]
-        return {"documents": docs}
+        return {"documents": [[to_document(passages[int(i)], s) for i, s in zip(row_ids, row_scores) if i >= 0]
+                              for row_ids, row_scores in zip(ids, scores)]}
 
     def to_dict(self) -> dict[str, Any]:
         return default_to_dict(

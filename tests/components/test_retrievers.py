@@ -149,3 +149,27 @@ def test_pipeline_yaml_round_trip(flat_index, st_encoder):
     out = again.run({"bm25": {"query": "Romeo and Juliet"}, "dense": {"query": "Romeo and Juliet"}})
     assert out["bm25"]["documents"][0].id == "p0"
     assert len(out["dense"]["documents"]) == 4
+
+
+# --- batches -------------------------------------------------------------------------------
+BATCH = ["Who wrote Romeo and Juliet?", "the largest river capital city of the world", "zzzz qqqq",
+         "What is the capital of Australia?"]
+
+
+@pytest.mark.parametrize("kind", ["bm25", "dense"])
+def test_run_batch_gives_each_question_its_run(kind, flat_index):
+    r = BM25Retriever(index_dir=flat_index, top_k=5) if kind == "bm25" else DenseRetriever(index_dir=flat_index, top_k=5)
+    batched = r.run_batch(BATCH)["documents"]
+    alone = [r.run(query=q)["documents"] for q in BATCH]
+    assert len(batched) == len(BATCH)
+    assert [[d.id for d in row] for row in batched] == [[d.id for d in row] for row in alone]
+    for row, want in zip(batched, alone):
+        assert [d.score for d in row] == pytest.approx([d.score for d in want], abs=1e-5)
+    assert r.run_batch([]) == {"documents": []}
+
+
+@pytest.mark.parametrize("kind", ["bm25", "dense"])
+def test_run_batch_refuses_a_bad_question_by_name(kind, flat_index):
+    r = BM25Retriever(index_dir=flat_index) if kind == "bm25" else DenseRetriever(index_dir=flat_index)
+    with pytest.raises(EmptyQuestionError):
+        r.run_batch(["Who wrote Hamlet?", "   "])
