@@ -10,7 +10,9 @@ hits all variants alike. Two warm-up questions are not timed. Variants:
   (activations scaled per tensor), every linear layer but the output head;
 - ``odqa int8``: ``quantize: int8`` (odqa.lm.quantization: per-token activation scales; head and
   MLP down projection float);
-- ``odqa int8, down_proj too``: the same, with only the head left float.
+- ``odqa int8, down_proj too``: the same, with only the head left float;
+- ``--keep-float NAME=PATTERN,...`` (repeatable): more int8 variants, the modules whose full names
+  match the ``fnmatch`` patterns left float (e.g. ``"layer 0 float=model.layers.0.*,*down_proj"``).
 
     python bench/int8_reader.py --pipeline pipelines/frozen_reader.yml --questions trivia-wiki:dev --limit 120
 """
@@ -48,9 +50,11 @@ def torch_ao_dynamic(model):
     return quantize_dynamic(model, spec, dtype=torch.qint8, inplace=True)
 
 
-def int8_down_too(model):
-    quantize_int8(model, keep_float=("lm_head",))
-    return model
+def int8_keeping(patterns: tuple[str, ...]):
+    def transform(model):
+        quantize_int8(model, keep_float=patterns)
+        return model
+    return transform
 
 
 def variant(settings: dict, tag: str, transform) -> FrozenLMReader:
@@ -69,6 +73,8 @@ def main() -> int:
     ap.add_argument("--pipeline", default=str(ROOT / "pipelines/frozen_reader.yml"))
     ap.add_argument("--questions", default="trivia-wiki:dev")
     ap.add_argument("--limit", type=int, default=120)
+    ap.add_argument("--keep-float", action="append", default=[], metavar="NAME=PATTERN,...",
+                    help="another int8 variant: these modules left float")
     ap.add_argument("--out", default=str(ROOT / "bench/results/int8_reader.md"))
     args = ap.parse_args()
 
@@ -78,7 +84,10 @@ def main() -> int:
     readers = {"float32": FrozenLMReader(**settings),
                "torch.ao dynamic": variant(settings, "torch-ao", torch_ao_dynamic),
                "odqa int8": FrozenLMReader(**settings, quantize="int8"),
-               "odqa int8, down_proj too": variant(settings, "int8-down", int8_down_too)}
+               "odqa int8, down_proj too": variant(settings, "int8-down", int8_keeping(()))}
+    for spec in args.keep_float:
+        name, _, patterns = spec.partition("=")
+        readers[name] = variant(settings, name, int8_keeping(tuple(p for p in patterns.split(",") if p)))
     questions = dedup(load_questions(args.questions, require_answers=True))[: args.limit + WARMUP]
     em = {name: [] for name in readers}
     answers = {name: [] for name in readers}

@@ -22,10 +22,12 @@ so training always runs the float32 backbone.
 
 from __future__ import annotations
 
+import fnmatch
+
 import torch
 
 QUANTIZE = ("int8",)
-KEEP_FLOAT = ("lm_head", "down_proj")  # module names left in float32 (see the module docstring)
+KEEP_FLOAT = ("*down_proj",)  # module names (fnmatch patterns on the full name) left float (see above)
 
 
 class Int8Linear(torch.nn.Module):
@@ -56,13 +58,15 @@ class Int8Linear(torch.nn.Module):
 
 
 def quantize_int8(model: torch.nn.Module, keep_float: tuple[str, ...] = KEEP_FLOAT) -> int:
-    """Replace, in place, every ``nn.Linear`` whose own name is not in ``keep_float`` by an
-    :class:`Int8Linear`; returns how many were replaced. The output head stays float whatever
-    its name. The float weights the replaced layers held are freed."""
+    """Replace, in place, every ``nn.Linear`` whose full name (``model.layers.3.mlp.up_proj``)
+    matches none of the ``keep_float`` patterns (``fnmatch``) by an :class:`Int8Linear`; returns how
+    many were replaced. The output head stays float whatever its name. The float weights the
+    replaced layers held are freed."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    swaps = [(parent, name, child) for parent in model.modules()
+    swaps = [(parent, name, child) for prefix, parent in model.named_modules()
              for name, child in parent.named_children()
-             if isinstance(child, torch.nn.Linear) and name not in keep_float and child is not head]
+             if isinstance(child, torch.nn.Linear) and child is not head
+             and not any(fnmatch.fnmatchcase(f"{prefix}.{name}" if prefix else name, pattern) for pattern in keep_float)]
     for parent, name, child in swaps:
         setattr(parent, name, Int8Linear(child))
     return len(swaps)

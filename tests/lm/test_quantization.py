@@ -45,7 +45,7 @@ def test_quantize_int8_keeps_the_head_and_down_projection_float(tiny_lm):
     assert n == layers * 6  # q, k, v, o, gate, up; not down_proj, not the head
     names = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, Int8Linear)}
     assert names == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj"}
-    assert isinstance(model.lm_head, torch.nn.Linear) and "down_proj" in KEEP_FLOAT
+    assert isinstance(model.lm_head, torch.nn.Linear) and KEEP_FLOAT == ("*down_proj",)
     assert model.lm_head.weight is model.get_input_embeddings().weight  # still tied, still float
     with torch.no_grad():
         got = model(ids).logits
@@ -69,3 +69,14 @@ def test_bad_quantize_is_refused(tiny_lm, monkeypatch):
     with pytest.raises(PipelineConfigError, match="quantize: int8 is for the CPU, but the backbone would run on "
                                                   "cuda; set quantize: null"):
         load_backbone(tiny_lm, quantize="int8")
+
+
+def test_keep_float_patterns_match_full_names(tiny_lm):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm)
+    n = quantize_int8(model, keep_float=("model.layers.0.*", "*o_proj"))
+    quantized = {name for name, m in model.named_modules() if isinstance(m, Int8Linear)}
+    assert n == len(quantized) == 6  # layer 1's q, k, v, gate, up and down; layer 0 and o_proj float
+    assert all(name.startswith("model.layers.1.") and not name.endswith("o_proj") for name in quantized)
+    assert quantize_int8(AutoModelForCausalLM.from_pretrained(tiny_lm), keep_float=()) == 7 * 2  # never the head
