@@ -61,8 +61,6 @@ def linear_shapes(model, int8: bool) -> dict[tuple[int, int], int]:
 
 def matmul_throughput(shapes: dict[tuple[int, int], int], rows: int) -> tuple[float, float]:
     """(float32 FLOP/s, int8 OP/s) over the reader's Linear shapes, weighted as the model uses them."""
-    if not shapes:
-        return float("nan"), float("nan")
     flops = fp_time = int_time = 0.0
     for (n_in, n_out), count in shapes.items():
         x, w = torch.randn(rows, n_in), torch.randn(n_in, n_out)
@@ -107,15 +105,18 @@ def main() -> int:
     shapes = {k: float_shapes.get(k, 0) + int8_shapes.get(k, 0) for k in {*float_shapes, *int8_shapes}}
     weights = sum(count * n_in * n_out for (n_in, n_out), count in shapes.items())
     weights8 = sum(count * n_in * n_out for (n_in, n_out), count in int8_shapes.items())  # quantized ones
-    head = model.get_output_embeddings().weight.numel()
+    head_layer = model.get_output_embeddings()
+    head = head_layer.in_features * head_layer.out_features
+    head_bytes = 1 if isinstance(head_layer, Int8Linear) else None  # else the float dtype's, below
     layers, d = cfg.num_hidden_layers, cfg.hidden_size
     kv_dim = getattr(cfg, "num_key_value_heads", cfg.num_attention_heads) * getattr(
         cfg, "head_dim", d // cfg.num_attention_heads)
     bytes_per = next(model.parameters()).element_size()
+    head_bytes = head_bytes or bytes_per
     rows = max(1, int(statistics.median(bodies)))
     fp32, int8 = matmul_throughput(shapes, rows)
-    fp32_rest, int8_own = (matmul_throughput(float_shapes, rows)[0], matmul_throughput(int8_shapes, rows)[1]) \
-        if weights8 else (fp32, int8)
+    fp32_rest = matmul_throughput(float_shapes, rows)[0] if weights8 and float_shapes else fp32
+    int8_own = matmul_throughput(int8_shapes, rows)[1] if weights8 else int8
     bandwidth = read_bandwidth()
 
     floors, int8_floors, as_run = [], [], []
@@ -133,12 +134,12 @@ def main() -> int:
                            / bandwidth)
         # as it runs: the int8 layers at the int8 rate and a byte per weight, the rest in float32
         rest = 2 * (weights - weights8) * body + attention + 2 * head
-        step_bytes = weights8 + (weights - weights8 + head) * bytes_per
+        step_bytes = weights8 + (weights - weights8) * bytes_per + head * head_bytes
         as_run.append((2 * weights8 * body / int8_own if weights8 else 0.0) + rest / fp32_rest
                       + sum(step_bytes + kv(prefix + body + s) for s in range(1, n_new)) / bandwidth)
     floor, floor8, floor_run = statistics.median(floors), statistics.median(int8_floors), statistics.median(as_run)
-    precision = (f"int8 for {weights8 / 1e6:.1f}M of {weights / 1e6:.1f}M decoder weights, the rest float32"
-                 if weights8 else "float32")
+    precision = (f"int8 for {weights8 / 1e6:.1f}M of {weights / 1e6:.1f}M decoder weights"
+                 f"{' and the LM head' if head_bytes == 1 else ''}, the rest float32" if weights8 else "float32")
     lines = [
         f"# The reader against this machine's limit: `{Path(args.pipeline).name}`", "",
         f"Command: `{command()}`  ",

@@ -8,13 +8,14 @@ hits all variants alike. Two warm-up questions are not timed. Variants:
 - ``float32``: the pipeline's reader as configured;
 - ``torch.ao dynamic``: torch's eager ``quantize_dynamic`` with per-channel weight scales
   (activations scaled per tensor), every linear layer but the output head;
-- ``odqa int8``: ``quantize: int8`` (odqa.lm.quantization: per-token activation scales; head and
-  MLP down projection float);
-- ``odqa int8, down_proj too``: the same, with only the head left float;
+- ``odqa int8``: ``quantize: int8`` (odqa.lm.quantization: per-token activation scales; the MLP
+  down projections float);
+- ``odqa int8, down_proj too``: every linear layer int8, the head included;
 - ``--keep-float NAME=PATTERN,...`` (repeatable): more int8 variants, the modules whose full names
   match the ``fnmatch`` patterns left float (e.g. ``"layer 0 float=model.layers.0.*,*down_proj"``).
 
-    python bench/int8_reader.py --pipeline pipelines/frozen_reader.yml --questions trivia-wiki:dev --limit 120
+    python bench/int8_reader.py --pipeline pipelines/frozen_reader.yml --questions trivia-wiki:dev --limit 120 \
+        --keep-float "head and down_proj float=lm_head,*down_proj" --keep-float "layer 0 float=model.layers.0.*"
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ def test_int8_linear_is_close_to_the_float_layer():
     assert got.shape == want.shape and got.dtype == x.dtype
     rel = (got - want).norm(dim=-1) / want.norm(dim=-1)
     assert rel.max() < 0.02
-    assert q.weight_t.dtype == torch.int8 and q.weight_t.shape == (48, 24)
+    assert q.weight_q.dtype == torch.int8 and q.weight_q.shape == (24, 48)
 
 
 def test_int8_linear_without_bias_and_in_bfloat16():
@@ -33,20 +33,21 @@ def test_int8_linear_without_bias_and_in_bfloat16():
     assert torch.allclose(got.float(), lin(x.float()), atol=0.05, rtol=0.05)
 
 
-def test_quantize_int8_keeps_the_head_and_down_projection_float(tiny_lm):
+def test_quantize_int8_keeps_the_down_projection_and_embeddings_float(tiny_lm):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_lm).eval()
     ids = torch.tensor([[3, 7, 11, 5, 9, 2]])
     with torch.no_grad():
         want = model(ids).logits
+    embeddings = model.get_input_embeddings().weight.clone()
     n = quantize_int8(model)
     layers = model.config.num_hidden_layers
-    assert n == layers * 6  # q, k, v, o, gate, up; not down_proj, not the head
+    assert n == layers * 6 + 1  # q, k, v, o, gate, up and the head; not down_proj
     names = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, Int8Linear)}
-    assert names == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj"}
-    assert isinstance(model.lm_head, torch.nn.Linear) and KEEP_FLOAT == ("*down_proj",)
-    assert model.lm_head.weight is model.get_input_embeddings().weight  # still tied, still float
+    assert names == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "lm_head"}
+    assert KEEP_FLOAT == ("*down_proj",) and isinstance(model.model.layers[0].mlp.down_proj, torch.nn.Linear)
+    assert torch.equal(model.get_input_embeddings().weight, embeddings)  # the input table stays float
     with torch.no_grad():
         got = model(ids).logits
     cos = torch.nn.functional.cosine_similarity(got.flatten(), want.flatten(), dim=0)
@@ -75,8 +76,8 @@ def test_keep_float_patterns_match_full_names(tiny_lm):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_lm)
-    n = quantize_int8(model, keep_float=("model.layers.0.*", "*o_proj"))
+    n = quantize_int8(model, keep_float=("model.layers.0.*", "*o_proj", "lm_head"))
     quantized = {name for name, m in model.named_modules() if isinstance(m, Int8Linear)}
-    assert n == len(quantized) == 6  # layer 1's q, k, v, gate, up and down; layer 0 and o_proj float
+    assert n == len(quantized) == 6  # layer 1's q, k, v, gate, up and down; layer 0, o_proj, head float
     assert all(name.startswith("model.layers.1.") and not name.endswith("o_proj") for name in quantized)
-    assert quantize_int8(AutoModelForCausalLM.from_pretrained(tiny_lm), keep_float=()) == 7 * 2  # never the head
+    assert quantize_int8(AutoModelForCausalLM.from_pretrained(tiny_lm), keep_float=()) == 7 * 2 + 1
