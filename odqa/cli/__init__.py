@@ -15,6 +15,7 @@
     odqa eval idpt --idpt DIR --soft-prompt DIR --finetuned DIR --out eval/runs/idpt
     odqa run --pipeline pipelines/idpt_multitask.yml --question "TEXT" --task topic
     odqa demo
+    odqa serve pipelines/frozen_reader.yml [PIPELINE.yml ...] [--host 127.0.0.1] [--port 8000] [--api-key KEY]
 
 Errors print one line (``error: ...``) and exit with status 2; ``--debug`` shows the traceback.
 """
@@ -26,7 +27,7 @@ import os
 import sys
 
 import odqa  # noqa: F401 - sets the offline defaults before anything else loads
-from odqa.cli import ask, data, index, train
+from odqa.cli import ask, data, index, serve, train
 from odqa.cli import eval as eval_cli
 from odqa.errors import OdqaError, from_os_error
 
@@ -35,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="odqa", description="Open-domain QA on a frozen language model.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="cmd", required=True)
-    for family in (index, ask, eval_cli, train, data):  # one module per family of commands
+    for family in (index, ask, eval_cli, train, data, serve):  # one module per family of commands
         family.register(sub)
     return p
 
