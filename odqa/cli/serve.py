@@ -53,6 +53,7 @@ def listen(host: str, port: int) -> socket.socket:
                errno.EADDRNOTAVAIL: "this machine has no such address; use 127.0.0.1 or one of its own"}
         raise OdqaError(f"cannot listen on {host}:{port}: {e.strerror}; "
                         f"{fix.get(e.errno, 'pick another --host or --port')}") from None
+    sock.listen(2048)  # connections queue from now on, before uvicorn takes the socket over
     return sock
 
 

@@ -14,6 +14,8 @@ Endpoints (every error is ``{"error": message}`` with its status):
   each ``manifest.json``) and batching counters;
 - ``GET /healthz``: 200 while the process is up; ``GET /readyz``: 503 until every pipeline is
   loaded and warm, then 200;
+- ``GET /``: the web page (``odqa/serve/static/``: ask, see the answer, the passages read with the
+  answer highlighted, and the timings), its files under ``/static/``;
 - ``GET /openapi.json``, the API's spec, and ``GET /docs``, FastAPI's Swagger page, which loads its
   script and style from a CDN: offline, read ``/openapi.json``.
 
@@ -23,8 +25,9 @@ once); their models load and warm up in a thread once the server runs, while ``/
 Each pipeline has a :class:`~odqa.serve.batching.Batcher`. Backbones are shared by
 :func:`odqa.lm.backbone.load_backbone`'s process-wide cache.
 
-Safe defaults: an API key, when set, is needed by every endpoint but the two probes
-(``Authorization: Bearer KEY`` or ``X-API-Key: KEY``); bodies over ``max_body_bytes`` get 413;
+Safe defaults: an API key, when set, is needed by every endpoint but the two probes and the web
+page's files, which hold no data (``Authorization: Bearer KEY`` or ``X-API-Key: KEY``; the page asks
+for the key and sends it); bodies over ``max_body_bytes`` get 413;
 requests beyond ``max_concurrency`` in flight get 503 with ``Retry-After``. FastAPI's own
 OpenTelemetry hooks are off; Haystack's telemetry is off when ``HAYSTACK_TELEMETRY_ENABLED=False``
 was set before Haystack was imported (``odqa serve`` sets it).
@@ -45,7 +48,8 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -57,6 +61,8 @@ from odqa.serve.batching import Batcher
 logger = logging.getLogger(__name__)
 
 PROBES = ("/healthz", "/readyz")  # open without a key, never refused as busy
+STATIC = Path(__file__).parent / "static"  # the web page, shipped as package data
+PAGE, PAGE_FILES = "/", "/static/"  # open without a key: the page and its files hold no data
 RETRY_AFTER_S = 1
 CLIENT_CLOSED = 499  # nginx's status for a request whose client left; logged, never delivered
 ASK_SHAPE = '{"question": "...", "pipeline": optional name, "task": optional task}'
@@ -197,17 +203,21 @@ class Service:
 # --- the request's guards: plain ASGI middleware, outermost first ---------------------------------
 class RequireKey:
     """401 for a request without the API key (``Authorization: Bearer KEY`` or ``X-API-Key: KEY``),
-    except the probes."""
+    except the probes and the web page's files."""
 
     def __init__(self, app, api_key: str):
         self.app = app
         self.key = api_key.encode("utf-8")
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] in PROBES or self._given(scope):
+        if scope["type"] != "http" or self._open(scope["path"]) or self._given(scope):
             return await self.app(scope, receive, send)
         await error_response(401, "missing or wrong API key; send the header 'Authorization: Bearer KEY' or "
                                   "'X-API-Key: KEY'", {"WWW-Authenticate": "Bearer"})(scope, receive, send)
+
+    @staticmethod
+    def _open(path: str) -> bool:
+        return path in PROBES or path == PAGE or path.startswith(PAGE_FILES)
 
     def _given(self, scope) -> bool:
         headers = dict(scope["headers"])  # lower-case names, as ASGI gives them
@@ -374,6 +384,13 @@ def _failed_json(result: FailedAnswer) -> dict[str, Any]:
 
 
 def _routes(app: FastAPI, service: Service) -> None:
+    @app.get(PAGE, summary="The web page: ask a question, see the answer, its passages and timings",
+             include_in_schema=False)
+    async def page() -> Response:
+        return FileResponse(STATIC / "index.html")
+
+    app.mount(PAGE_FILES.rstrip("/"), StaticFiles(directory=STATIC), name="static")
+
     @app.get("/healthz", summary="200 while the process is up")
     async def healthz() -> dict:
         return {"ok": True}
@@ -437,7 +454,8 @@ def _error_handlers(app: FastAPI) -> None:
         message = str(exc.detail)
         if exc.status_code in (404, 405):
             message = (f"no endpoint {request.method} {request.url.path[:100]}; the endpoints are POST /v1/ask, "
-                       "POST /v1/ask_many, GET /v1/pipelines, GET /healthz, GET /readyz (see /openapi.json)")
+                       "POST /v1/ask_many, GET /v1/pipelines, GET /healthz, GET /readyz (see /openapi.json), and "
+                       "GET /, the web page")
         return error_response(exc.status_code, message, getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
@@ -453,7 +471,7 @@ def create_app(pipelines: dict[str, str | Path], *, api_key: str | None = None, 
 
     :param pipelines: Name -> pipeline YAML, in order; the first is the default
         (:func:`name_pipelines` names files by their stems).
-    :param api_key: When set, every endpoint but ``/healthz`` and ``/readyz`` needs it.
+    :param api_key: When set, every endpoint but ``/healthz``, ``/readyz`` and the web page's files needs it.
     :param max_batch_size: Most questions of concurrent requests answered together; 1 turns batching off.
     :param max_wait_ms: How long the first waiting question waits for others to join its batch.
     :param max_body_bytes: Largest request body; bigger ones get 413.
