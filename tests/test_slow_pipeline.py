@@ -157,7 +157,7 @@ def test_answers_are_spans_not_sentences(qa):
 # Pinned numbers, as Pyserini pins its regressions: the default pipeline on the first 24
 # fanoutqa-wiki:dev questions. After an intended change, record them again with
 #   odqa eval --pipeline pipelines/frozen_reader.yml --questions fanoutqa-wiki:dev --limit 24 --out /tmp/pin --json
-PINNED = {"questions": 24, "em": 4.17, "f1": 11.4, "lm_input_recall": 4.17}
+PINNED = {"questions": 24, "em": 4.17, "f1": 9.39, "lm_input_recall": 4.17}
 
 
 def test_pinned_numbers_of_the_default_pipeline(qa, tmp_path):
