@@ -71,11 +71,11 @@ class ContextPacker:
 
     def warm_up(self) -> None:
         if self._tokenizer is None:
-            from odqa.lm.backbone import load_backbone
+            from odqa.lm.backbone import load_tokenizer
 
             self._prompt = ReaderPrompt(self.template, self.context_length, self.max_new_tokens,
                                         soft_prompt_length(self.soft_prompt))
-            self._tokenizer = load_backbone(self.model).tokenizer
+            self._tokenizer = load_tokenizer(self.model)  # the tokenizer only: the reader loads the weights
             if self.index_dir:
                 from odqa.index import open_index
 

@@ -22,6 +22,7 @@ from odqa.resources import model_dir
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _CACHE: dict[tuple[str, str, str, str | None], "Backbone"] = {}
+_TOKENIZERS: dict[str, object] = {}  # name -> tokenizer, shared by every backbone of that name
 _LOCK = threading.Lock()
 
 
@@ -110,16 +111,32 @@ def load_backbone(name: str, dtype: str = "float32", device: str | torch.device 
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         path = model_dir(name)
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = _tokenizer(name, path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=_DTYPES[dtype])
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
         model = freeze(model.to(where))
         if quantize == "int8":
             quantize_int8(model)
         backbone = Backbone(name=name, model=model, tokenizer=tokenizer)
         _CACHE[key] = backbone
         return backbone
+
+
+def load_tokenizer(name: str):
+    """A backbone's tokenizer without its weights (what the context packer needs to count tokens),
+    cached per name and shared with every backbone of that name."""
+    with _LOCK:
+        return _tokenizer(name, model_dir(name))
+
+
+def _tokenizer(name: str, path):
+    if name not in _TOKENIZERS:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        _TOKENIZERS[name] = tokenizer
+    return _TOKENIZERS[name]
 
 
 def weights_hash(model: torch.nn.Module) -> str:

@@ -277,3 +277,15 @@ def test_index_passages_are_counted_at_warm_up(tiny_lm, flat_index, monkeypatch)
     assert packer.run(query="Who wrote Hamlet?", documents=docs) == lazy.run(query="Who wrote Hamlet?", documents=docs)
     assert seen == []
     assert ContextPacker.from_dict(packer.to_dict()).index_dir == flat_index
+
+
+def test_warm_up_loads_the_tokenizer_not_the_weights(models_dir, docs):
+    """The packer counts tokens only: a reader loads the weights (once, in its own precision)."""
+    from conftest import _save_tiny_lm
+    from odqa.lm import backbone as bb
+
+    path = _save_tiny_lm(models_dir / "tiny-lm-packer-only", None, seed=3)
+    packer = ContextPacker(model=path, template="qa", context_length=1024, max_new_tokens=4)
+    packer.run(query="Who wrote Romeo and Juliet?", documents=docs)
+    assert not any(key[0] == path for key in bb._CACHE)
+    assert bb.load_backbone(path).tokenizer is bb.load_tokenizer(path)  # one tokenizer per name
