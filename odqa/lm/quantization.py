@@ -4,7 +4,7 @@ Each quantized ``nn.Linear`` keeps its weight as int8, one symmetric scale per o
 and quantizes its input at run time, one symmetric scale per token; the product is
 ``torch._int_mm`` (int8 x int8, exact int32 accumulation), rescaled to the input's dtype.
 This is the scheme of torchao's ``Int8DynamicActivationInt8Weight``, run by torch's own int8
-kernel, which on this machine multiplies about 3.8x as fast as float32 (``bench/floor.py``).
+kernel, which on this machine multiplies 3-4x as fast as float32 at the reader's shapes (``bench/floor.py``).
 
 What is int8 and what is not (``bench/int8_reader.py`` compares the choices on dev questions):
 
