@@ -12,9 +12,9 @@ What is int8 and what is not (``bench/int8_reader.py`` compares the choices on d
   activation tensor at once, so a few large activations (frequent in LMs: Dettmers et al.
   2022, "LLM.int8()"; Xiao et al. 2023, "SmoothQuant") flatten every other token to a few
   levels; its answers collapse.
-- **the first decoder layer stays float:** its inputs carry the largest outlier channels (in
-  Gemma-3-270m, activations hundreds of times their channel's median), which a per-token scale
-  cannot absorb; from the second layer on they are tame enough.
+- **the first decoder layer stays float:** in Gemma-3-270m its inputs carry by far the largest
+  activations, which a per-token scale cannot absorb; keeping it float kept dev EM where
+  quantizing every layer lost it.
 - **the output head stays float:** quantizing its input (the final hidden state) moved the
   argmax of enough answers to cost EM on dev; torch's weight-only int8 kernel
   (``_weight_int8pack_mm``), which would not, runs slower than float32 here.
