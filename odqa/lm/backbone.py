@@ -108,7 +108,7 @@ def load_backbone(name: str, dtype: str = "float32", device: str | torch.device 
     with _LOCK:
         if key in _CACHE:
             return _CACHE[key]
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
         path = model_dir(name)
         tokenizer = _tokenizer(name, path)
