@@ -374,6 +374,16 @@ def _raise_for(error: Exception, pipeline: str, task: str | None) -> None:
     raise ApiError(500, f"unexpected {type(error).__name__} while answering; the server's log has the details")
 
 
+def _one_answer(result, pipeline: str, task: str | None):
+    """One question's result as ``(Answer, outputs)``, or the :class:`ApiError` a request gets for it:
+    422 for a bad question, else :func:`_raise_for`'s status."""
+    if isinstance(result, Exception):
+        _raise_for(result, pipeline, task)
+    if isinstance(result, FailedAnswer):
+        raise ApiError(422, str(result.error))
+    return result
+
+
 def _answer_json(result, pipeline: str) -> dict[str, Any]:
     answer, _outputs = result
     return {**answer.to_dict(), "pipeline": pipeline}
@@ -418,11 +428,7 @@ def _routes(app: FastAPI, service: Service) -> None:
         if results is None:
             return Response(status_code=CLIENT_CLOSED)
         [result] = results
-        if isinstance(result, Exception):
-            _raise_for(result, batcher.name, body.task)
-        if isinstance(result, FailedAnswer):
-            raise ApiError(422, str(result.error))
-        return JSONResponse(_answer_json(result, batcher.name))
+        return JSONResponse(_answer_json(_one_answer(result, batcher.name, body.task), batcher.name))
 
     @app.post("/v1/ask_many", summary="Answer several questions; a bad one gets an error in its place")
     async def ask_many(body: AskManyRequest, request: Request) -> Response:

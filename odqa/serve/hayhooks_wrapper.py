@@ -48,8 +48,7 @@ except ImportError as e:  # odqa itself never imports this module; only a hayhoo
         from e
 
 import odqa
-from odqa.api import FailedAnswer
-from odqa.serve.app import ApiError, _answer_json, _raise_for
+from odqa.serve.app import ApiError, _answer_json, _one_answer
 from odqa.serve.batching import Batcher
 
 PIPELINE_ENV = "ODQA_PIPELINE"
@@ -92,14 +91,10 @@ class PipelineWrapper(BasePipelineWrapper):
     def _answer(self, question: str, task: str | None = None):
         """``(Answer, outputs)`` for ``question``, or the HTTP error ``odqa serve`` would answer."""
         [result] = self.batcher.submit([question], task).future.result()
-        if isinstance(result, Exception):
-            try:
-                _raise_for(result, self.name, task)
-            except ApiError as e:
-                raise HTTPException(status_code=e.status, detail=e.message) from None
-        if isinstance(result, FailedAnswer):  # the question itself is bad
-            raise HTTPException(status_code=422, detail=str(result.error))
-        return result
+        try:
+            return _one_answer(result, self.name, task)
+        except ApiError as e:
+            raise HTTPException(status_code=e.status, detail=e.message) from None
 
     def run_api(self, question: str, task: str | None = None) -> dict:
         """Answer a question from passages the pipeline retrieves: the answer, its score, the passages read.
