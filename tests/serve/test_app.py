@@ -78,6 +78,15 @@ def running(app, ready: bool = True):
         server.stop()
 
 
+def held_warm_up(pipeline_yaml) -> tuple:
+    """An app on the tiny pipeline whose models stay loading until the returned event is set."""
+    app = create_app({"pipeline": pipeline_yaml})
+    qa = app.state.service.qas["pipeline"]
+    warm, let_go = qa.warm_up, threading.Event()
+    qa.warm_up = lambda: let_go.wait(30) and warm()  # loading stays unfinished until the test says
+    return app, let_go
+
+
 def wait_for(condition, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -252,10 +261,7 @@ def test_probes_and_the_spec(server):
 
 
 def test_readyz_is_503_until_every_pipeline_is_warm(pipeline_yaml, alone):
-    app = create_app({"pipeline": pipeline_yaml})
-    qa = app.state.service.qas["pipeline"]
-    warm, let_go = qa.warm_up, threading.Event()
-    qa.warm_up = lambda: let_go.wait(30) and warm()  # loading stays unfinished until the test says
+    app, let_go = held_warm_up(pipeline_yaml)
     with running(app, ready=False) as s:
         assert s.get("/healthz").status_code == 200
         r = s.get("/readyz")

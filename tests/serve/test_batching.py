@@ -150,12 +150,18 @@ def test_an_unknown_task_comes_back_as_the_questions_error(qa, make):
     assert isinstance(error, PipelineConfigError) and "unknown task" in str(error)
 
 
-def test_an_abandoned_request_is_dropped_before_its_batch_runs(qa, make):
+def two_behind_a_busy_batch(qa, make):
+    """A batcher whose first batch (``first``) is held running, and two requests queued behind it:
+    ``(batcher, busy, left, stays)``."""
     batcher = make(max_batch_size=8, max_wait_ms=5)
     qa.hold = True
     busy = batcher.submit(["first"])
     wait_for(lambda: len(qa.calls) == 1)
-    left, stays = batcher.submit(["left"]), batcher.submit(["stays"])
+    return batcher, busy, batcher.submit(["left"]), batcher.submit(["stays"])
+
+
+def test_an_abandoned_request_is_dropped_before_its_batch_runs(qa, make):
+    batcher, busy, left, stays = two_behind_a_busy_batch(qa, make)
     left.abandon()
     qa.release(10)
     assert answers(stays) == ["answer to stays"] and answers(busy) == ["answer to first"]
@@ -164,11 +170,7 @@ def test_an_abandoned_request_is_dropped_before_its_batch_runs(qa, make):
 
 
 def test_a_request_abandoned_while_its_batch_runs_does_not_break_the_batch(qa, make):
-    batcher = make(max_batch_size=8, max_wait_ms=5)
-    qa.hold = True
-    busy = batcher.submit(["first"])
-    wait_for(lambda: len(qa.calls) == 1)
-    left, stays = batcher.submit(["left"]), batcher.submit(["stays"])
+    batcher, busy, left, stays = two_behind_a_busy_batch(qa, make)
     qa.release()
     wait_for(lambda: len(qa.calls) == 2)  # the batch [left, stays] is running
     left.abandon()

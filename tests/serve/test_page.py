@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
 
 import httpx
 import pytest
 
 from odqa.serve.app import create_app
-from test_app import QUESTIONS, running  # the real-server helper, shared with the API's tests
+from test_app import QUESTIONS, held_warm_up, running  # the real-server helpers, shared with the API's tests
 
 try:
     from playwright.sync_api import expect, sync_playwright
@@ -70,10 +69,7 @@ def ask_in_page(page, question: str) -> None:
 
 
 def test_the_page_waits_while_loading_then_shows_the_answer_its_passages_and_timings(page, pipeline_yaml):
-    app = create_app({"pipeline": pipeline_yaml})
-    qa = app.state.service.qas["pipeline"]
-    warm, let_go = qa.warm_up, threading.Event()
-    qa.warm_up = lambda: let_go.wait(30) and warm()  # loading stays unfinished until the test says
+    app, let_go = held_warm_up(pipeline_yaml)
     with running(app, ready=False) as s:
         r = httpx.get(s.url + "/")
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
