@@ -59,16 +59,22 @@ def linear_shapes(model, int8: bool) -> dict[tuple[int, int], int]:
     return shapes
 
 
-def matmul_throughput(shapes: dict[tuple[int, int], int], rows: int) -> tuple[float, float]:
-    """(float32 FLOP/s, int8 OP/s) over the reader's Linear shapes, weighted as the model uses them."""
-    flops = fp_time = int_time = 0.0
-    for (n_in, n_out), count in shapes.items():
+def matmul_seconds(shapes, rows: int) -> dict[tuple[int, int], tuple[float, float]]:
+    """``(in, out) -> (float32 s, int8 s)``: one matmul of ``rows`` rows at each Linear shape, timed once."""
+    seconds = {}
+    for n_in, n_out in shapes:
         x, w = torch.randn(rows, n_in), torch.randn(n_in, n_out)
         xi = torch.randint(-127, 127, (rows, n_in), dtype=torch.int8)
         wi = torch.randint(-127, 127, (n_in, n_out), dtype=torch.int8)
-        flops += count * 2 * rows * n_in * n_out
-        fp_time += count * best_seconds(lambda: torch.matmul(x, w))
-        int_time += count * best_seconds(lambda: torch._int_mm(xi, wi))
+        seconds[(n_in, n_out)] = (best_seconds(lambda: torch.matmul(x, w)), best_seconds(lambda: torch._int_mm(xi, wi)))
+    return seconds
+
+
+def matmul_throughput(seconds, shapes: dict[tuple[int, int], int], rows: int) -> tuple[float, float]:
+    """(float32 FLOP/s, int8 OP/s) over ``shapes``, weighted as the model uses them, from :func:`matmul_seconds`."""
+    flops = sum(count * 2 * rows * n_in * n_out for (n_in, n_out), count in shapes.items())
+    fp_time = sum(count * seconds[shape][0] for shape, count in shapes.items())
+    int_time = sum(count * seconds[shape][1] for shape, count in shapes.items())
     return flops / fp_time, flops / int_time
 
 
@@ -107,16 +113,16 @@ def main() -> int:
     weights8 = sum(count * n_in * n_out for (n_in, n_out), count in int8_shapes.items())  # quantized ones
     head_layer = model.get_output_embeddings()
     head = head_layer.in_features * head_layer.out_features
-    head_bytes = 1 if isinstance(head_layer, Int8Linear) else None  # else the float dtype's, below
     layers, d = cfg.num_hidden_layers, cfg.hidden_size
     kv_dim = getattr(cfg, "num_key_value_heads", cfg.num_attention_heads) * getattr(
         cfg, "head_dim", d // cfg.num_attention_heads)
     bytes_per = next(model.parameters()).element_size()
-    head_bytes = head_bytes or bytes_per
+    head_bytes = 1 if isinstance(head_layer, Int8Linear) else bytes_per
     rows = max(1, int(statistics.median(bodies)))
-    fp32, int8 = matmul_throughput(shapes, rows)
-    fp32_rest = matmul_throughput(float_shapes, rows)[0] if weights8 and float_shapes else fp32
-    int8_own = matmul_throughput(int8_shapes, rows)[1] if weights8 else int8
+    seconds = matmul_seconds(shapes, rows)
+    fp32, int8 = matmul_throughput(seconds, shapes, rows)
+    fp32_rest = matmul_throughput(seconds, float_shapes, rows)[0] if weights8 and float_shapes else fp32
+    int8_own = matmul_throughput(seconds, int8_shapes, rows)[1] if weights8 else int8
     bandwidth = read_bandwidth()
 
     floors, int8_floors, as_run = [], [], []
