@@ -93,7 +93,7 @@ def load_backbone(name: str, dtype: str = "float32", device: str | torch.device 
 
     ``quantize="int8"`` replaces its linear layers by int8 ones (:mod:`odqa.lm.quantization`),
     for inference on the CPU; training loads the unquantized backbone."""
-    from odqa.lm.quantization import QUANTIZE, quantize_int8
+    from odqa.lm.quantization import QUANTIZE
 
     if dtype not in _DTYPES:
         raise ResourceNotFoundError(f"unknown dtype '{dtype}'; use one of {sorted(_DTYPES)}")
@@ -104,21 +104,28 @@ def load_backbone(name: str, dtype: str = "float32", device: str | torch.device 
         raise PipelineConfigError(f"quantize: {quantize} is for the CPU, but the backbone would run on {where}; "
                                   "set quantize: null (dtype: bfloat16 is the GPU's cheaper precision) "
                                   "or ODQA_DEVICE=cpu")
-    key = (name, dtype, str(where), quantize)
     with _LOCK:
-        if key in _CACHE:
-            return _CACHE[key]
-        from transformers import AutoModelForCausalLM
+        return _load(name, dtype, where, quantize)
 
-        path = model_dir(name)
-        tokenizer = _tokenizer(name, path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=_DTYPES[dtype])
-        model = freeze(model.to(where))
+
+def _load(name: str, dtype: str, where: torch.device, quantize: str | None) -> Backbone:
+    key = (name, dtype, str(where), quantize)
+    if key not in _CACHE:
         if quantize == "int8":
-            quantize_int8(model)
-        backbone = Backbone(name=name, model=model, tokenizer=tokenizer)
-        _CACHE[key] = backbone
-        return backbone
+            from odqa.lm.quantization import quantized_copy
+
+            # built from the float backbone and sharing its embeddings, norms and float layers, so a
+            # process serving both holds one embedding table (Gemma's is 671 MB), not two
+            plain = _load(name, dtype, where, None)
+            _CACHE[key] = Backbone(name=name, model=quantized_copy(plain.model), tokenizer=plain.tokenizer)
+        else:
+            from transformers import AutoModelForCausalLM
+
+            path = model_dir(name)
+            tokenizer = _tokenizer(name, path)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=_DTYPES[dtype])
+            _CACHE[key] = Backbone(name=name, model=freeze(model.to(where)), tokenizer=tokenizer)
+    return _CACHE[key]
 
 
 def load_tokenizer(name: str):

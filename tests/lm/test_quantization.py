@@ -8,7 +8,7 @@ import torch
 from odqa.errors import PipelineConfigError
 from odqa.lm import backbone as backbone_module
 from odqa.lm.backbone import load_backbone
-from odqa.lm.quantization import KEEP_FLOAT, Int8Linear, quantize_int8
+from odqa.lm.quantization import KEEP_FLOAT, Int8Linear, quantize_int8, quantized_copy
 
 
 def test_int8_linear_is_close_to_the_float_layer():
@@ -59,6 +59,23 @@ def test_load_backbone_quantized_is_cached_apart(tiny_lm):
     assert not any(isinstance(m, Int8Linear) for m in plain.model.modules())
     assert any(isinstance(m, Int8Linear) for m in q8.model.modules())
     assert all(not p.requires_grad for p in q8.model.parameters())
+    # built from the float backbone: what stays float is the same tensors, not a second copy
+    assert q8.model.get_input_embeddings().weight is plain.model.get_input_embeddings().weight
+    assert q8.model.model.layers[0].mlp.up_proj.weight is plain.model.model.layers[0].mlp.up_proj.weight
+    assert q8.tokenizer is plain.tokenizer
+
+
+def test_quantized_copy_answers_as_quantizing_in_place(tiny_lm):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm).eval()
+    in_place = AutoModelForCausalLM.from_pretrained(tiny_lm).eval()
+    quantize_int8(in_place)
+    twin = quantized_copy(model)
+    ids = torch.randint(0, model.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(twin(ids).logits, in_place(ids).logits)
+    assert not any(isinstance(m, Int8Linear) for m in model.modules())  # the original is left float
 
 
 def test_bad_quantize_is_refused(tiny_lm, monkeypatch):
