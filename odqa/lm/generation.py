@@ -137,8 +137,8 @@ def greedy_generate_batch(model, prefix: PrefixCache | None, bodies: list[list[i
 
     Each row is ``prefix + body``; bodies of unequal length are padded on the left, between the
     shared prefix and the body, and the pads are masked out and skipped by the positions, so every
-    row sees exactly the positions and tokens it sees alone. A row stops at its own stop token; the
-    batch stops when every row has (rows that are done keep decoding, unread, until then).
+    row sees exactly the positions and tokens it sees alone. A row stops at its own stop token and
+    leaves the batch there; the batch stops when every row has.
 
     :param bodies: The token ids after the prefix, one non-empty list per row.
     :param pad_id: Any token id (pads are masked).
@@ -165,7 +165,7 @@ def greedy_generate_batch(model, prefix: PrefixCache | None, bodies: list[list[i
     stops = set(stop_ids)
     new: list[list[int]] = [[] for _ in bodies]
     logprobs: list[list[float]] = [[] for _ in bodies]
-    done = [False] * b
+    rows = list(range(b))  # the rows still decoding, in the order of the batch's remaining rows
     step_ids, step_pos = ids, positions
     for _ in range(max_new_tokens):
         out = model(input_ids=step_ids, past_key_values=cache, use_cache=True, logits_to_keep=1,
@@ -173,17 +173,25 @@ def greedy_generate_batch(model, prefix: PrefixCache | None, bodies: list[list[i
         cache = out.past_key_values
         logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
         tokens = torch.argmax(logp, dim=-1)
-        for i in range(b):
-            if not done[i]:
-                t = int(tokens[i])
-                new[i].append(t)
-                logprobs[i].append(float(logp[i, t]))
-                done[i] = t in stops
-        if all(done):
+        keep = []
+        for j, i in enumerate(rows):
+            t = int(tokens[j])
+            new[i].append(t)
+            logprobs[i].append(float(logp[j, t]))
+            if t not in stops:
+                keep.append(j)
+        if not keep:
             break
+        if len(keep) < len(rows):
+            # a finished row leaves the batch: the rest decode on without paying for it (one long
+            # answer no longer makes every row of its batch run to max_new_tokens)
+            index = torch.tensor(keep, device=device)
+            rows = [rows[j] for j in keep]
+            tokens, step_pos, mask = tokens[index], step_pos[index], mask[index]
+            cache.batch_select_indices(index)
         step_ids = tokens.unsqueeze(1)
         step_pos = step_pos[:, -1:] + 1
-        mask = torch.cat([mask, mask.new_ones((b, 1))], dim=1)
+        mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
     return list(zip(new, logprobs))
 
 

@@ -184,6 +184,27 @@ def test_batched_rows_stop_at_their_own_stop_token(backbone, model, soft):
     assert 2 < len(together[0][0]) < 8 and any(len(got) != len(together[0][0]) for got, _ in together)
 
 
+def test_a_finished_row_leaves_the_batch(backbone, model, soft, monkeypatch):
+    """Rows that hit their stop token are not decoded further: later steps run on the rest only."""
+    template = get_template("qa-completion")
+    parts = [encode_parts(backbone.tokenizer, template, q, PASSAGES) for q in BATCH_QUESTIONS[:3]]
+    prefix = PrefixCache.build(model, soft, parts[0][0])
+    bodies = [body for _, body in parts]
+    free = [greedy_generate(model, prefix, torch.tensor([b]), 8, [])[0] for b in bodies]
+    stop = free[0][1]  # row 0 stops at its second token
+    rows_per_step = []
+    forward = type(model).forward
+    monkeypatch.setattr(type(model), "forward",
+                        lambda self, input_ids=None, **kw: rows_per_step.append(input_ids.shape[0]) or
+                        forward(self, input_ids=input_ids, **kw))
+    together = greedy_generate_batch(model, prefix, bodies, 8, [stop])
+    assert together[0][0] == free[0][:2]
+    still = [row for row in free if stop not in row[:2]]  # rows not done after step 2
+    assert rows_per_step[:2] == [3, 3] and rows_per_step[2] == len(still) < 3
+    for (got, _), row in zip(together, free):
+        assert got == (row[: row.index(stop) + 1] if stop in row else row)
+
+
 def test_batched_without_a_prefix(backbone, model):
     template = get_template("qa")
     rows = [sum(encode_parts(backbone.tokenizer, template, q, PASSAGES), []) for q in BATCH_QUESTIONS[:2]]
