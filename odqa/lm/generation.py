@@ -24,6 +24,7 @@ from typing import ClassVar
 import torch
 
 from odqa.errors import PipelineConfigError
+from odqa.lm.screened_head import screened_head
 
 MAX_CACHED_PREFIXES = 8  # one per (model, dtype, soft prompt, template) in use; a few MB each
 
@@ -95,7 +96,7 @@ def cached_prefix(key: tuple, model, soft_prompt, prefix_ids: list[int]) -> Pref
 
 @torch.inference_mode()
 def greedy_generate(model, prefix: PrefixCache | None, inputs: torch.Tensor, max_new_tokens: int,
-                    stop_ids: list[int]) -> tuple[list[int], list[float]]:
+                    stop_ids: list[int], screen: bool = True) -> tuple[list[int], list[float]]:
     """Greedy decoding after ``prefix``: forward, argmax, append, stop at any of ``stop_ids``.
 
     :param model: A causal LM (frozen).
@@ -103,6 +104,8 @@ def greedy_generate(model, prefix: PrefixCache | None, inputs: torch.Tensor, max
     :param inputs: The rest of the input, ``[1, n]`` token ids or ``[1, n, d]`` input embeddings.
     :param max_new_tokens: Most tokens to generate.
     :param stop_ids: Tokens that end the answer; the stop token is returned too, as ``generate`` does.
+    :param screen: Score the vocabulary through :func:`~odqa.lm.screened_head.screened_head` where it
+        applies (the same tokens, a cheaper head); ``False`` runs the model's own head.
     :returns: ``(new_token_ids, token_logprobs)``: each new token's log-probability under the
         (unprocessed) next-token distribution, i.e. what ``compute_transition_scores`` reports.
     """
@@ -114,13 +117,14 @@ def greedy_generate(model, prefix: PrefixCache | None, inputs: torch.Tensor, max
     step = {"inputs_embeds" if inputs.is_floating_point() else "input_ids": inputs}
     new: list[int] = []
     logprobs: list[float] = []
+    head = screened_head(model) if screen else None
     for _ in range(max_new_tokens):
         n = next(iter(step.values())).shape[1]
-        out = model(**step, past_key_values=cache, use_cache=True, logits_to_keep=1,
-                    attention_mask=torch.ones(1, seen + n, dtype=torch.long, device=device),
-                    position_ids=torch.arange(seen, seen + n, device=device).unsqueeze(0))  # positions continue after the prefix
-        cache, seen = out.past_key_values, seen + n
-        logp = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+        cache, logits = _step(model, head, **step, past_key_values=cache,
+                              attention_mask=torch.ones(1, seen + n, dtype=torch.long, device=device),
+                              position_ids=torch.arange(seen, seen + n, device=device).unsqueeze(0))  # positions continue after the prefix
+        seen += n
+        logp = torch.log_softmax(logits[0], dim=-1)
         token = int(torch.argmax(logp))
         new.append(token)
         logprobs.append(float(logp[token]))
@@ -132,7 +136,8 @@ def greedy_generate(model, prefix: PrefixCache | None, inputs: torch.Tensor, max
 
 @torch.inference_mode()
 def greedy_generate_batch(model, prefix: PrefixCache | None, bodies: list[list[int]], max_new_tokens: int,
-                          stop_ids: list[int], pad_id: int = 0) -> list[tuple[list[int], list[float]]]:
+                          stop_ids: list[int], pad_id: int = 0, screen: bool = True
+                          ) -> list[tuple[list[int], list[float]]]:
     """:func:`greedy_generate` for several inputs at once, one weight read per step for all of them.
 
     Each row is ``prefix + body``; bodies of unequal length are padded on the left, between the
@@ -142,6 +147,7 @@ def greedy_generate_batch(model, prefix: PrefixCache | None, bodies: list[list[i
 
     :param bodies: The token ids after the prefix, one non-empty list per row.
     :param pad_id: Any token id (pads are masked).
+    :param screen: As in :func:`greedy_generate`.
     :returns: ``(new_token_ids, token_logprobs)`` per row, in order, as :func:`greedy_generate` returns.
     """
     if not bodies or any(not b for b in bodies):
@@ -167,11 +173,11 @@ def greedy_generate_batch(model, prefix: PrefixCache | None, bodies: list[list[i
     logprobs: list[list[float]] = [[] for _ in bodies]
     rows = list(range(b))  # the rows still decoding, in the order of the batch's remaining rows
     step_ids, step_pos = ids, positions
+    head = screened_head(model) if screen else None
     for _ in range(max_new_tokens):
-        out = model(input_ids=step_ids, past_key_values=cache, use_cache=True, logits_to_keep=1,
-                    attention_mask=mask, position_ids=step_pos)
-        cache = out.past_key_values
-        logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+        cache, logits = _step(model, head, input_ids=step_ids, past_key_values=cache, attention_mask=mask,
+                              position_ids=step_pos)
+        logp = torch.log_softmax(logits, dim=-1)
         tokens = torch.argmax(logp, dim=-1)
         keep = []
         for j, i in enumerate(rows):
@@ -193,6 +199,16 @@ def greedy_generate_batch(model, prefix: PrefixCache | None, bodies: list[list[i
         step_pos = step_pos[:, -1:] + 1
         mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
     return list(zip(new, logprobs))
+
+
+def _step(model, head, **inputs) -> tuple[object, torch.Tensor]:
+    """One forward pass: ``(past_key_values, [rows, vocab] float32 logits of the last position)``,
+    through ``head`` (a :class:`~odqa.lm.screened_head.ScreenedHead`) when given."""
+    if head is None:
+        out = model(**inputs, use_cache=True, logits_to_keep=1)
+        return out.past_key_values, out.logits[:, -1].float()
+    out = model.base_model(**inputs, use_cache=True)
+    return out.past_key_values, head(out.last_hidden_state[:, -1])
 
 
 def strip_stops(ids: list[int], stops: list[int], pad_id: int | None) -> list[int]:

@@ -109,7 +109,7 @@ def test_neural_pass_two_receives_exactly_the_connector_output(tiny_lm, soft_pro
     model, tok = reader._backbone.model, reader._backbone.tokenizer
     query = "Who painted the Mona Lisa?"
     calls = []
-    hook = model.register_forward_pre_hook(
+    hook = model.base_model.register_forward_pre_hook(  # the decoder: greedy decoding runs its own head after it
         lambda mod, args, kwargs: calls.append(kwargs.get("inputs_embeds")), with_kwargs=True)
     try:
         answer = reader.run(query=query)["answers"][0]

@@ -70,22 +70,25 @@ CASES = [(t, soft, cached) for t in ("qa-completion", "span-chat", "qa") for sof
 
 @pytest.mark.parametrize("template, with_soft, with_prefix", CASES)
 def test_greedy_generate_matches_generate(backbone, model, soft, template, with_soft, with_prefix):
+    """Our loop gives generate's tokens, with the model's own head and with the screened head; the
+    own head's log-probs are generate's, the screened head's within its int8 normaliser's error."""
     sp = soft if with_soft else None
     prefix_ids, body_ids = _parts(backbone, template)
     ids = prefix_ids + body_ids
     want, want_logp = reference(model, ids, sp, 8, [])
-    if with_prefix:
-        prefix = PrefixCache.build(model, sp, prefix_ids)
-        assert prefix.length == len(prefix_ids) + (4 if with_soft else 0)
-        got, got_logp = greedy_generate(model, prefix, torch.tensor([body_ids]), 8, [])
-    elif with_soft:  # no cache: the soft prompt goes in as input embeddings
-        embeds = sp(model.get_input_embeddings()(torch.tensor([ids])))
-        got, got_logp = greedy_generate(model, None, embeds, 8, [])
-    else:
-        got, got_logp = greedy_generate(model, None, torch.tensor([ids]), 8, [])
-    assert len(want) == 8 and len(set(want)) > 2  # a run that changes token, not one token repeated
-    assert got == want
-    assert got_logp == pytest.approx(want_logp, abs=1e-4)
+    for screen in (False, True):
+        if with_prefix:
+            prefix = PrefixCache.build(model, sp, prefix_ids)
+            assert prefix.length == len(prefix_ids) + (4 if with_soft else 0)
+            got, got_logp = greedy_generate(model, prefix, torch.tensor([body_ids]), 8, [], screen=screen)
+        elif with_soft:  # no cache: the soft prompt goes in as input embeddings
+            embeds = sp(model.get_input_embeddings()(torch.tensor([ids])))
+            got, got_logp = greedy_generate(model, None, embeds, 8, [], screen=screen)
+        else:
+            got, got_logp = greedy_generate(model, None, torch.tensor([ids]), 8, [], screen=screen)
+        assert len(want) == 8 and len(set(want)) > 2  # a run that changes token, not one token repeated
+        assert got == want
+        assert got_logp == pytest.approx(want_logp, abs=2e-3 if screen else 1e-4)
 
 
 @pytest.mark.parametrize("with_soft", [False, True])
@@ -100,7 +103,7 @@ def test_stops_where_generate_stops(backbone, model, soft, with_soft):
                                     [stop, backbone.tokenizer.eos_token_id])
     assert got == want == free[: free.index(stop) + 1]
     assert 2 < len(got) < 8
-    assert got_logp == pytest.approx(want_logp, abs=1e-4)
+    assert got_logp == pytest.approx(want_logp, abs=2e-3)
 
 
 def test_prefix_cache_is_not_changed_by_decoding(backbone, model, soft):
@@ -193,10 +196,10 @@ def test_a_finished_row_leaves_the_batch(backbone, model, soft, monkeypatch):
     free = [greedy_generate(model, prefix, torch.tensor([b]), 8, [])[0] for b in bodies]
     stop = free[0][1]  # row 0 stops at its second token
     rows_per_step = []
-    forward = type(model).forward
-    monkeypatch.setattr(type(model), "forward",
-                        lambda self, input_ids=None, **kw: rows_per_step.append(input_ids.shape[0]) or
-                        forward(self, input_ids=input_ids, **kw))
+    decoder = type(model.base_model)
+    forward = decoder.forward
+    monkeypatch.setattr(decoder, "forward", lambda self, input_ids=None, **kw: rows_per_step.append(input_ids.shape[0])
+                        or forward(self, input_ids=input_ids, **kw))
     together = greedy_generate_batch(model, prefix, bodies, 8, [stop])
     assert together[0][0] == free[0][:2]
     still = [row for row in free if stop not in row[:2]]  # rows not done after step 2

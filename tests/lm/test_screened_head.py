@@ -1,0 +1,66 @@
+"""odqa.lm.screened_head: int8-screened output head whose argmax is the float head's."""
+
+from __future__ import annotations
+
+import torch
+
+from odqa.lm.quantization import Int8Linear
+from odqa.lm.screened_head import ScreenedHead, screened_head
+
+
+def _head(vocab=5000, dim=64, bias=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    head = torch.nn.Linear(dim, vocab, bias=bias)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(vocab, dim, generator=g) * 0.05)
+        if bias:
+            head.bias.copy_(torch.randn(vocab, generator=g) * 0.1)
+    return head, torch.randn(32, dim, generator=g) * 3
+
+
+def test_argmax_and_candidates_are_the_float_heads():
+    for bias in (False, True):
+        head, hidden = _head(bias=bias)
+        screened = ScreenedHead(head, candidates=16)
+        want = head(hidden)
+        got = screened(hidden)
+        assert torch.equal(got.argmax(dim=1), want.argmax(dim=1))
+        top = want.topk(4, dim=1).indices  # the best few are candidates, so exact
+        assert torch.allclose(got.gather(1, top), want.gather(1, top), atol=1e-5)
+        approx, bound = screened.screen(hidden)
+        assert ((approx - want).abs() <= bound).all()  # the bound the proof rests on holds
+        assert ((got - want).abs() <= bound).all() and (got - want).abs().max() > 1e-4  # the rest: int8 logits
+        assert screened.fallbacks == 0
+
+
+def test_a_tie_it_cannot_prove_is_computed_in_float():
+    head, hidden = _head(vocab=300)
+    with torch.no_grad():  # tokens 7 and 8 share a row, so no bound separates them; both win for row 0
+        head.weight[8] = head.weight[7]
+        hidden[0] = head.weight[7] * 50
+    screened = ScreenedHead(head, candidates=1)
+    got = screened(hidden)
+    assert screened.fallbacks >= 1
+    assert torch.allclose(got[0], head(hidden[:1])[0], atol=1e-5)  # the whole row is the float head's
+    assert torch.equal(got.argmax(dim=1), head(hidden).argmax(dim=1))
+
+
+def test_soft_capped_logits():
+    head, hidden = _head()
+    got = ScreenedHead(head, softcap=3.0)(hidden)
+    want = torch.tanh(head(hidden) / 3.0) * 3.0
+    assert got.abs().max() <= 3.0
+    assert torch.equal(got.argmax(dim=1), want.argmax(dim=1))
+
+
+def test_one_per_head_table_and_none_where_it_does_not_apply(tiny_lm):
+    from transformers import AutoModelForCausalLM
+
+    from odqa.lm.quantization import quantized_copy
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm).eval()
+    twin = quantized_copy(model)  # keeps lm_head float, sharing its table
+    assert screened_head(model) is screened_head(twin) is not None
+    twin.lm_head = Int8Linear(model.lm_head)
+    assert screened_head(twin) is None
+    assert screened_head(torch.nn.Module()) is None
