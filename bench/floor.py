@@ -12,7 +12,8 @@
    decoding bytes / the measured bandwidth, in seconds per answer, beside the reader's median
    time as a ratio of it. A reader with ``quantize: int8`` is also held to the floor of the
    precision it runs in: its int8 layers at the int8 rate and one byte per weight, the rest at
-   float32's.
+   float32's. Greedy decoding's int8-screened output head (:mod:`odqa.lm.screened_head`) counts
+   so too, for every reader that runs it.
 
     python bench/floor.py --pipeline pipelines/frozen_reader.yml --questions trivia-wiki:dev --limit 20
 """
@@ -32,6 +33,7 @@ from _report import command, publish  # bench/_report.py (scripts run as python 
 from odqa.data.questions import dedup, load_questions
 from odqa.lm.prompting import encode_prefix, get_template
 from odqa.lm.quantization import Int8Linear
+from odqa.lm.screened_head import screened_head
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -117,7 +119,10 @@ def main() -> int:
     kv_dim = getattr(cfg, "num_key_value_heads", cfg.num_attention_heads) * getattr(
         cfg, "head_dim", d // cfg.num_attention_heads)
     bytes_per = next(model.parameters()).element_size()
-    head_bytes = 1 if isinstance(head_layer, Int8Linear) else bytes_per
+    # greedy decoding reads a float head through its int8 screen (odqa/lm/screened_head.py): a byte per
+    # weight, at the int8 rate; the 64 candidates it recomputes in float are left out (0.02% of the head)
+    screened = screened_head(model) is not None
+    head_bytes = 1 if isinstance(head_layer, Int8Linear) or screened else bytes_per
     rows = max(1, int(statistics.median(bodies)))
     seconds = matmul_seconds(shapes, rows)
     fp32, int8 = matmul_throughput(seconds, shapes, rows)
@@ -139,13 +144,17 @@ def main() -> int:
         int8_floors.append(prefill / int8 + sum((weights + head) + kv(prefix + body + s) for s in range(1, n_new))
                            / bandwidth)
         # as it runs: the int8 layers at the int8 rate and a byte per weight, the rest in float32
-        rest = 2 * (weights - weights8) * body + attention + 2 * head
+        rest = 2 * (weights - weights8) * body + attention + (0 if screened else 2 * head)
         step_bytes = weights8 + (weights - weights8) * bytes_per + head * head_bytes
         as_run.append((2 * weights8 * body / int8_own if weights8 else 0.0) + rest / fp32_rest
+                      + (2 * head / int8 if screened else 0.0)
                       + sum(step_bytes + kv(prefix + body + s) for s in range(1, n_new)) / bandwidth)
     floor, floor8, floor_run = statistics.median(floors), statistics.median(int8_floors), statistics.median(as_run)
     precision = (f"int8 for {weights8 / 1e6:.1f}M of {weights / 1e6:.1f}M decoder weights"
-                 f"{' and the LM head' if head_bytes == 1 else ''}, the rest float32" if weights8 else "float32")
+                 f"{' and the LM head' if isinstance(head_layer, Int8Linear) else ''}, the rest float32"
+                 if weights8 else "float32")
+    if screened:
+        precision += ", the LM head screened in int8"
     lines = [
         f"# The reader against this machine's limit: `{Path(args.pipeline).name}`", "",
         f"Command: `{command()}`  ",
