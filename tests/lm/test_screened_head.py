@@ -64,3 +64,28 @@ def test_one_per_head_table_and_none_where_it_does_not_apply(tiny_lm):
     twin.lm_head = Int8Linear(model.lm_head)
     assert screened_head(twin) is None
     assert screened_head(torch.nn.Module()) is None
+
+
+def test_tables_are_cached_beside_odqa_home_and_rebuilt_when_unreadable(tiny_lm, tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    from odqa.lm import screened_head as module
+
+    monkeypatch.setenv("ODQA_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(module, "_HEADS", {})
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm).eval()
+    built = screened_head(model)
+    [cached] = (tmp_path / "home" / "screened-heads").glob("*.safetensors")
+    monkeypatch.setattr(module, "_HEADS", {})
+    again = AutoModelForCausalLM.from_pretrained(tiny_lm).eval()
+    reread = screened_head(again)
+    assert reread is not built and all(torch.equal(a, b) for a, b in zip(reread.tables().values(),
+                                                                            built.tables().values()))
+    hidden = torch.randn(3, model.config.hidden_size)
+    assert torch.equal(reread(hidden).argmax(1), again.lm_head(hidden).argmax(1))
+    cached.write_bytes(b"cut short")  # an unreadable cache is built again, and rewritten
+    monkeypatch.setattr(module, "_HEADS", {})
+    assert torch.equal(screened_head(again).weight_q, built.weight_q)
+    assert module._read(cached) is not None
+    monkeypatch.setattr(module, "_HEADS", {})
+    assert module._cache_file(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)) is None  # not loaded from files
