@@ -141,8 +141,8 @@ def screened_head(model) -> ScreenedHead | None:
 
 def _cache_file(model, head: torch.nn.Linear) -> Path | None:
     """Where this head's int8 tables are cached: named by the model files' names, sizes and
-    modification times, and the head's shape and dtype; ``None`` for a model not loaded from a
-    local directory of safetensors."""
+    modification times, the head's shape and dtype, and a hash of 512 of its rows, evenly spaced;
+    ``None`` for a model not loaded from a local directory of safetensors."""
     from odqa.resources import odqa_home
 
     source = Path(str(getattr(model, "name_or_path", "") or ""))
@@ -150,7 +150,12 @@ def _cache_file(model, head: torch.nn.Linear) -> Path | None:
     if not files:
         return None
     stamp = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
-    what = json.dumps([CACHE_VERSION, str(source.resolve()), stamp, list(head.weight.shape), str(head.weight.dtype)])
+    # and a sample of the table itself (512 rows): a model built from that directory's config with
+    # other weights, or changed after loading, names another file
+    weight = head.weight.detach()
+    sample = weight[:: max(1, weight.shape[0] // 512)].float().contiguous().numpy().tobytes()
+    what = json.dumps([CACHE_VERSION, str(source.resolve()), stamp, list(weight.shape), str(weight.dtype),
+                       hashlib.sha256(sample).hexdigest()])
     return odqa_home() / "screened-heads" / f"{hashlib.sha256(what.encode()).hexdigest()[:32]}.safetensors"
 
 

@@ -89,3 +89,7 @@ def test_tables_are_cached_beside_odqa_home_and_rebuilt_when_unreadable(tiny_lm,
     assert module._read(cached) is not None
     monkeypatch.setattr(module, "_HEADS", {})
     assert module._cache_file(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)) is None  # not loaded from files
+    other = type(model)(model.config)  # the same directory's config, other weights: another cache file
+    assert other.name_or_path == model.name_or_path
+    assert module._cache_file(other, other.lm_head) != module._cache_file(model, model.lm_head)
+    assert torch.equal(screened_head(other).weight_q, ScreenedHead(other.lm_head).weight_q)
