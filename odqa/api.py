@@ -1,9 +1,11 @@
 """The Python API: ``odqa.load(pipeline_yaml) -> QA``; ``QA.ask(q)`` / ``QA.ask_many(qs)``.
 
 Pipeline files are Haystack YAML. Relative paths in them (``index_dir``,
-``soft_prompt``, the recursive readers' ``first_prompt``/``second_prompt``/``recursion``, and
-``model``/``encoder`` values starting with ``./`` or ``../``) are resolved against the YAML
-file's own directory, so a pipeline runs from any working directory.
+``soft_prompt``, the recursive readers' ``first_prompt``/``second_prompt``/``recursion``, a
+document store's ``path`` (Qdrant's local mode), and ``model``/``encoder`` values starting with
+``./`` or ``../``) are resolved against the YAML file's own directory, so a pipeline runs from
+any working directory; so are those of a component's nested objects (a retriever's
+``document_store``).
 
 A pipeline file is data, not code: it is checked before anything it names is imported. Files
 over :data:`MAX_PIPELINE_BYTES`, YAML anchors and aliases (the "billion laughs" expansion) and
@@ -29,12 +31,15 @@ from haystack.dataclasses import GeneratedAnswer
 from haystack.core.errors import PipelineRuntimeError
 
 from odqa.components._common import check_question
-from odqa.errors import (BadQuestionError, MalformedYAMLError, OdqaError, PipelineConfigError, UnknownComponentError,
-                         UnsafePipelineError, from_os_error)
+from odqa.errors import (BadQuestionError, IndexError_, IndexNotFoundError, MalformedYAMLError, OdqaError,
+                         PipelineConfigError, UnknownComponentError, UnsafePipelineError, from_os_error)
 
-PATH_PARAMS = {"index_dir", "soft_prompt", "first_prompt", "second_prompt", "recursion", "artifact"}
+PATH_PARAMS = {"index_dir", "soft_prompt", "first_prompt", "second_prompt", "recursion", "artifact", "path"}
 MAYBE_PATH_PARAMS = {"model", "encoder", "query_encoder"}
 ALLOWED_MODULES = ("odqa", "haystack", "haystack_integrations")  # a type's module is one of these or inside one
+# the same modules as Haystack's deserialization allowlist (``allowed_modules``): odqa's own string check
+# runs first, on the file; Haystack's on every class it then imports
+HAYSTACK_ALLOWED = tuple(f"{m}.*" for m in ALLOWED_MODULES)
 MAX_PIPELINE_BYTES = 1 << 20
 MAX_YAML_DEPTH = 64
 
@@ -122,12 +127,17 @@ def _install_timer() -> None:
 # --- loading ------------------------------------------------------------------------------
 def _resolve_paths(data: dict, base: Path) -> None:
     for comp in (data.get("components") or {}).values():
-        params = comp.get("init_parameters") or {}
-        for key, value in list(params.items()):
-            if not isinstance(value, str) or Path(value).is_absolute():
-                continue
-            if key in PATH_PARAMS or (key in MAYBE_PATH_PARAMS and value.startswith(("./", "../"))):
-                params[key] = str((base / value).resolve())
+        _resolve_params(comp.get("init_parameters") or {}, base)
+
+
+def _resolve_params(params: dict, base: Path) -> None:
+    for key, value in list(params.items()):
+        if isinstance(value, dict) and isinstance(value.get("init_parameters"), dict):  # e.g. a document store
+            _resolve_params(value["init_parameters"], base)
+        if not isinstance(value, str) or Path(value).is_absolute():
+            continue
+        if key in PATH_PARAMS or (key in MAYBE_PATH_PARAMS and value.startswith(("./", "../"))):
+            params[key] = str((base / value).resolve())
 
 
 def allowed_type(type_name: str) -> bool:
@@ -159,9 +169,11 @@ def _check_types(data: dict, source: str) -> None:
         except ImportError:
             found = None
         if not isinstance(found, type):
+            integration = ("; it is a Haystack integration's: install its package (Qdrant's with "
+                           "pip install -e '.[qdrant]')" if module.startswith("haystack_integrations.") else "")
             raise UnknownComponentError(
-                f"{source}: component '{name}' has unknown type '{comp['type']}'; use an odqa component "
-                "(e.g. odqa.components.retrievers.BM25Retriever) or an importable Haystack component"
+                f"{source}: component '{name}' has unknown type '{comp['type']}'{integration}; use an odqa "
+                "component (e.g. odqa.components.retrievers.BM25Retriever) or an importable Haystack component"
             )
 
 
@@ -230,6 +242,12 @@ def _one_line(e: Exception) -> str:
     return " ".join(part.strip() for part in text.splitlines() if part.strip()) or type(e).__name__
 
 
+def pipeline_from_dict(data: dict) -> Pipeline:
+    """``Pipeline.from_dict`` with the modules a pipeline may use (:data:`HAYSTACK_ALLOWED`): the one
+    way odqa builds a pipeline from data, whether from a file or a copy of a loaded one."""
+    return Pipeline.from_dict(data, allowed_modules=list(HAYSTACK_ALLOWED))
+
+
 def load_pipeline(path: str | Path) -> Pipeline:
     """Read a pipeline YAML file into a Haystack :class:`Pipeline`, with odqa's checks and errors."""
     path = Path(path)
@@ -260,7 +278,7 @@ def load_pipeline(path: str | Path) -> Pipeline:
     _check_connections(data.get("connections", []), str(path))
     _resolve_paths(data, path.parent)
     try:
-        return Pipeline.from_dict(data, allowed_modules=["odqa.*"])
+        return pipeline_from_dict(data)
     except OdqaError:
         raise
     except Exception as e:  # noqa: BLE001 - Haystack raises several types here; name the file
@@ -295,6 +313,34 @@ def _check_in_step(packer, reader, source: str) -> None:
         raise PipelineConfigError(f"{source}: the packer and the reader disagree ({detail}); set them to the same values")
 
 
+def _store_where(store) -> str:
+    """A document store named by its type and where it is (``path``/``url``/``index``, as it has them)."""
+    where = [f"{key} '{getattr(store, key)}'" for key in ("path", "url", "index") if getattr(store, key, None)]
+    return ", ".join([type(store).__name__, *where])
+
+
+def _check_stores(pipeline: Pipeline, source: str) -> None:
+    """Every document store the pipeline's stages search opens and holds documents: a missing one
+    (Qdrant creates an empty collection on first use) would leave those stages finding nothing,
+    and the answer would come from the other stages alone."""
+    for name, instance in pipeline.walk():
+        # Haystack's own retrievers keep their store as ``document_store``, the integrations' as ``_document_store``
+        store = getattr(instance, "document_store", None) or getattr(instance, "_document_store", None)
+        if not callable(getattr(store, "count_documents", None)):
+            continue
+        try:
+            count = store.count_documents()
+        except Exception as e:  # noqa: BLE001 - each store raises its own types; name the stage and the store
+            raise IndexError_(f"{source}: component '{name}' cannot open its document store ({_store_where(store)}): "
+                              f"{_one_line(e).rstrip('.')}; check the store's settings in the pipeline file (for "
+                              "Qdrant: path, or url and the key in $QDRANT_API_KEY)") from e
+        if count == 0:
+            raise IndexNotFoundError(
+                f"{source}: component '{name}' searches an empty document store ({_store_where(store)}); fill it "
+                "first, for an odqa index in Qdrant: odqa index export --to qdrant --index INDEX_DIR --path DIR "
+                "(or --url URL), see pipelines/README.md")
+
+
 def _timed_run(pipeline: Pipeline, inputs: dict, include: set[str]) -> tuple[dict, dict[str, float]]:
     """``pipeline.run`` with each stage's seconds and the ``total`` recorded; a component's own
     error comes out unwrapped, as the :class:`~odqa.errors.OdqaError` it raised."""
@@ -326,13 +372,15 @@ class _Given:
 
 
 class QA:
-    """A loaded pipeline that answers questions."""
+    """A loaded pipeline that answers questions. :meth:`close` (or a ``with`` block) releases what its
+    stages hold open, such as a Qdrant local store's lock on its directory."""
 
     def __init__(self, pipeline: Pipeline, source: str = "<pipeline>"):
         self.pipeline = pipeline
         self.source = source
         self._upstream_pipeline: Pipeline | None = None  # the stages before the reader, for batches
         self._fed: tuple[Pipeline, dict[str, _Given]] | None = None  # the same, its retrievers batched
+        self._stores_checked = False
         # the reader is the stage that writes answers, the packer the one that reports what it cut:
         # found by their output sockets, so any component with those outputs takes the part
         readers = [n for n, _ in pipeline.walk() if _socket_type(pipeline, n, "answers") == list[GeneratedAnswer]]
@@ -352,10 +400,24 @@ class QA:
         return cls(load_pipeline(path), str(path))
 
     def warm_up(self) -> None:
+        if not self._stores_checked:  # first: seconds before the models would load
+            _check_stores(self.pipeline, self.source)
+            self._stores_checked = True
         try:
             self.pipeline.warm_up()
         except PipelineRuntimeError as e:
             raise unwrap_error(e) from None
+
+    def close(self) -> None:
+        """Release the stages' open resources (Haystack's ``Pipeline.close``: a document store's client;
+        Qdrant's local mode lets one client at a time use its directory). A later question reopens them."""
+        self.pipeline.close()
+
+    def __enter__(self) -> "QA":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def ask(self, question: str, task: str | None = None) -> Answer:
         """Answer one question. Raises :class:`~odqa.errors.OdqaError` subclasses on bad input.
@@ -413,7 +475,7 @@ class QA:
             data["components"].pop(self.reader)
             data["connections"] = [c for c in data["connections"] if self.reader not in
                                    (c["sender"].split(".")[0], c["receiver"].split(".")[0])]
-            upstream = Pipeline.from_dict(data, allowed_modules=["odqa.*"])  # built cheaply: components load in warm_up
+            upstream = pipeline_from_dict(data)  # built cheaply: components load in warm_up
             for name in upstream.graph.nodes:
                 upstream.graph.nodes[name]["instance"] = self.pipeline.get_component(name)
             self._upstream_pipeline = upstream
@@ -427,7 +489,7 @@ class QA:
             upstream = self._upstream()
             batched = {n for n in upstream.graph.nodes if not list(upstream.graph.in_edges(n))
                        and callable(getattr(upstream.get_component(n), "run_batch", None))}
-            fed = Pipeline.from_dict(upstream.to_dict(), allowed_modules=["odqa.*"])
+            fed = pipeline_from_dict(upstream.to_dict())
             given = {n: _Given(upstream.get_component(n)) for n in batched}
             for name in fed.graph.nodes:
                 fed.graph.nodes[name]["instance"] = given.get(name) or upstream.get_component(name)

@@ -36,11 +36,11 @@ class SentenceTransformerEncoder:
     kind = "sentence-transformers"
     normalize = True
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, device: str = "cpu"):
         from sentence_transformers import SentenceTransformer
 
         self.name = name
-        self.model = SentenceTransformer(resolve_model(name).path, device="cpu")
+        self.model = SentenceTransformer(resolve_model(name).path, device=device)
         get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dim = int(get_dim())
 
@@ -64,7 +64,7 @@ class DPREncoder:
     kind = "dpr"
     normalize = False
 
-    def __init__(self, name: str, query_name: str | None = None):
+    def __init__(self, name: str, query_name: str | None = None, device: str = "cpu"):
         import torch
         from transformers import AutoTokenizer, DPRContextEncoder, DPRQuestionEncoder
 
@@ -78,18 +78,19 @@ class DPREncoder:
         ctx_path, q_path = resolve_model(name).path, resolve_model(self.query_name).path
         self._torch = torch
         self.ctx_tok = AutoTokenizer.from_pretrained(ctx_path)
-        self.ctx = DPRContextEncoder.from_pretrained(ctx_path).eval()
+        self.ctx = DPRContextEncoder.from_pretrained(ctx_path).eval().to(device)
         self.q_tok = AutoTokenizer.from_pretrained(q_path)
-        self.q = DPRQuestionEncoder.from_pretrained(q_path).eval()
+        self.q = DPRQuestionEncoder.from_pretrained(q_path).eval().to(device)
+        self.device = device
         self.dim = int(self.ctx.config.projection_dim or self.ctx.config.hidden_size)
 
     def _run(self, model, tok, first, second, batch_size):
         out = []
         for i in range(0, len(first), batch_size):
             args = (first[i : i + batch_size],) + ((second[i : i + batch_size],) if second else ())
-            enc = tok(*args, padding=True, truncation=True, max_length=256, return_tensors="pt")
+            enc = tok(*args, padding=True, truncation=True, max_length=256, return_tensors="pt").to(self.device)
             with self._torch.inference_mode():
-                out.append(model(**enc).pooler_output.float().numpy())
+                out.append(model(**enc).pooler_output.float().cpu().numpy())
         return np.ascontiguousarray(np.concatenate(out), dtype=np.float32)
 
     def encode_passages(self, titles: list[str], texts: list[str], batch_size: int = 32) -> np.ndarray:
@@ -100,12 +101,13 @@ class DPREncoder:
 
 
 @lru_cache(maxsize=4)
-def load_encoder(name: str, query_name: str | None = None):
-    """Load (once per process) the encoder named by a bundled name, local path or HF id."""
+def load_encoder(name: str, query_name: str | None = None, device: str = "cpu"):
+    """Load (once per process) the encoder named by a bundled name, local path or HF id, on
+    ``device`` (``cuda`` in a Ray encoder that holds GPUs)."""
     ref = resolve_model(name)
     if _is_dpr(ref.path, name):
-        return DPREncoder(name, query_name)
-    return SentenceTransformerEncoder(name)
+        return DPREncoder(name, query_name, device)
+    return SentenceTransformerEncoder(name, device)
 
 
 def probe_embedding(encoder) -> np.ndarray:

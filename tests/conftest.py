@@ -391,6 +391,23 @@ def flat_index(tmp_path_factory, corpus_jsonl, st_encoder) -> str:
     return str(out)
 
 
+@pytest.fixture(scope="session")
+def typed_index(tmp_path_factory, corpus_jsonl, st_encoder, flat_index):
+    """``typed_index(kind) -> dir``: the tiny corpus indexed with FAISS type ``kind`` (one of
+    ``odqa.index.FAISS_TYPES``), built once per session. Read-only, like ``flat_index``."""
+    from odqa.index import build_index
+
+    built = {"flat": flat_index}
+
+    def get(kind: str) -> str:
+        if kind not in built:
+            out = tmp_path_factory.mktemp("indexes") / f"tiny-{kind}"
+            built[kind] = str(build_index(corpus_jsonl, out, encoder=st_encoder, faiss_type=kind, progress=False))
+        return built[kind]
+
+    return get
+
+
 @pytest.fixture
 def copy_index(tmp_path, flat_index):
     """Return a fresh copy of the flat index under ``tmp_path`` (a new path, so no process cache hits)."""

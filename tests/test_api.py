@@ -320,6 +320,16 @@ def test_unknown_component(tmp_path, pipeline_yaml):
     assert "odqa.components.retrievers.NoSuchRetriever" in str(e.value) and "'bm25'" in str(e.value)
 
 
+def test_uninstalled_integration_says_what_to_install(tmp_path, pipeline_yaml):
+    data = yaml.safe_load(pipeline_yaml.read_text())
+    data["components"]["bm25"]["type"] = "haystack_integrations.components.retrievers.nosuch.NoSuchRetriever"
+    path = tmp_path / "p.yml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    with pytest.raises(UnknownComponentError, match=r"'bm25' has unknown type 'haystack_integrations\..*Retriever'; "
+                                                    r"it is a Haystack integration's: install its package"):
+        load_pipeline(path)
+
+
 # --- a pipeline file is data: nothing it names runs before it is checked ------------------------
 def _with_type(tmp_path, pipeline_yaml, type_) -> Path:
     data = yaml.safe_load(pipeline_yaml.read_text())

@@ -123,6 +123,17 @@ def test_missing_index(capsys, tmp_path, write_pipeline):
     assert "no-index" in line
 
 
+def test_a_search_knob_the_index_lacks(capsys, tmp_path, write_pipeline):
+    import yaml
+
+    path = write_pipeline(tmp_path)
+    data = yaml.safe_load(path.read_text())
+    data["components"]["dense"]["init_parameters"]["nprobe"] = 8
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    line = assert_one_error_line(capsys, main(["run", str(path), "--question", "Who wrote Hamlet?"]))
+    assert "nprobe=8 is set, but index" in line and "has FAISS type 'flat'" in line and "remove nprobe" in line
+
+
 def test_index_with_another_encoder(capsys, tmp_path, write_pipeline, st_encoder_other, quiet_loading):
     path = write_pipeline(tmp_path, encoder=st_encoder_other)
     line = assert_one_error_line(capsys, main(["run", str(path), "--question", "Who wrote Hamlet?"]))
@@ -196,6 +207,21 @@ def test_index_build_missing_corpus_and_existing_out(capsys, tmp_path, st_encode
     assert "none.jsonl" in assert_one_error_line(capsys, code)
     code = main(["index", "build", "--corpus", corpus_jsonl, "--out", flat_index, "--encoder", st_encoder])
     assert "--force" in assert_one_error_line(capsys, code)
+
+
+def test_index_build_faiss_types_and_pq_m(capsys, tmp_path, st_encoder, corpus_jsonl):
+    from odqa.index import FAISS_TYPES
+
+    build = ["index", "build", "--corpus", corpus_jsonl, "--encoder", st_encoder, "--limit", "5"]
+    code = main([*build, "--out", str(tmp_path / "pq"), "--faiss", "ivfpq", "--pq-m", "5"])
+    assert "--pq-m 5 does not divide the encoder's dimension 32" in assert_one_error_line(capsys, code)
+    code = main([*build, "--out", str(tmp_path / "flat"), "--faiss", "flat", "--pq-m", "8"])
+    assert "--pq-m 8 applies only to --faiss ivfpq" in assert_one_error_line(capsys, code)
+    with pytest.raises(SystemExit):  # argparse: the choices are odqa.index.FAISS_TYPES
+        main([*build, "--out", str(tmp_path / "x"), "--faiss", "pq"])
+    assert ", ".join(f"'{t}'" for t in FAISS_TYPES) in capsys.readouterr().err
+    assert main([*build, "--out", str(tmp_path / "sq8"), "--faiss", "hnsw-sq8"]) == 0
+    assert "faiss hnsw-sq8" in capsys.readouterr().out
 
 
 def test_debug_shows_the_exception(capsys, warm):
@@ -435,6 +461,7 @@ def test_eval_retrieval_missing_file(capsys, tmp_path):
     (["eval", "retrieval"], "takes its file as --results FILE"),
     (["eval", "retrieval", "--results", "x.json", "--k", "1,five"], "--k '1,five'"),
     (["eval", "merge", "a", "b"], "odqa eval needs --out"),
+    (["eval", "merge", "a", "--out", "o"], "unknown eval action 'merge'"),  # the old shard merge is gone
     (["eval", "--pipeline", "p.yml", "--questions", "q.jsonl"], "odqa eval needs --out"),
     (["eval", "merge", "a", "--out", "o", "--results", "x.json"], "belong to `odqa eval retrieval"),
 ])

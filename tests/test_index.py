@@ -1,9 +1,11 @@
-"""odqa.index and odqa.encoders: building (flat, ivf, hnsw; sentence-transformers and DPR),
-the manifest, atomic and resumable builds, and the errors on opening a bad index."""
+"""odqa.index and odqa.encoders: building (flat, ivf, ivfpq, hnsw, hnsw-sq8; sentence-transformers and
+DPR), the manifest, atomic and resumable builds, memory-mapped loading, search parameters, and the
+errors on opening a bad index."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -19,7 +21,8 @@ from odqa.data.corpus import corpus_hash, read_corpus
 from odqa.encoders import DPREncoder, SentenceTransformerEncoder, load_encoder
 from odqa.errors import (IndexCorruptError, IndexMismatchError, IndexNotFoundError, OdqaError, OutputExistsError,
                          OutputLockedError)
-from odqa.index import BM25Config, SearchIndex, build_index, open_index
+from odqa.index import (FAISS_TYPES, BM25Config, SearchIndex, build_index, make_faiss, open_index,
+                        set_search_defaults)
 
 from conftest import CORPUS, HIDDEN
 
@@ -103,8 +106,8 @@ def test_build_is_atomic_and_needs_force(flat_index, tmp_path, corpus_jsonl, st_
 
 
 @pytest.mark.parametrize("kind, param", [("ivf", "nlist"), ("hnsw", "efSearch")])
-def test_build_ivf_and_hnsw(tmp_path, corpus_jsonl, st_encoder, kind, param):
-    out = build_index(corpus_jsonl, tmp_path / kind, encoder=st_encoder, faiss_type=kind, progress=False)
+def test_build_ivf_and_hnsw(typed_index, st_encoder, kind, param):
+    out = Path(typed_index(kind))
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["faiss"]["type"] == kind and param in manifest["faiss"]
     index = open_index(out)
@@ -121,6 +124,108 @@ def test_build_ivf_and_hnsw(tmp_path, corpus_jsonl, st_encoder, kind, param):
     ids = [index.passages[i].id for i in (11, 3)]
     assert np.allclose(index.vectors(ids), enc.encode_passages(
         [index.passages[i].title for i in (11, 3)], [index.passages[i].text for i in (11, 3)]), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind, params", [
+    ("ivfpq", {"nlist": 1, "nprobe": 1, "pq_m": HIDDEN // 4, "pq_nbits": 4, "train_size": len(CORPUS),
+               "train_seed": 0}),  # 30 training vectors: 16 centroids per sub-quantizer, not 256
+    ("hnsw-sq8", {"M": 32, "efConstruction": 80, "efSearch": 128, "sq": "8bit", "train_size": len(CORPUS),
+                  "train_seed": 0}),
+])
+def test_build_compressed_types(typed_index, st_encoder, kind, params):
+    index = open_index(typed_index(kind))
+    assert index.manifest["faiss"] == {"type": kind, "metric": "inner_product", **params}
+    enc = load_encoder(st_encoder)
+    emb = enc.encode_passages([p.title for p in index.passages], [p.text for p in index.passages])
+    scores, rows = index.dense().search(emb, 5)
+    assert (rows >= 0).all()
+    # approximate scores: close to the exact inner products of the same passages...
+    exact = np.take_along_axis(emb @ emb.T, rows, axis=1)
+    assert np.abs(scores - exact).max() < 0.05
+    # ...and exactly the inner products with the decoded vectors, which vectors() returns
+    ids = [index.passages[i].id for i in range(len(CORPUS))]
+    decoded = index.vectors(ids)
+    assert np.allclose(scores, np.einsum("qd,qkd->qk", emb, decoded[rows]), atol=1e-4)
+    cosine = (decoded * emb).sum(1) / np.linalg.norm(decoded, axis=1) / np.linalg.norm(emb, axis=1)
+    assert cosine.min() > (0.98 if kind == "ivfpq" else 0.9999)
+
+
+@pytest.mark.parametrize("kind, overlap", [("ivf", 0.9), ("ivfpq", 0.6), ("hnsw", 0.95), ("hnsw-sq8", 0.95)])
+def test_each_type_finds_near_neighbours(kind, overlap):
+    # 1,000 random unit vectors; the queries are noisy copies of 200 of them. At its manifest
+    # defaults each type finds the source first and most of the exact top 10.
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1000, 32)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    q = x[:200] + 0.05 * rng.standard_normal((200, 32)).astype(np.float32)
+    exact = np.argsort(-(q @ x.T), axis=1)[:, :10]
+    index, params = make_faiss(kind, x)
+    _, rows = set_search_defaults(index, {"type": kind, **params}).search(q, 10)
+    assert (rows[:, 0] == np.arange(200)).mean() >= 0.98
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(rows, exact)]) >= overlap
+
+
+@pytest.mark.parametrize("kind", FAISS_TYPES)
+def test_mmap_loading(typed_index, kind):
+    path = typed_index(kind)
+    index = SearchIndex.open(path)  # its own object: nothing loaded yet
+    mapped = index.dense(mmap=True)
+    assert index.dense(mmap=True) is mapped  # read once
+    maps = Path("/proc/self/maps")
+    if maps.exists():  # Linux: the file is mapped into this process, not copied
+        assert os.path.realpath(Path(path) / "dense.faiss") in maps.read_text()
+    ids = [p.id for p in index.passages]
+    vectors = index.vectors(ids)  # from the mapped index (IVF types: their direct map built on it)
+    assert vectors.shape == (len(CORPUS), HIDDEN)
+    plain = SearchIndex.open(path)
+    assert np.array_equal(plain.vectors(ids), vectors)
+    for a, b in zip(mapped.search(vectors[:6], 5), plain.dense().search(vectors[:6], 5)):
+        assert np.array_equal(a, b)
+
+
+def test_mmap_falls_back_to_a_plain_read(typed_index, monkeypatch, caplog):
+    import faiss
+
+    real = faiss.read_index
+
+    def no_mmap(path, flags=0):
+        if flags:
+            raise RuntimeError("Error in read_index: mmap not supported here")
+        return real(path)
+
+    monkeypatch.setattr(faiss, "read_index", no_mmap)
+    index = SearchIndex.open(typed_index("ivfpq"))
+    with caplog.at_level(logging.WARNING, logger="odqa.index"):
+        dense = index.dense(mmap=True)
+    assert dense.ntotal == len(CORPUS) and dense.nprobe == index.manifest["faiss"]["nprobe"]
+    assert "cannot memory-map dense.faiss (Error in read_index: mmap not supported here)" in caplog.text
+
+
+def test_search_params_override_the_manifest(typed_index):
+    ivf = open_index(typed_index("ivfpq"))
+    assert ivf.search_params() is None
+    assert ivf.search_params(nprobe=3).nprobe == 3
+    assert open_index(typed_index("hnsw-sq8")).search_params(ef_search=7).efSearch == 7
+    # the refusals, named by knob and index type, are tested through DenseRetriever (test_retrievers.py)
+
+
+def test_pq_m_sets_the_code_size(tmp_path, corpus_jsonl, st_encoder):
+    out = build_index(corpus_jsonl, tmp_path / "pq", encoder=st_encoder, faiss_type="ivfpq", pq_m=16, progress=False)
+    index = open_index(out)
+    assert index.manifest["faiss"]["pq_m"] == 16
+    assert index.dense().code_size == 16 * 4 // 8  # 16 codes of 4 bits
+
+
+@pytest.mark.parametrize("kind, pq_m, message", [
+    ("flat", 8, "--pq-m 8 applies only to --faiss ivfpq, not --faiss flat; drop --pq-m, or pass --faiss ivfpq"),
+    ("ivfpq", 0, "--pq-m 0 must be a positive integer"),
+    ("ivfpq", 5, r"--pq-m 5 does not divide the encoder's dimension 32 .*use one of \[1, 2, 4, 8, 16, 32\], or "
+                 "leave it out for 8"),
+])
+def test_bad_pq_m_is_refused(tmp_path, corpus_jsonl, st_encoder, kind, pq_m, message):
+    with pytest.raises(OdqaError, match=message):
+        build_index(corpus_jsonl, tmp_path / "x", encoder=st_encoder, faiss_type=kind, pq_m=pq_m, progress=False)
+    assert not (tmp_path / "x").exists()
 
 
 def test_vectors_by_passage_id(flat_index, st_encoder):
@@ -204,28 +309,6 @@ def test_partial_from_another_build_is_discarded(tmp_path, monkeypatch, corpus_j
     assert json.loads((out / "manifest.json").read_text())["count"] == len(CORPUS)
 
 
-def test_sharded_build_then_merge(tmp_path, monkeypatch, corpus_jsonl, st_encoder, flat_index):
-    monkeypatch.setattr(odqa.index, "CHUNK", 8)  # 30 passages -> 4 chunks
-    counting = _FlakyEncoder(load_encoder(st_encoder), fail_at=None)
-    monkeypatch.setattr(odqa.encoders, "load_encoder", lambda name, query_name=None: counting)
-    out = tmp_path / "idx"
-    partial = build_index(corpus_jsonl, out, encoder=st_encoder, progress=False, shard=1, shards=2)
-    assert partial == tmp_path / ".idx.partial" and not out.exists()
-    assert sorted(p.name for p in (partial / "emb").iterdir()) == ["00001.npy", "00003.npy"]
-    build_index(corpus_jsonl, out, encoder=st_encoder, progress=False, shard=0, shards=2)
-    assert counting.calls == 4
-    build_index(corpus_jsonl, out, encoder=st_encoder, progress=False)  # merge: nothing left to encode
-    assert counting.calls == 4
-    assert not partial.exists()
-    assert np.allclose(_vectors(out), _vectors(flat_index), atol=1e-5)
-    assert not [f for f in json.loads((out / "manifest.json").read_text())["files"] if "tmp" in f]
-
-
-def test_bad_shard_arguments(tmp_path, corpus_jsonl, st_encoder):
-    with pytest.raises(OdqaError, match="--shard must be in 0..1"):
-        build_index(corpus_jsonl, tmp_path / "idx", encoder=st_encoder, shard=2, shards=2)
-
-
 # --- what a build may replace; reproducible, locked builds -----------------------------------
 def test_force_replaces_only_an_odqa_index(tmp_path, corpus_jsonl, st_encoder):
     precious = tmp_path / "precious"
@@ -254,15 +337,17 @@ def test_a_build_while_another_runs_is_refused(tmp_path, corpus_jsonl, st_encode
 
 
 def test_two_clean_builds_are_byte_identical(tmp_path, corpus_jsonl, st_encoder):
-    # separate processes with different string-hash seeds: bm25s numbered its vocabulary in set order
+    # two processes with different string-hash seeds (bm25s numbered its vocabulary in set order),
+    # each building every FAISS type
     code = ("import sys; from odqa.index import build_index; "
-            "build_index(sys.argv[1], sys.argv[2], encoder=sys.argv[3], faiss_type=sys.argv[4], progress=False)")
-    for kind in ("flat", "ivf"):
-        outs = [tmp_path / f"{kind}{seed}" for seed in (1, 2)]
-        for seed, out in zip((1, 2), outs):
-            env = {**os.environ, "PYTHONHASHSEED": str(seed)}
-            subprocess.run([sys.executable, "-c", code, corpus_jsonl, str(out), st_encoder, kind], env=env,
-                           check=True, cwd=Path(__file__).resolve().parent.parent)
+            "[build_index(sys.argv[1], f'{sys.argv[2]}/{kind}', encoder=sys.argv[3], faiss_type=kind, progress=False) "
+            "for kind in sys.argv[4].split(',')]")
+    for seed in (1, 2):
+        env = {**os.environ, "PYTHONHASHSEED": str(seed)}
+        subprocess.run([sys.executable, "-c", code, corpus_jsonl, str(tmp_path / f"seed{seed}"), st_encoder,
+                        ",".join(FAISS_TYPES)], env=env, check=True, cwd=Path(__file__).resolve().parent.parent)
+    for kind in FAISS_TYPES:
+        outs = [tmp_path / f"seed{seed}" / kind for seed in (1, 2)]
         files = [sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) for out in outs]
         assert files[0] == files[1] and "bm25/vocab.index.json" in files[0]
         for rel in files[0]:

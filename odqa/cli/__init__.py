@@ -1,11 +1,14 @@
 """The ``odqa`` command.
 
     odqa index build --corpus wiki-vital --out indexes/wiki-vital
+    odqa index export --to qdrant --index indexes/wiki-vital --path indexes/wiki-vital-qdrant
+    odqa index build --corpus psgs_w100.tsv --out indexes/dpr-wiki --engine ray [--address auto|HOST:PORT]
+                     [--num-encoders N] [--gpus-per-encoder G]
     odqa ask "Who wrote Romeo and Juliet?"
     odqa run pipelines/frozen_reader.yml --question "..." [--json]
     odqa run pipelines/frozen_reader.yml --questions FILE.jsonl --out answers.jsonl
     odqa eval --pipeline pipelines/frozen_reader.yml --questions fanoutqa-wiki:test --out eval/runs/NAME
-    odqa eval merge RUN_DIR... --out RUN_DIR
+    odqa eval --pipeline PIPELINE.yml --questions nq-test.csv --out eval/runs/NAME --engine ray [--num-actors N]
     odqa eval retrieval --results dpr_results.json [--out DIR] [--k 1,5,20,100] [--json]
     odqa train reranker --train data/synthetic/cloze-wiki-vital.train.jsonl --out pipelines/artifacts/NAME
     odqa data cloze --corpus wiki-vital --out data/synthetic/cloze-wiki-vital.jsonl --index indexes/wiki-vital

@@ -1,12 +1,13 @@
-"""``odqa eval``: a pipeline on a question set (every stage scored), shard merges, DPR result
-files, and the ID-PT multitask comparison."""
+"""``odqa eval``: a pipeline on a question set (every stage scored, here or on a Ray actor pool),
+paired comparisons of two runs, DPR result files, and the ID-PT multitask comparison."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
-from odqa.cli._common import positive_int
+from odqa.cli._common import add_engine_options, engine_from_args, positive_int
 from odqa.errors import OdqaError
 
 
@@ -43,37 +44,32 @@ def cmd_eval(args) -> int:
     if not args.out:
         raise OdqaError("odqa eval needs --out DIR, the run directory (e.g. --out eval/runs/NAME)")
     out = Path(args.out)
-    if args.rest and args.rest[0] == "merge":
-        if len(args.rest) < 2:
-            raise OdqaError("odqa eval merge needs the shard run directories: odqa eval merge DIR... --out DIR")
-        metrics = evaluation.merge([Path(d) for d in args.rest[1:]], out)
-    elif args.rest:
-        raise OdqaError(f"unknown eval action '{args.rest[0]}'; use `odqa eval --pipeline ...`, `odqa eval merge`, "
+    if args.rest:
+        raise OdqaError(f"unknown eval action '{args.rest[0]}'; use `odqa eval --pipeline ...`, "
                         "`odqa eval compare`, `odqa eval retrieval` or `odqa eval idpt`")
-    else:
-        if not args.pipeline or not args.questions:
-            raise OdqaError("odqa eval needs --pipeline and --questions")
-        import odqa as api
-        from odqa.data.questions import load_questions
+    if not args.pipeline or not args.questions:
+        raise OdqaError("odqa eval needs --pipeline and --questions")
+    import odqa as api
+    from odqa.data.questions import load_questions
 
-        questions = load_questions(args.questions, require_answers=True)[: args.limit]
-        qa = api.load(args.pipeline)
-        metrics = evaluation.evaluate(qa, questions, out, shard=args.shard, shards=args.shards,
-                                      batch_size=args.batch_size)
+    engine = engine_from_args(args)
+    questions = load_questions(args.questions, require_answers=True)[: args.limit]
+    qa = api.load(args.pipeline)
+    with engine or contextlib.nullcontext():  # one Ray runtime for the run and its ablations
+        metrics = evaluation.evaluate(qa, questions, out, batch_size=args.batch_size, engine=engine)
         if args.ablate:
             rows = [("full pipeline", metrics)]
             for name in [n.strip() for n in args.ablate.split(",") if n.strip()]:
                 ablated = evaluation.without_stage(qa, name)
                 sub_out = out / f"without-{name}"
                 rows.append((f"without {name}", None if ablated is None else
-                             evaluation.evaluate(ablated, questions, sub_out, shard=args.shard, shards=args.shards,
-                                                 batch_size=args.batch_size)))
+                             evaluation.evaluate(ablated, questions, sub_out, batch_size=args.batch_size,
+                                                 engine=engine)))
                 if ablated is not None:
                     write_report(sub_out, f"odqa evaluation: {args.pipeline} without {name}", command)
             (out / "ablation.md").write_text(f"# Ablations\n\nCommand: `{command}`\n\n"
                                              + evaluation.ablation_table(rows), encoding="utf-8")
-    report = write_report(out, f"odqa evaluation: {args.pipeline or 'merged shards'} on {args.questions or ''}",
-                          command)
+    report = write_report(out, f"odqa evaluation: {args.pipeline} on {args.questions}", command)
     print(json.dumps(metrics) if args.json else
           f"EM {metrics['em']:.1f}  F1 {metrics['f1']:.1f}  LM-input recall {metrics['lm_input_recall']:.1f}  "
           f"({metrics['questions']} questions); report: {report}")
@@ -99,8 +95,8 @@ def register(sub) -> None:
     e = sub.add_parser("eval", help="evaluate a pipeline on a question set (NQ metrics, per stage), "
                                     "or score a DPR retrieval results file")
     e.add_argument("rest", nargs="*",
-                   help="`merge DIR...` joins shard runs; `compare RUN_A RUN_B`: paired differences with 95%% "
-                        "intervals; `retrieval` scores a DPR results file (--results)")
+                   help="`compare RUN_A RUN_B`: paired differences with 95%% intervals; `retrieval` scores a "
+                        "DPR results file (--results)")
     e.add_argument("--pipeline")
     e.add_argument("--questions", help="fanoutqa-wiki[:split], NQ-open .jsonl, or DPR nq-test .csv")
     e.add_argument("--limit", type=int, default=None)
@@ -111,8 +107,7 @@ def register(sub) -> None:
     e.add_argument("--k", default=None, help="for `eval retrieval`: comma-separated k, default 1,5,20,100")
     e.add_argument("--batch-size", type=positive_int, default=1,
                    help="questions the reader decodes together (same answers as one by one)")
-    e.add_argument("--shards", type=int, default=1)
-    e.add_argument("--shard", type=int, default=None)
+    add_engine_options(e, "--num-actors", "actors, each holding the pipeline")
     e.add_argument("--ablate", default="", help="comma-separated stages to rerun without, e.g. ranker,dense,bm25")
     e.add_argument("--data", default="data/multitask/wiki-mixture", help="for `eval idpt`: the multitask mixture")
     e.add_argument("--idpt", default=None, help="for `eval idpt`: the ID-PT generator artifact")

@@ -55,5 +55,22 @@ def check_question(question: object) -> str:
     return text
 
 
+def question_encoder(index=None, encoder: str | None = None, query_encoder: str | None = None):
+    """The encoder a dense stage embeds questions with, loaded once per process
+    (:func:`odqa.encoders.load_encoder`): ``encoder`` (by default ``index``'s own) and, for a DPR pair,
+    ``query_encoder`` (by default ``index``'s). With an ``index`` (an opened
+    :class:`~odqa.index.SearchIndex`) it is checked to embed as the index's passages were embedded
+    (:class:`~odqa.errors.IndexMismatchError` if not); without one, ``encoder`` is required."""
+    from odqa.encoders import load_encoder
+
+    if index is None:
+        return load_encoder(encoder, query_encoder)
+    name = encoder or index.manifest["encoder"]
+    query_name = query_encoder or index.manifest.get("query_encoder")
+    loaded = load_encoder(name, query_name if index.manifest["encoder_kind"] == "dpr" else None)
+    index.check_encoder(loaded)
+    return loaded
+
+
 def to_document(passage: Passage, score: float) -> Document:
     return Document(id=passage.id, content=passage.text, meta={"title": passage.title}, score=float(score))

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from haystack import Document, component, default_from_dict, default_to_dict
 
-from odqa.components._common import check_question, to_document
+from odqa.components._common import check_question, question_encoder, to_document
 from odqa.index import open_index
 
 
@@ -76,34 +76,45 @@ class DenseRetriever:
         >>> retriever.warm_up()
         >>> retriever.run(query="Who wrote Romeo and Juliet?")["documents"][0].meta["title"]
         'Romeo and Juliet'
+
+    Over an IVF index (``ivf``, ``ivfpq``) ``nprobe`` trades speed for recall, over an HNSW index
+    (``hnsw``, ``hnsw-sq8``) ``ef_search`` does; ``mmap: true`` maps the index file instead of
+    reading it into memory (see :meth:`odqa.index.SearchIndex.dense`).
     """
 
-    def __init__(self, index_dir: str, encoder: str | None = None, query_encoder: str | None = None, top_k: int = 20):
+    def __init__(self, index_dir: str, encoder: str | None = None, query_encoder: str | None = None, top_k: int = 20,
+                 nprobe: int | None = None, ef_search: int | None = None, mmap: bool = False):
         """
         :param index_dir: Directory written by ``odqa index build``.
         :param encoder: The passage encoder the index must have been built with; by default the
             index's own. A different one fails with :class:`~odqa.errors.IndexMismatchError`.
         :param query_encoder: The question encoder of a DPR pair; by default the index's.
         :param top_k: How many passages to return.
+        :param nprobe: IVF indexes only: how many of the index's lists to scan per question; by default
+            the manifest's (``faiss.nprobe``). More finds more true neighbours, slower.
+        :param ef_search: HNSW indexes only: the graph search's candidate list size; by default the
+            manifest's (``faiss.efSearch``). At least ``top_k`` is used, as FAISS does.
+        :param mmap: Memory-map the FAISS file instead of reading it: less private memory, pages
+            loaded on first use and shared between processes.
         """
         self.index_dir = str(index_dir)
         self.encoder = encoder
         self.query_encoder = query_encoder
         self.top_k = top_k
+        self.nprobe = nprobe
+        self.ef_search = ef_search
+        self.mmap = mmap
         self._index = None
         self._encoder = None
+        self._params = None
 
     def warm_up(self) -> None:
         if self._index is not None:
             return
-        from odqa.encoders import load_encoder
-
         index = open_index(self.index_dir)
-        name = self.encoder or index.manifest["encoder"]
-        query_name = self.query_encoder or index.manifest.get("query_encoder")
-        encoder = load_encoder(name, query_name if index.manifest["encoder_kind"] == "dpr" else None)
-        index.check_encoder(encoder)
-        index.dense()
+        self._params = index.search_params(self.nprobe, self.ef_search)  # a knob the index lacks fails here
+        encoder = question_encoder(index, self.encoder, self.query_encoder)
+        index.dense(self.mmap)
         self._encoder, self._index = encoder, index
 
     @component.output_types(documents=list[Document])
@@ -124,14 +135,15 @@ class DenseRetriever:
             return {"documents": []}
         k = min(top_k or self.top_k, self._index.manifest["count"])
         q = self._encoder.encode_queries(queries).astype(np.float32)
-        scores, ids = self._index.dense().search(q, k)
+        scores, ids = self._index.dense(self.mmap).search(q, k, params=self._params)
         passages = self._index.passages
         return {"documents": [[to_document(passages[int(i)], s) for i, s in zip(row_ids, row_scores) if i >= 0]
                               for row_ids, row_scores in zip(ids, scores)]}
 
     def to_dict(self) -> dict[str, Any]:
         return default_to_dict(
-            self, index_dir=self.index_dir, encoder=self.encoder, query_encoder=self.query_encoder, top_k=self.top_k
+            self, index_dir=self.index_dir, encoder=self.encoder, query_encoder=self.query_encoder, top_k=self.top_k,
+            nprobe=self.nprobe, ef_search=self.ef_search, mmap=self.mmap,
         )
 
     @classmethod

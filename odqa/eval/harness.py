@@ -15,6 +15,9 @@ stopped; metrics are computed from the records alone, so a resumed run's ``metri
 equals an uninterrupted one's. Timings, which differ run to run, go to ``timings.json``.
 ``run.json`` records what made the predictions (:func:`run_key`), and a run made by another
 pipeline, or by a module re-trained at the same path, is not resumed (:func:`check_run_key`).
+With a Ray engine (``odqa eval --engine ray``) a pool of actors, each holding the pipeline,
+scores the questions, and this process writes their records in question order: the same
+files as a single-process run (timings aside), resumed the same way.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import hashlib
 import json
 import statistics
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
@@ -31,6 +35,9 @@ from odqa.metrics import exact_match, f1, has_answer, percent, recall_at_k
 from odqa.data.questions import Question, dedup
 from odqa.runs import (EVAL_RUN_KIND, OutputLock, RunWriter, atomic_write_bytes, check_replaceable, file_sha256,
                        read_records)
+
+if TYPE_CHECKING:
+    from odqa.ray_engine import RayEngine
 
 KS = (1, 5, 20, 100)
 
@@ -174,47 +181,72 @@ def check_run_key(out: Path, key: dict, resuming: bool) -> None:
         changed += [f"the trained modules or indexes {', '.join(modules)}"] if modules else []
         what = " and ".join(changed)
         raise OdqaError(f"'{out}' holds predictions made by another pipeline (changed: {what}; that run used "
-                        f"{old.get('pipeline', 'a merge of shard runs')}); pass a new --out, or delete '{path.parent / 'predictions.jsonl'}' "
+                        f"{old.get('pipeline', 'an unnamed pipeline')}); pass a new --out, or delete '{path.parent / 'predictions.jsonl'}' "
                         "to start over")
     if old != key:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, json.dumps(key, indent=2).encode("utf-8"))
 
 
-def evaluate(qa, questions: list[Question], out: Path, shard: int | None = None, shards: int = 1,
-             progress: bool = True, batch_size: int = 1) -> dict:
+def evaluate(qa, questions: list[Question], out: Path, progress: bool = True, batch_size: int = 1,
+             engine: RayEngine | None = None) -> dict:
     """Score ``questions`` (deduplicated by (id, question)) into ``out``; resumes a killed run.
     ``batch_size`` questions are answered together (the same answers; each batch is written before
-    the next starts)."""
+    the next starts). ``engine`` (an :class:`odqa.ray_engine.RayEngine`) scores them on a Ray
+    actor pool instead of in this process, with the same records and metrics."""
     questions = dedup(questions)
-    if shards < 1 or (shard is not None and not 0 <= shard < shards):
-        raise OdqaError(f"--shard must be in 0..{shards - 1} for --shards {shards}, got {shard}")
-    if shard is not None:
-        questions = questions[shard::shards]
     out = Path(out)
     check_replaceable(out, (EVAL_RUN_KIND,), "an evaluation run")
     with OutputLock(out):
-        return _evaluate(qa, questions, out, progress, batch_size)
+        return _evaluate(qa, questions, out, progress, batch_size, engine)
 
 
-def _evaluate(qa, questions: list[Question], out: Path, progress: bool, batch_size: int = 1) -> dict:
+def _evaluate(qa, questions: list[Question], out: Path, progress: bool, batch_size: int = 1,
+              engine: RayEngine | None = None) -> dict:
     path = out / "predictions.jsonl"
     previous = read_records(path)
     check_run_key(out, run_key(qa), resuming=bool(previous))
     done = {str(r["id"]) for r in previous}
     todo = [q for q in questions if q.id not in done]
     ems = [r["em"] for r in previous]
+    if engine is None:
+        batches = (todo[start:start + batch_size] for start in range(0, len(todo), batch_size))
+        scored = (record for batch in batches for record in _score(qa, batch, batch_size))
+    else:
+        rows = [{"question": json.dumps(q.to_dict(), ensure_ascii=False)} for q in todo]
+        args = (qa.pipeline.to_dict(), qa.source, batch_size)
+        scored = (json.loads(r["record"]) for r in engine.map(QuestionScorer, args, rows, batch_size, ordered=True))
     with RunWriter(path) as writer:
         bar = tqdm(desc="evaluating", unit="q", disable=not progress, initial=len(done), total=len(questions))
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start:start + batch_size]
-            for record in score_batch(qa, chunk) if batch_size > 1 else [score_question(qa, chunk[0])]:
-                writer.write(record)
-                ems.append(record["em"])
-            bar.update(len(chunk))
+        for record in scored:  # in question order, written one by one: a killed run keeps what it scored
+            writer.write(record)
+            ems.append(record["em"])
+            bar.update(1)
             bar.set_postfix(EM=f"{100 * sum(ems) / len(ems):.1f}")
         bar.close()
     return finish(out, [q.id for q in questions])
+
+
+def _score(qa, questions: list[Question], batch_size: int) -> list[dict]:
+    """The records of one batch of questions, answered together when ``batch_size`` > 1."""
+    return score_batch(qa, questions) if batch_size > 1 else [score_question(qa, q) for q in questions]
+
+
+class QuestionScorer:
+    """One Ray actor's work in an evaluation: holds the pipeline (rebuilt once from its
+    ``to_dict()``) and scores a batch of questions per call, as :func:`evaluate` does here."""
+
+    def __init__(self, pipeline: dict, source: str, batch_size: int):
+        from haystack import Pipeline
+
+        from odqa.api import QA
+
+        self.qa = QA(Pipeline.from_dict(pipeline, allowed_modules=["odqa.*"]), source)
+        self.batch_size = batch_size
+
+    def __call__(self, batch: dict) -> dict:
+        questions = [Question(**json.loads(str(q))) for q in batch["question"]]
+        return {"record": [json.dumps(r, ensure_ascii=False) for r in _score(self.qa, questions, self.batch_size)]}
 
 
 def finish(out: Path, order: list[str] | None = None) -> dict:
@@ -229,47 +261,22 @@ def finish(out: Path, order: list[str] | None = None) -> dict:
     return metrics
 
 
-def merge(shard_dirs: list[Path], out: Path) -> dict:
-    """Join shard runs' predictions into ``out`` and score them together."""
-    check_replaceable(out, (EVAL_RUN_KIND,), "an evaluation run")
-    with OutputLock(out):
-        return _merge(shard_dirs, out)
-
-
-def _merge(shard_dirs: list[Path], out: Path) -> dict:
-    out.mkdir(parents=True, exist_ok=True)
-    seen, merged = set(), []
-    for d in shard_dirs:
-        path = Path(d) / "predictions.jsonl"
-        if not path.exists():
-            raise OdqaError(f"shard dir '{d}' has no predictions.jsonl; run `odqa eval ... --shard i` into it first")
-        for r in read_records(path):
-            if str(r["id"]) not in seen:
-                seen.add(str(r["id"]))
-                merged.append(r)
-    lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in merged)
-    atomic_write_bytes(out / "predictions.jsonl", lines.encode("utf-8"))
-    atomic_write_bytes(out / RUN_KEY, json.dumps({"kind": EVAL_RUN_KIND, "merged_from": [str(d) for d in shard_dirs]},
-                                                 indent=2).encode("utf-8"))
-    return finish(out)
-
-
 def _write_json(path: Path, data: dict) -> None:
     atomic_write_bytes(path, json.dumps(data, indent=2, sort_keys=True).encode("utf-8"))
 
 
 def without_stage(qa, name: str):
     """A copy of ``qa``'s pipeline with stage ``name`` removed and its document senders wired
-    straight to its receivers (e.g. join -> packer when the ranker goes). ``None`` if absent."""
-    from haystack import Pipeline
-
-    from odqa.api import QA
+    straight to its receivers (e.g. join -> packer when the ranker goes). ``None`` if absent.
+    The copy runs ``qa``'s own (warm) stage instances: no model loads twice, and a store that one
+    client at a time may open (Qdrant's local mode) is opened once."""
+    from odqa.api import QA, pipeline_from_dict
 
     if name not in dict(qa.pipeline.walk()):
         return None
     if name in (qa.reader, qa.packer):
         raise OdqaError(f"cannot ablate '{name}': the packer and the reader are needed to answer")
-    pipe = Pipeline.loads(qa.pipeline.dumps(), allowed_modules=["odqa.*"])
+    pipe = pipeline_from_dict(qa.pipeline.to_dict())  # fresh instances, cheap: components load in warm_up
     senders = [(u, d["from_socket"].name) for u, _, d in pipe.graph.in_edges(name, data=True)
                if d["to_socket"].name == "documents"]
     receivers = [(v, d["to_socket"].name) for _, v, d in pipe.graph.out_edges(name, data=True)
@@ -282,6 +289,8 @@ def without_stage(qa, name: str):
             raise OdqaError(f"cannot ablate '{name}': '{receiver}' would have no documents left")
         for sender, out_socket in senders:
             pipe.connect(f"{sender}.{out_socket}", f"{receiver}.{socket}")
+    for stage in pipe.graph.nodes:  # after the rewiring, which edits the fresh instances' sockets only
+        pipe.graph.nodes[stage]["instance"] = qa.pipeline.get_component(stage)
     return QA(pipe, f"{qa.source} without {name}")
 
 

@@ -35,11 +35,11 @@ from odqa.training.loop import plot_curves, train_loop
 # --- contexts ------------------------------------------------------------------------------
 def context_pipeline(qa, template: str, soft_prompt_dir: str):
     """The QA pipeline up to its packer, which packs for the tuned reader's template and prompt."""
-    from haystack import Pipeline
+    from odqa.api import pipeline_from_dict
 
     data = qa.pipeline.to_dict()
     data["components"][qa.packer]["init_parameters"].update(template=template, soft_prompt=soft_prompt_dir)
-    pipe = Pipeline.from_dict(data, allowed_modules=["odqa.*"])  # a fresh packer, budgeting for the tuned reader
+    pipe = pipeline_from_dict(data)  # a fresh packer, budgeting for the tuned reader
     pipe.remove_component(qa.reader)
     return pipe
 

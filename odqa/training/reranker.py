@@ -289,9 +289,8 @@ def retrieval_pipeline(pipeline_path: str | Path):
     """``(retrieval-only pipeline, name of its last stage, the packer)``: the stages up to what feeds
     the ranker (or, without one, the packer), so dev candidates are what a ranker would re-order."""
     import networkx
-    from haystack import Pipeline
 
-    from odqa.api import load_pipeline
+    from odqa.api import load_pipeline, pipeline_from_dict
     from odqa.components.packing import ContextPacker
     from odqa.components.rankers import CrossEncoderRanker
 
@@ -312,7 +311,7 @@ def retrieval_pipeline(pipeline_path: str | Path):
     data["components"] = {k: v for k, v in data["components"].items() if k in keep}
     data["connections"] = [c for c in data["connections"]
                            if c["sender"].split(".")[0] in keep and c["receiver"].split(".")[0] in keep]
-    retrieval = Pipeline.from_dict(data, allowed_modules=["odqa.*"])
+    retrieval = pipeline_from_dict(data)
     return retrieval, source, pipeline.get_component(packers[0])
 
 

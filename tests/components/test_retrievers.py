@@ -6,7 +6,8 @@ import pytest
 from haystack import Document, Pipeline
 
 from odqa.components.retrievers import BM25Retriever, DenseRetriever
-from odqa.errors import BadQuestionError, EmptyQuestionError, IndexCorruptError, IndexMismatchError, IndexNotFoundError
+from odqa.errors import (BadQuestionError, EmptyQuestionError, IndexCorruptError, IndexMismatchError,
+                         IndexNotFoundError, PipelineConfigError)
 from odqa.index import BM25Config, build_index
 
 from conftest import CORPUS
@@ -84,16 +85,21 @@ class TestDenseRetriever:
     def test_init_stores_params(self, flat_index):
         r = DenseRetriever(index_dir=flat_index)
         assert (r.index_dir, r.encoder, r.query_encoder, r.top_k) == (flat_index, None, None, 20)
+        assert (r.nprobe, r.ef_search, r.mmap) == (None, None, False)
 
     def test_to_dict_from_dict(self, flat_index, st_encoder):
         r = DenseRetriever(index_dir=flat_index, encoder=st_encoder, top_k=3)
         data = r.to_dict()
         assert data == {
             "type": "odqa.components.retrievers.DenseRetriever",
-            "init_parameters": {"index_dir": flat_index, "encoder": st_encoder, "query_encoder": None, "top_k": 3},
+            "init_parameters": {"index_dir": flat_index, "encoder": st_encoder, "query_encoder": None, "top_k": 3,
+                                "nprobe": None, "ef_search": None, "mmap": False},
         }
         back = DenseRetriever.from_dict(data)
         assert back.to_dict() == data
+        tuned = DenseRetriever(index_dir=flat_index, nprobe=8, ef_search=64, mmap=True).to_dict()
+        back = DenseRetriever.from_dict(tuned)
+        assert (back.nprobe, back.ef_search, back.mmap) == (8, 64, True) and back.to_dict() == tuned
 
     def test_run(self, flat_index):
         r = DenseRetriever(index_dir=flat_index, top_k=4)
@@ -132,6 +138,43 @@ class TestDenseRetriever:
     def test_empty_question(self, flat_index):
         with pytest.raises(EmptyQuestionError):
             DenseRetriever(index_dir=flat_index).run(query=" ")
+
+    @pytest.mark.parametrize("kind, knob", [("ivf", {"nprobe": 2}), ("ivfpq", {"nprobe": 2}),
+                                            ("hnsw", {"ef_search": 40}), ("hnsw-sq8", {"ef_search": 40})])
+    def test_search_knob_and_mmap(self, typed_index, kind, knob):
+        query = "Who wrote Romeo and Juliet?"
+        default = DenseRetriever(index_dir=typed_index(kind), top_k=5).run(query=query)["documents"]
+        tuned = DenseRetriever(index_dir=typed_index(kind), top_k=5, mmap=True, **knob)
+        docs = tuned.run(query=query)["documents"]
+        (name, value), = knob.items()
+        assert getattr(tuned._params, {"nprobe": "nprobe", "ef_search": "efSearch"}[name]) == value
+        # 30 passages (one IVF list, a 30-node graph): every setting finds the same passages
+        assert [d.id for d in docs] == [d.id for d in default] and len(docs) == 5
+        assert [d.score for d in docs] == pytest.approx([d.score for d in default], abs=1e-6)
+
+    @pytest.mark.parametrize("kind, knob, message", [
+        ("flat", {"nprobe": 8}, "nprobe=8 is set, but index '{dir}' has FAISS type 'flat', which has no nprobe (only "
+                                "ivf and ivfpq indexes have); remove nprobe from the retriever (a flat index compares "
+                                "the query with every vector)"),
+        ("hnsw", {"nprobe": 8}, "nprobe=8 is set, but index '{dir}' has FAISS type 'hnsw', which has no nprobe (only "
+                                "ivf and ivfpq indexes have); remove nprobe from the retriever (set ef_search "
+                                "instead)"),
+        ("ivfpq", {"ef_search": 64}, "ef_search=64 is set, but index '{dir}' has FAISS type 'ivfpq', which has no "
+                                     "ef_search (only hnsw and hnsw-sq8 indexes have); remove ef_search from the "
+                                     "retriever (set nprobe instead)"),
+        ("ivf", {"nprobe": 0}, "nprobe must be a positive integer, got 0 (index '{dir}', FAISS type 'ivf', default "
+                               "nprobe 1); set e.g. nprobe: 2, or remove it to use the index's default"),
+        ("ivfpq", {"nprobe": True}, "nprobe must be a positive integer, got True (index '{dir}', FAISS type 'ivfpq', "
+                                    "default nprobe 1); set e.g. nprobe: 2, or remove it to use the index's default"),
+        ("hnsw-sq8", {"ef_search": -5}, "ef_search must be a positive integer, got -5 (index '{dir}', FAISS type "
+                                        "'hnsw-sq8', default ef_search 128); set e.g. ef_search: 256, or remove it "
+                                        "to use the index's default"),
+    ])
+    def test_bad_search_knob_is_refused(self, typed_index, kind, knob, message):
+        r = DenseRetriever(index_dir=typed_index(kind), **knob)
+        with pytest.raises(PipelineConfigError) as e:
+            r.warm_up()
+        assert str(e.value) == message.format(dir=typed_index(kind))
 
     def test_missing_index(self, tmp_path):
         with pytest.raises(IndexNotFoundError):

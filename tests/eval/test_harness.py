@@ -1,4 +1,5 @@
-"""The evaluation harness on the tiny test pipeline: records, metrics, resume, shards, report, CLI."""
+"""The evaluation harness on the tiny test pipeline: records, metrics, resume, report, CLI (the Ray engine:
+tests/test_ray_engine.py)."""
 
 from __future__ import annotations
 
@@ -103,20 +104,6 @@ def test_batched_run_gives_the_same_records_and_resumes(qa, full_run, tmp_path, 
                 for line in (run / "predictions.jsonl").read_text().splitlines()]
     assert records(out) == records(full_run[0])
 
-def test_shards_merge_to_the_full_metrics(qa, full_run, tmp_path):
-    dirs = [tmp_path / f"s{i}" for i in range(2)]
-    for i, d in enumerate(dirs):
-        evaluation.evaluate(qa, QUESTIONS, d, shard=i, shards=2, progress=False)
-    assert len((dirs[0] / "predictions.jsonl").read_text().splitlines()) == 2
-    merged = evaluation.merge(dirs, tmp_path / "merged")
-    assert merged == full_run[1]
-
-
-def test_bad_shard(qa, tmp_path):
-    with pytest.raises(odqa.errors.OdqaError, match="--shard must be in 0..1"):
-        evaluation.evaluate(qa, QUESTIONS, tmp_path, shard=5, shards=2, progress=False)
-
-
 def test_report_files(full_run):
     from odqa.eval.report import write_report
 
@@ -127,18 +114,16 @@ def test_report_files(full_run):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_cli_eval_and_merge(capsys, tmp_path, pipeline_yaml):
+def test_cli_eval(capsys, tmp_path, pipeline_yaml):
     qfile = tmp_path / "q.jsonl"
     qfile.write_text("".join(json.dumps({"id": q.id, "question": q.question, "answer": q.answers}) + "\n"
                              for q in QUESTIONS[:2]), encoding="utf-8")
-    for i in range(2):
-        assert main(["eval", "--pipeline", str(pipeline_yaml), "--questions", str(qfile),
-                     "--out", str(tmp_path / f"s{i}"), "--shards", "2", "--shard", str(i)]) == 0
+    args = ["eval", "--pipeline", str(pipeline_yaml), "--questions", str(qfile), "--out", str(tmp_path / "run")]
+    assert main(args) == 0
     assert "EM " in capsys.readouterr().out
-    assert main(["eval", "merge", str(tmp_path / "s0"), str(tmp_path / "s1"), "--out", str(tmp_path / "m"),
-                 "--json"]) == 0
+    assert main(args + ["--json"]) == 0  # a rerun resumes: nothing left to answer
     assert json.loads(capsys.readouterr().out.strip())["questions"] == 2
-    assert (tmp_path / "m" / "report.md").exists()
+    assert (tmp_path / "run" / "report.md").exists()
 
 
 def test_cli_eval_bad_questions_file(capsys, tmp_path, pipeline_yaml):
