@@ -38,7 +38,7 @@ demo: $(STAMP) index
 
 test: $(STAMP) index
 	@$(BROWSER_CHECK)
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q --durations=15
 
 test-fast: $(STAMP)
 	@$(BROWSER_CHECK)
