@@ -252,27 +252,24 @@ def test_ablation_shares_the_open_store(exported, write_qdrant_pipeline):
 
 
 def test_pipeline_on_an_empty_store_says_to_export(tmp_path, write_qdrant_pipeline):
-    qa = odqa.load(str(write_qdrant_pipeline(tmp_path / "never-exported", hybrid=False)))
-    try:
+    with odqa.load(str(write_qdrant_pipeline(tmp_path / "never-exported", hybrid=False))) as qa:
         with pytest.raises(IndexNotFoundError, match=r"component 'dense' searches an empty document store "
                                                      r"\(QdrantDocumentStore, path '.*never-exported', index 'tiny'\);"
                                                      r" fill it first, .*odqa index export --to qdrant"):
             qa.ask(QUESTION)
-    finally:
-        qa.close()
 
 
 def test_pipeline_on_a_store_it_cannot_open(exported, write_qdrant_pipeline):
     holder = qdrant_store("tiny", HIDDEN, path=exported)
     holder.count_documents()  # another client holds the local store
-    qa = odqa.load(str(write_qdrant_pipeline(exported, hybrid=False)))
     try:
-        with pytest.raises(IndexError_, match=r"component 'dense' cannot open its document store \(QdrantDocumentStore,"
-                                              r" path '.*store', index 'tiny'\): Storage folder .* already accessed .*;"
-                                              r" check the store's settings in the pipeline file"):
-            qa.ask(QUESTION)
+        with odqa.load(str(write_qdrant_pipeline(exported, hybrid=False))) as qa:
+            with pytest.raises(IndexError_, match=r"component 'dense' cannot open its document store "
+                                                  r"\(QdrantDocumentStore, path '.*store', index 'tiny'\): Storage "
+                                                  r"folder .* already accessed .*; check the store's settings in the "
+                                                  r"pipeline file"):
+                qa.ask(QUESTION)
     finally:
-        qa.close()
         holder.close()
 
 
