@@ -35,25 +35,30 @@ QUANTIZE = ("int8",)
 KEEP_FLOAT = ("lm_head", "*layers.0.*")  # fnmatch patterns on full module names left float (see above)
 
 
+def int8_rows(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(q, scale)`` with ``t ~ q * scale``: each row of a 2-d tensor rounded to int8 with its own
+    symmetric scale (``scale``: ``[rows, 1]`` float32, the row's largest magnitude over 127)."""
+    rows = t.float()
+    scale = rows.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127.0
+    return torch.round(rows / scale).clamp(-127, 127).to(torch.int8), scale
+
+
 class Int8Linear(torch.nn.Module):
     """``y = x W^T + b`` with ``W`` int8 per output channel and ``x`` int8 per token."""
 
     def __init__(self, linear: torch.nn.Linear):
         super().__init__()
-        w = linear.weight.detach().float()
-        scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+        weight_q, scale = int8_rows(linear.weight.detach())
         self.in_features, self.out_features = linear.in_features, linear.out_features
         # [out, in] like nn.Linear's weight, handed to _int_mm as its transpose: at one or a few rows
         # (decoding) this layout ran faster than an [in, out] copy in a scratch timing here
-        self.register_buffer("weight_q", torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8))
-        self.register_buffer("scale", scale)
+        self.register_buffer("weight_q", weight_q)
+        self.register_buffer("scale", scale[:, 0])
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        rows = x.reshape(-1, shape[-1]).float()
-        x_scale = rows.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127.0
-        x_q = torch.round(rows / x_scale).clamp(-127, 127).to(torch.int8)
+        x_q, x_scale = int8_rows(x.reshape(-1, shape[-1]))
         y = torch._int_mm(x_q, self.weight_q.t()).float() * x_scale * self.scale
         if self.bias is not None:
             y = y + self.bias

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import torch
 
+from odqa.lm.quantization import int8_rows
+
 logger = logging.getLogger(__name__)
 
 CANDIDATES = 256  # logits recomputed exactly per row (a 256 x 640 float gather for Gemma: 0.1% of the head)
@@ -50,12 +52,10 @@ class ScreenedHead:
         self.weight = weight  # the float table itself (shared with the model, not copied)
         self.bias = None if head.bias is None else head.bias.detach().float()
         if tables is None:
-            w = weight.float()
-            scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
-            weight_q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
-            rounded = weight_q.float() * scale[:, None]
-            tables = {"weight_q": weight_q, "scale": scale,
-                      "error_l2": (w - rounded).norm(dim=1),  # e_r
+            weight_q, scale = int8_rows(weight)
+            rounded = weight_q.float() * scale
+            tables = {"weight_q": weight_q, "scale": scale[:, 0],
+                      "error_l2": (weight.float() - rounded).norm(dim=1),  # e_r
                       "rounded_l2": rounded.norm(dim=1)}  # |s_r q_r|_2
         self.weight_q, self.scale = tables["weight_q"], tables["scale"]
         self.error_l2, self.rounded_l2 = tables["error_l2"], tables["rounded_l2"]
@@ -74,16 +74,11 @@ class ScreenedHead:
         logits = (hidden.to(self.weight.dtype) @ self.weight.t()).float()
         return logits if self.bias is None else logits + self.bias
 
-    def exact(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The float head's logits, ``[rows, vocab]`` float32."""
-        return self._cap(self._float(hidden))
-
     def screen(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(int8 logits, bound)``, each ``[rows, vocab]``: the float head's logits lie within
         ``bound`` of the int8 ones (before any soft cap)."""
         h = hidden.float()
-        x_scale = h.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127.0
-        h_q = torch.round(h / x_scale).clamp(-127, 127).to(torch.int8)
+        h_q, x_scale = int8_rows(h)
         approx = torch._int_mm(h_q, self.weight_q.t()).float() * x_scale * self.scale
         if self.bias is not None:
             approx = approx + self.bias
