@@ -237,11 +237,9 @@ class QuestionScorer:
     ``to_dict()``) and scores a batch of questions per call, as :func:`evaluate` does here."""
 
     def __init__(self, pipeline: dict, source: str, batch_size: int):
-        from haystack import Pipeline
+        from odqa.api import QA, pipeline_from_dict
 
-        from odqa.api import QA
-
-        self.qa = QA(Pipeline.from_dict(pipeline, allowed_modules=["odqa.*"]), source)
+        self.qa = QA(pipeline_from_dict(pipeline), source)
         self.batch_size = batch_size
 
     def __call__(self, batch: dict) -> dict:
