@@ -127,7 +127,7 @@ def test_build_ivf_and_hnsw(typed_index, st_encoder, kind, param):
 
 
 @pytest.mark.parametrize("kind, params", [
-    ("ivfpq", {"nlist": 1, "nprobe": 1, "pq_m": HIDDEN // 4, "pq_nbits": 4, "train_size": len(CORPUS),
+    ("ivfpq", {"nlist": 1, "nprobe": 1, "pq_m": HIDDEN // 2, "pq_nbits": 4, "train_size": len(CORPUS),
                "train_seed": 0}),  # 30 training vectors: 16 centroids per sub-quantizer, not 256
     ("hnsw-sq8", {"M": 32, "efConstruction": 80, "efSearch": 128, "sq": "8bit", "train_size": len(CORPUS),
                   "train_seed": 0}),
@@ -220,7 +220,7 @@ def test_pq_m_sets_the_code_size(tmp_path, corpus_jsonl, st_encoder):
     ("flat", 8, "--pq-m 8 applies only to --faiss ivfpq, not --faiss flat; drop --pq-m, or pass --faiss ivfpq"),
     ("ivfpq", 0, "--pq-m 0 must be a positive integer"),
     ("ivfpq", 5, r"--pq-m 5 does not divide the encoder's dimension 32 .*use one of \[1, 2, 4, 8, 16, 32\], or "
-                 "leave it out for 8"),
+                 "leave it out for 16"),
 ])
 def test_bad_pq_m_is_refused(tmp_path, corpus_jsonl, st_encoder, kind, pq_m, message):
     with pytest.raises(OdqaError, match=message):
