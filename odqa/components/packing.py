@@ -13,7 +13,8 @@ from odqa.lm.soft_prompt import soft_prompt_length
 
 
 ORDERS = ("best-first", "best-last")
-MAX_CACHED_COSTS = 500_000  # passage token counts kept per packer (a 10k-passage corpus needs 10k)
+MAX_CACHED_COSTS = 500_000  # passage token counts kept per tokenizer (a 10k-passage corpus needs 10k)
+_COSTS: dict[str, dict[str, int]] = {}  # tokenizer (model name) -> formatted passage -> its tokens, per process
 
 
 @component
@@ -67,7 +68,9 @@ class ContextPacker:
         self.index_dir = index_dir
         self._tokenizer = None
         self._prompt: ReaderPrompt | None = None
-        self._costs: dict[str, int] = {}  # formatted passage -> its tokens: each passage is tokenised once
+        # formatted passage -> its tokens: each passage is tokenised once per process, for every
+        # packer of the same tokenizer (a server's pipelines, a trainer's retrieval pipelines)
+        self._costs: dict[str, int] = {}
 
     def warm_up(self) -> None:
         if self._tokenizer is None:
@@ -76,6 +79,7 @@ class ContextPacker:
             self._prompt = ReaderPrompt(self.template, self.context_length, self.max_new_tokens,
                                         soft_prompt_length(self.soft_prompt))
             self._tokenizer = load_tokenizer(self.model)  # the tokenizer only: the reader loads the weights
+            self._costs = _COSTS.setdefault(self.model, {})
             if self.index_dir:
                 from odqa.index import open_index
 

@@ -69,6 +69,16 @@ def freeze(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def shared_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """New modules holding the very tensors of ``model``: what a copy then replaces or wraps (int8
+    layers, LoRA adapters) is its own, and everything else stays one tensor in memory."""
+    import copy
+    import itertools
+
+    shared = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
+    return copy.deepcopy(model, shared)
+
+
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """``device``, else ``$ODQA_DEVICE``, else ``auto``: CUDA when torch sees a GPU, else the CPU."""
     name = str(device if device is not None else os.environ.get("ODQA_DEVICE") or "auto").strip().lower()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -142,11 +143,30 @@ def read_adapter_artifact(directory: Path, kind: str, label: str, command: str, 
     return manifest
 
 
+_SHARED: dict[str, tuple] = {}  # base name -> (model, weight hash): one per process
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_base(name: str) -> tuple[torch.nn.Module, str]:
+    """``(model, weight hash)`` of base encoder ``name``, loaded once per process for every re-ranker
+    that names it. Read-only: adapters go on a :func:`~odqa.lm.backbone.shared_copy` of it."""
+    with _SHARED_LOCK:
+        if name not in _SHARED:
+            model, _, frozen, _ = load_base(name)
+            _SHARED[name] = (model, weights_hash(frozen))
+        return _SHARED[name]
+
+
 def load_reranker(directory: str | Path):
-    """Load a re-ranker artifact: ``(model, tokenizer, manifest)``, the adapter merged into an
-    in-memory copy of the base (the base's files are never written)."""
+    """Load a re-ranker artifact: ``(model, tokenizer, manifest)``. The adapter stays unmerged, on a
+    copy of the process's one base (:func:`shared_base`) that holds the base's very tensors, so every
+    re-ranker of one base adds only its adapter and head to memory (the base's files are never
+    written)."""
     from peft import PeftModel
     from safetensors import safe_open
+    from transformers import AutoTokenizer
+
+    from odqa.lm.backbone import shared_copy
 
     directory = Path(directory).expanduser()
     manifest = read_adapter_artifact(directory, KIND, "re-ranker", "odqa train reranker")
@@ -154,16 +174,18 @@ def load_reranker(directory: str | Path):
         if not any(".classifier." in k or k.startswith("classifier.") for k in f.keys()):
             raise PipelineConfigError(f"re-ranker artifact '{directory}' has no trained classification head; "
                                       "re-create it with `odqa train reranker`")
-    base, tokenizer, frozen, _ = load_base(manifest["base_model"])
+    base, digest = shared_base(manifest["base_model"])
     expected = manifest.get("base_model_hash")
-    if expected and weights_hash(frozen) != expected:
+    if expected and digest != expected:
         raise ArtifactMismatchError(
             f"re-ranker artifact '{directory}' was trained on base '{manifest['base_model']}' with weight hash "
-            f"{expected[:12]}, but that name now loads other weights ({weights_hash(frozen)[:12]}); "
+            f"{expected[:12]}, but that name now loads other weights ({digest[:12]}); "
             "install the same base model or retrain the re-ranker"
         )
     with quiet_transformers():
-        model = PeftModel.from_pretrained(base, str(directory)).merge_and_unload()
+        model = PeftModel.from_pretrained(shared_copy(base), str(directory))
+        # its own tokenizer: a fast tokenizer is not safe to share between pipelines that run at once
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model(manifest["base_model"]).path)
     model.eval()
     return model, tokenizer, manifest
 

@@ -25,9 +25,7 @@ so training always runs the float32 backbone.
 
 from __future__ import annotations
 
-import copy
 import fnmatch
-import itertools
 
 import torch
 
@@ -87,7 +85,8 @@ def quantized_copy(model: torch.nn.Module, keep_float: tuple[str, ...] = KEEP_FL
     """An int8 copy of ``model`` (:func:`quantize_int8`) that shares every tensor it keeps float with
     ``model`` (the embeddings, norms, the head and the layers ``keep_float`` names); ``model`` itself
     is left as it was."""
-    shared = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
-    twin = copy.deepcopy(model, shared)  # new modules, the same tensors
+    from odqa.lm.backbone import shared_copy
+
+    twin = shared_copy(model)  # new modules, the same tensors
     quantize_int8(twin, keep_float)
     return twin

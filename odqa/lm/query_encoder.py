@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from odqa.errors import ArtifactMismatchError
+from odqa.errors import ArtifactMismatchError, PipelineConfigError
 from odqa.lm.backbone import weights_hash
 
 KIND = "query_encoder"
@@ -30,14 +30,24 @@ class QueryEncoder(torch.nn.Module):
 
     :param name: The encoder (bundled name, path or HF id): the index's own, so a question
         lands in the space of the index's passage vectors.
+    :param share: Hold the tensors of the retriever's cached encoder (``load_encoder(name)``)
+        instead of loading a copy: for inference, where an unmerged adapter wraps the layers.
     """
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, share: bool = False):
         super().__init__()
-        from odqa.encoders import SentenceTransformerEncoder
+        from odqa.encoders import SentenceTransformerEncoder, load_encoder
+        from odqa.lm.backbone import shared_copy
 
         self.name = name
-        self.st = SentenceTransformerEncoder(name).model  # a copy of its own: the retriever's stays untouched
+        if share:  # modules of its own over the retriever's very tensors (one copy in memory); never trained
+            loaded = load_encoder(name)
+            if not isinstance(loaded, SentenceTransformerEncoder):
+                raise PipelineConfigError(f"'{name}' is a DPR encoder; a query encoder adapts a "
+                                          "sentence-transformers encoder (the dense index's own, e.g. minilm-l6)")
+            self.st = shared_copy(loaded.model)
+        else:  # a copy of its own, for training: the retriever's stays untouched whatever is done to it
+            self.st = SentenceTransformerEncoder(name).model
         self.st.requires_grad_(False)
         self.st.eval()
         self.log_scale = torch.nn.Parameter(torch.tensor(math.log(INITIAL_SCALE)))
@@ -75,7 +85,6 @@ def check_index(index, encoder: str) -> None:
     """Refuse a dense index whose passage vectors are not ``encoder``'s (a sentence-transformers
     encoder: the question side a query encoder adapts must embed into the same space)."""
     from odqa.encoders import load_encoder
-    from odqa.errors import PipelineConfigError
 
     if index.manifest.get("encoder_kind") == "dpr":
         raise PipelineConfigError(f"index '{index.path}' holds DPR vectors; a query encoder adapts a "
@@ -93,7 +102,8 @@ def base_hash(encoder: QueryEncoder) -> str:
 
 def load_query_encoder(directory: str | Path) -> tuple[QueryEncoder, dict]:
     """Load a query-encoder artifact (made by ``odqa train reranker --student query-encoder``):
-    the adapter merged into an in-memory copy of the base encoder, and the manifest."""
+    the adapter, unmerged, on a copy of the base encoder that shares its tensors (see
+    :class:`QueryEncoder`), and the manifest."""
     from peft import PeftModel
 
     from odqa.lm.cross_encoder import quiet_transformers, read_adapter_artifact
@@ -101,7 +111,7 @@ def load_query_encoder(directory: str | Path) -> tuple[QueryEncoder, dict]:
     directory = Path(directory).expanduser()
     manifest = read_adapter_artifact(directory, KIND, "query-encoder", "odqa train reranker --student query-encoder",
                                      keys=("base_model", "scale"))
-    encoder = QueryEncoder(manifest["base_model"])
+    encoder = QueryEncoder(manifest["base_model"], share=True)
     expected = manifest.get("base_model_hash")
     if expected and base_hash(encoder) != expected:
         raise ArtifactMismatchError(
@@ -109,7 +119,8 @@ def load_query_encoder(directory: str | Path) -> tuple[QueryEncoder, dict]:
             f"hash {expected[:12]}, but that name now loads other weights ({base_hash(encoder)[:12]}); install "
             "the same encoder or retrain")
     with quiet_transformers():
-        encoder.set_transformer(PeftModel.from_pretrained(encoder.transformer, str(directory)).merge_and_unload())
+        # never merged: merging would write the adapter into the tensors the retriever shares
+        encoder.set_transformer(PeftModel.from_pretrained(encoder.transformer, str(directory)))
     with torch.no_grad():
         encoder.log_scale.fill_(math.log(manifest["scale"]))
     encoder.requires_grad_(False)

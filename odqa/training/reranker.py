@@ -211,11 +211,10 @@ def question_set_examples(pipeline: str | Path, spec: str, cfg: RerankerTrainCon
     """
     from odqa.data.negatives import Ctx
 
+    # only the questions trained on are retrieved: the seeded subset of --max-examples is drawn first
     found = build_dev_set(pipeline, spec, None, cfg.train_candidates, progress, cache=work / TRAIN_CACHE,
-                          desc="train candidates")
+                          desc="train candidates", sample=cfg.max_examples, seed=cfg.seed)
     picked = list(range(len(found.questions)))
-    if cfg.max_examples and cfg.max_examples < len(picked):
-        picked = sorted(random.Random(cfg.seed).sample(picked, cfg.max_examples))
 
     def ctx(d) -> Ctx:
         return Ctx(id=str(d.id), title=d.meta.get("title", ""), text=d.content)
@@ -238,7 +237,7 @@ def question_set_examples(pipeline: str | Path, spec: str, cfg: RerankerTrainCon
         _say(progress, f"teacher: the top candidate holds an answer for {stats['top1_has_answer']['teacher']}% of "
                        f"training questions (retrieval order: {stats['top1_has_answer']['retrieval']}%)")
         return [TaughtGroup(str(q.id), q.question, [ctx(d) for d in docs], s)
-                for q, docs, s in zip(questions, candidates, scores) if docs], len(found.questions), stats
+                for q, docs, s in zip(questions, candidates, scores) if docs], found.in_set, stats
     examples = []
     for i in picked:
         q, docs, flags = found.questions[i], found.candidates[i], found.flags[i]
@@ -250,7 +249,7 @@ def question_set_examples(pipeline: str | Path, spec: str, cfg: RerankerTrainCon
     if not examples:
         raise TrainingDataError(f"no question of '{spec}' has both a candidate holding its answer and one without "
                                 f"in the retrieval's first {cfg.train_candidates}; raise --train-candidates")
-    return examples, len(found.questions), None
+    return examples, found.in_set, None
 
 
 def pipeline_reader(pipeline_path: str | Path):
@@ -276,6 +275,7 @@ class DevSet:
     packer: object  # the pipeline's ContextPacker
     source: str  # the stage the candidates come from
     retrieval: object = None  # the pipeline's retrieval stages (a haystack Pipeline)
+    in_set: int = 0  # questions in the set before a sample was drawn
 
 
 def documents_sender(pipeline, name: str) -> str | None:
@@ -317,10 +317,11 @@ def retrieval_pipeline(pipeline_path: str | Path):
 
 def build_dev_set(pipeline_path: str | Path, dev: str, limit: int | None = None,
                   max_candidates: int | None = None, progress: bool = True, cache: Path | None = None,
-                  desc: str = "dev candidates") -> DevSet:
+                  desc: str = "dev candidates", sample: int | None = None, seed: int = 0) -> DevSet:
     """Dev questions and their retrieved candidates. With ``cache``, they are read from that file
     when it was written for the same pipeline file, dev set, limit and candidate count (so a
-    resumed run, or one on another machine without the index, skips retrieval), else written there."""
+    resumed run, or one on another machine without the index, skips retrieval), else written there.
+    ``sample`` keeps a seeded random subset of that many questions (in set order) before retrieval."""
     from haystack import Document
     from tqdm.auto import tqdm
 
@@ -328,27 +329,34 @@ def build_dev_set(pipeline_path: str | Path, dev: str, limit: int | None = None,
 
     key = {"pipeline_sha256": file_sha256(pipeline_path), "dev": dev,
            "limit": limit, "max_candidates": max_candidates}
+    if sample:
+        key |= {"sample": sample, "seed": seed}
     saved = json.loads(cache.read_text()) if cache is not None and cache.exists() else None
     retrieval, source, packer = retrieval_pipeline(pipeline_path)
     packer.warm_up()
     if saved and saved.get("key") == key:
         questions = [Question(**q) for q in saved["questions"]]
         candidates = [[Document.from_dict(d) for d in docs] for docs in saved["candidates"]]
+        in_set = saved.get("in_set", len(questions))
     else:
         questions = dedup(load_questions(dev, require_answers=True))[:limit]
         if not questions:
             raise TrainingDataError(f"dev set '{dev}' has no questions; pass e.g. fanoutqa-wiki:dev")
+        in_set = len(questions)
+        if sample and sample < len(questions):
+            questions = [questions[i] for i in sorted(random.Random(seed).sample(range(len(questions)), sample))]
         candidates = []
         for q in tqdm(questions, desc=desc, unit="q", disable=not progress):
             docs = retrieval.run({"query": q.question}, include_outputs_from={source})[source]["documents"]
             candidates.append(docs[:max_candidates] if max_candidates else docs)
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(cache, json.dumps({"key": key, "questions": [q.to_dict() for q in questions],
+            atomic_write_bytes(cache, json.dumps({"key": key, "in_set": in_set,
+                                                  "questions": [q.to_dict() for q in questions],
                                                   "candidates": [[d.to_dict() for d in docs] for docs in candidates]
                                                   }).encode("utf-8"))
     flags = [[has_answer(d.content, q.answers) for d in docs] for q, docs in zip(questions, candidates)]
-    return DevSet(questions, candidates, flags, packer, source, retrieval)
+    return DevSet(questions, candidates, flags, packer, source, retrieval, in_set)
 
 
 def ranking_metrics(dev: DevSet, orders: list[list[int]]) -> dict:

@@ -132,16 +132,16 @@ def test_split_is_clean_on_the_bundled_tokenizer():
 
     from conftest import ORIGINAL_ODQA_HOME
     from odqa.data.corpus import read_corpus
-    from odqa.lm.backbone import load_backbone
+    from odqa.lm.backbone import load_tokenizer
     from odqa.data.questions import load_questions
 
     saved = os.environ.get("ODQA_HOME")
-    if ORIGINAL_ODQA_HOME is None:  # share the dequantized backbone with the user's runs
+    if ORIGINAL_ODQA_HOME is None:  # share the user's cache (the GGUF's tokenizer is read from it)
         os.environ.pop("ODQA_HOME", None)
     else:
         os.environ["ODQA_HOME"] = ORIGINAL_ODQA_HOME
     try:
-        tok = load_backbone("smollm2-135m-instruct").tokenizer
+        tok = load_tokenizer("smollm2-135m-instruct")  # the tokenizer only, not the weights
     finally:
         if saved is not None:
             os.environ["ODQA_HOME"] = saved

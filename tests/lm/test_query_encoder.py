@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from odqa.encoders import load_encoder
-from odqa.errors import ArtifactMismatchError
+from odqa.errors import ArtifactMismatchError, PipelineConfigError
 from odqa.index import open_index
 from odqa.lm.query_encoder import INITIAL_SCALE, QueryEncoder, base_hash, load_query_encoder
 
@@ -34,11 +34,37 @@ def test_untrained_encoder_is_the_dense_retriever(st_encoder, flat_index):
 
 
 def test_a_copy_of_its_own(st_encoder):
-    """The trained encoder never shares weights with the retriever's cached one."""
+    """The encoder training builds never shares weights with the retriever's cached one."""
     enc = QueryEncoder(st_encoder)
     shared = {p.data_ptr() for p in load_encoder(st_encoder).model.parameters()}
     assert not shared & {p.data_ptr() for p in enc.parameters()}
     assert [n for n, p in enc.named_parameters() if p.requires_grad] == ["log_scale"]
+
+
+def test_a_loaded_artifact_shares_the_retrievers_tensors(tmp_path, st_encoder):
+    """Loaded for inference, the adapter sits unmerged on the retriever's very tensors: one copy of
+    the encoder in memory, and the retriever still embeds exactly as before."""
+    out, trained = _artifact(tmp_path, st_encoder)
+    retriever = load_encoder(st_encoder)
+    before = retriever.encode_queries(QUESTIONS)
+    loaded, _ = load_query_encoder(out)
+    again, _ = load_query_encoder(out)
+    base = {p.data_ptr() for p in retriever.model.parameters()}
+    for enc in (loaded, again):
+        mine = {n: p.data_ptr() for n, p in enc.named_parameters()}
+        assert base <= set(mine.values())  # every base tensor is the retriever's
+        assert not base & {ptr for n, ptr in mine.items() if "lora_" in n}  # the adapter is its own
+    assert np.array_equal(retriever.encode_queries(QUESTIONS), before)
+    with torch.no_grad():
+        mine = loaded.embed(QUESTIONS).numpy()
+        assert np.allclose(mine, trained.embed(QUESTIONS).numpy(), atol=1e-6)  # the adapter is applied
+    assert np.abs(mine - before).max() > 1e-4  # (on this tiny random encoder it moves embeddings by ~3e-4)
+
+
+def test_a_dpr_encoder_cannot_be_shared(dpr_encoders):
+    with pytest.raises(PipelineConfigError, match="is a DPR encoder; a query encoder adapts a sentence-transformers "
+                                                  "encoder"):
+        QueryEncoder(dpr_encoders[0], share=True)
 
 
 def _artifact(tmp_path, st_encoder, scale: float = 7.5):

@@ -240,7 +240,7 @@ def test_ranker_loads_artifact_and_ranks(trained, docs, bare_bert):
     assert len(ranked) == 4 and set(d.id for d in ranked) <= {d.id for d in docs}
     scores = [d.score for d in ranked]
     assert scores == sorted(scores, reverse=True)
-    # the merged model scores as the adapter on the unmerged base does
+    # the ranker (its adapter on the process's shared base) scores as the adapter on a fresh base does
     base, tokenizer, _, _ = load_base(bare_bert)
     unmerged = PeftModel.from_pretrained(base, str(out)).eval()
     by_id = {d.id: d for d in docs}
@@ -249,6 +249,31 @@ def test_ranker_loads_artifact_and_ranks(trained, docs, bare_bert):
     # and not as the base with its fresh head would: the head came from the artifact
     fresh, tok, _, _ = load_base(bare_bert)
     assert score_pairs(fresh, tok, pairs, 8, 512) != pytest.approx(scores, abs=1e-4)
+
+
+def test_rerankers_share_one_base(trained, bare_bert):
+    """Two re-rankers of one base hold the base's tensors once, each with its own adapter and head,
+    and loading them changes no base weight."""
+    from odqa.lm.cross_encoder import shared_base
+
+    out, _ = trained
+    base, digest = shared_base(bare_bert)
+    before = weights_hash(base)
+    first, _, _ = load_reranker(out)
+    second, _, _ = load_reranker(out)
+    _, _, frozen, _ = load_base(bare_bert)
+    assert weights_hash(frozen) == digest and weights_hash(base) == before
+    embeddings = base.get_input_embeddings().weight.data_ptr()
+    query = base.bert.encoder.layer[0].attention.self.query.weight.data_ptr()
+    for model in (first, second):
+        inner = model.get_base_model()
+        assert inner.get_input_embeddings().weight.data_ptr() == embeddings
+        layer = inner.bert.encoder.layer[0].attention.self.query
+        assert layer.base_layer.weight.data_ptr() == query  # the adapter wraps the shared weight, unmerged
+    adapters = [{p.data_ptr() for n, p in m.named_parameters() if "lora_" in n or "modules_to_save" in n}
+                for m in (first, second)]
+    assert adapters[0] and not adapters[0] & adapters[1]
+    assert weights_hash(base) == before
 
 
 def test_ranker_to_dict_from_dict(trained):
@@ -435,7 +460,7 @@ def test_quick_reader_taught_training_on_real_questions(tmp_path):
     out = tmp_path / "taught"
     proc = subprocess.run([sys.executable, "-m", "odqa.cli", "train", "reranker", "--quick", "--labels", "reader",
                            "--pipeline", str(REPO / "pipelines" / "frozen_reader_smollm2.yml"), "--train", "trivia-wiki:train",
-                           "--train-candidates", "4", "--dev", "trivia-wiki:dev", "--dev-candidates", "4",
+                           "--train-candidates", "2", "--dev", "trivia-wiki:dev", "--dev-candidates", "4",
                            "--out", str(out)], capture_output=True, text=True, env=user_env(), cwd=REPO, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads((out / "manifest.json").read_text())
