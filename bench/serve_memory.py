@@ -107,7 +107,7 @@ def each_child(pipelines: list[str], question: str) -> None:
 
 
 def each(pipelines: list[str], question: str) -> list[dict]:
-    proc = subprocess.run([sys.executable, __file__, "--child-each", "--question", question, *pipelines],
+    proc = subprocess.run([sys.executable, __file__, "--question", question, "--child-each", *pipelines],
                           capture_output=True, text=True, cwd=ROOT)
     if proc.returncode:
         raise SystemExit(f"the --each child failed: {proc.stderr[-2000:]}")

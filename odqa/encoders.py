@@ -100,10 +100,14 @@ class DPREncoder:
         return self._run(self.q, self.q_tok, queries, None, batch_size)
 
 
-@lru_cache(maxsize=4)
 def load_encoder(name: str, query_name: str | None = None, device: str = "cpu"):
     """Load (once per process) the encoder named by a bundled name, local path or HF id, on
     ``device`` (``cuda`` in a Ray encoder that holds GPUs)."""
+    return _load_encoder(name, query_name, device)  # one cache key however the call spells its defaults
+
+
+@lru_cache(maxsize=4)
+def _load_encoder(name: str, query_name: str | None, device: str):
     ref = resolve_model(name)
     if _is_dpr(ref.path, name):
         return DPREncoder(name, query_name, device)

@@ -342,10 +342,10 @@ def test_two_clean_builds_are_byte_identical(tmp_path, corpus_jsonl, st_encoder)
     code = ("import sys; from odqa.index import build_index; "
             "[build_index(sys.argv[1], f'{sys.argv[2]}/{kind}', encoder=sys.argv[3], faiss_type=kind, progress=False) "
             "for kind in sys.argv[4].split(',')]")
-    for seed in (1, 2):
-        env = {**os.environ, "PYTHONHASHSEED": str(seed)}
-        subprocess.run([sys.executable, "-c", code, corpus_jsonl, str(tmp_path / f"seed{seed}"), st_encoder,
-                        ",".join(FAISS_TYPES)], env=env, check=True, cwd=Path(__file__).resolve().parent.parent)
+    builds = [subprocess.Popen([sys.executable, "-c", code, corpus_jsonl, str(tmp_path / f"seed{seed}"), st_encoder,
+                                ",".join(FAISS_TYPES)], env={**os.environ, "PYTHONHASHSEED": str(seed)},
+                               cwd=Path(__file__).resolve().parent.parent) for seed in (1, 2)]  # side by side
+    assert [b.wait(timeout=600) for b in builds] == [0, 0]
     for kind in FAISS_TYPES:
         outs = [tmp_path / f"seed{seed}" / kind for seed in (1, 2)]
         files = [sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) for out in outs]

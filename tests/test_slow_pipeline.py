@@ -144,14 +144,26 @@ def test_question_longer_than_budget(qa):
         qa.ask("Who wrote " + "the play that everybody knows " * 200 + "?")
 
 
-def test_answers_are_spans_not_sentences(qa):
-    """The reader's prompt's job: short answers, not sentences."""
+@pytest.fixture(scope="module")
+def dev24(qa, tmp_path_factory):
+    """The default pipeline's evaluation of the first 24 fanoutqa-wiki:dev questions, in batches of 8
+    (the answers alone would be the same: test_batched_answers_are_the_single_answers):
+    ``(metrics, prediction records)``."""
     from odqa.data.questions import load_questions
+    from odqa.eval.harness import evaluate
 
-    questions = load_questions("fanoutqa-wiki:dev")[:24]
-    answers = qa.ask_many([q.question for q in questions], progress=False)
+    out = tmp_path_factory.mktemp("dev24") / "run"
+    questions = load_questions("fanoutqa-wiki:dev", require_answers=True)[:24]
+    metrics = evaluate(qa, questions, out, progress=False, batch_size=8)
+    return metrics, [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+
+
+def test_answers_are_spans_not_sentences(dev24):
+    """The reader's prompt's job: short answers, not sentences."""
+    _, records = dev24
+    assert len(records) == 24
     # the zero-shot chat templates give spans 8-10% of the time on dev (bench/results/reader_prompts.md)
-    assert sum(len(a.answer.split()) <= 5 for a in answers) >= 15
+    assert sum(len(r["prediction"].split()) <= 5 for r in records) >= 15
 
 
 # Pinned numbers, as Pyserini pins its regressions: the default pipeline on the first 24
@@ -160,12 +172,8 @@ def test_answers_are_spans_not_sentences(qa):
 PINNED = {"questions": 24, "em": 4.17, "f1": 9.39, "lm_input_recall": 4.17}
 
 
-def test_pinned_numbers_of_the_default_pipeline(qa, tmp_path):
-    from odqa.eval.harness import evaluate
-    from odqa.data.questions import load_questions
-
-    questions = load_questions("fanoutqa-wiki:dev", require_answers=True)[:24]
-    metrics = evaluate(qa, questions, tmp_path / "pinned", progress=False)
+def test_pinned_numbers_of_the_default_pipeline(dev24):
+    metrics, _ = dev24
     assert {k: metrics[k] for k in PINNED} == pytest.approx(PINNED, abs=0.005)
 
 
@@ -180,14 +188,11 @@ def test_docstring_examples_run(module, default_index, monkeypatch):
     assert result.attempted > 0 and result.failed == 0
 
 
-def test_trivia_wiki_works_in_eval_and_in_training(default_index, tmp_path, capsys):
+def test_trivia_wiki_works_in_eval(default_index, tmp_path, capsys):
+    """(Training on it: tests/training/test_slow_training.py.)"""
     from odqa.cli import main
 
     pipeline = str(PIPELINES / "frozen_reader.yml")
     assert main(["eval", "--pipeline", pipeline, "--questions", "trivia-wiki:dev", "--limit", "3",
                  "--out", str(tmp_path / "run"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["questions"] == 3
-    assert main(["train", "reader", "--quick", "--pipeline", pipeline, "--train", "trivia-wiki:train",
-                 "--dev", "trivia-wiki:dev", "--out", str(tmp_path / "prompt")]) == 0
-    manifest = json.loads((tmp_path / "prompt" / "manifest.json").read_text())
-    assert manifest["data"]["train"] == "trivia-wiki:train" and manifest["synthetic"] is False

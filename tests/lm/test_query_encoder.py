@@ -49,6 +49,7 @@ def test_a_loaded_artifact_shares_the_retrievers_tensors(tmp_path, st_encoder):
     before = retriever.encode_queries(QUESTIONS)
     loaded, _ = load_query_encoder(out)
     again, _ = load_query_encoder(out)
+    assert load_encoder(st_encoder, None) is retriever  # the dense retriever's spelling of the same load
     base = {p.data_ptr() for p in retriever.model.parameters()}
     for enc in (loaded, again):
         mine = {n: p.data_ptr() for n, p in enc.named_parameters()}

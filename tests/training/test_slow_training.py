@@ -20,19 +20,6 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 INDEX = REPO / "indexes" / "wiki-vital"
 
-# hand-made training questions in odqa's jsonl format (marked synthetic=False: written by a person)
-TRAIN = [
-    ("Who wrote Romeo and Juliet?", "William Shakespeare"),
-    ("What is the capital of Australia?", "Canberra"),
-    ("Who painted the Mona Lisa?", "Leonardo da Vinci"),
-    ("Which planet is known as the Red Planet?", "Mars"),
-    ("In which city is the Eiffel Tower?", "Paris"),
-    ("Who developed the theory of general relativity?", "Albert Einstein"),
-    ("What is the largest ocean on Earth?", "Pacific Ocean"),
-    ("Who discovered penicillin?", "Alexander Fleming"),
-]
-
-
 @pytest.fixture(scope="module")
 def env():
     """The user's ``$ODQA_HOME`` (the dequantized backbone is cached there), here and in subprocesses."""
@@ -48,13 +35,13 @@ def _odqa(env, *args) -> subprocess.CompletedProcess:
 
 
 def test_train_reader_quick_on_the_real_backbone(env, tmp_path):
-    train = tmp_path / "train.jsonl"
-    train.write_text("".join(json.dumps({"id": f"h{i}", "question": q, "answers": [a]}) + "\n"
-                             for i, (q, a) in enumerate(TRAIN)))
+    """On real questions (a bundled question set; files of questions are trained on in the fast tests)."""
     out = tmp_path / "prompt"
-    res = _odqa(env, "train", "reader", "--train", str(train), "--out", str(out), "--quick", "--prompt-length", "8")
+    res = _odqa(env, "train", "reader", "--train", "trivia-wiki:train", "--dev", "trivia-wiki:dev", "--out", str(out),
+                "--quick", "--prompt-length", "8")
     assert res.returncode == 0, res.stderr[-2000:]
     manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["data"]["train"] == "trivia-wiki:train" and manifest["synthetic"] is False
     # the default pipeline's reader (pipelines/frozen_reader.yml): Gemma-3-270m, 640-d embeddings
     assert manifest["kind"] == "soft_prompt" and manifest["length"] == 8 and manifest["hidden_size"] == 640
     assert manifest["backbone"] == "gemma3-270m" and manifest["steps"] == 2
