@@ -122,12 +122,14 @@ def _load(name: str, dtype: str, where: torch.device, quantize: str | None) -> B
     key = (name, dtype, str(where), quantize)
     if key not in _CACHE:
         if quantize == "int8":
-            from odqa.lm.quantization import quantized_copy
+            from odqa.lm.quantization import quantize_int8
 
             # built from the float backbone and sharing its embeddings, norms and float layers, so a
             # process serving both holds one embedding table (Gemma's is 671 MB), not two
             plain = _load(name, dtype, where, None)
-            _CACHE[key] = Backbone(name=name, model=quantized_copy(plain.model), tokenizer=plain.tokenizer)
+            twin = shared_copy(plain.model)  # new modules, the same tensors; quantized in place below
+            quantize_int8(twin)
+            _CACHE[key] = Backbone(name=name, model=twin, tokenizer=plain.tokenizer)
         else:
             from transformers import AutoModelForCausalLM
 

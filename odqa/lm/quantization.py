@@ -79,14 +79,3 @@ def quantize_int8(model: torch.nn.Module, keep_float: tuple[str, ...] = KEEP_FLO
     for parent, name, child in swaps:
         setattr(parent, name, Int8Linear(child))
     return len(swaps)
-
-
-def quantized_copy(model: torch.nn.Module, keep_float: tuple[str, ...] = KEEP_FLOAT) -> torch.nn.Module:
-    """An int8 copy of ``model`` (:func:`quantize_int8`) that shares every tensor it keeps float with
-    ``model`` (the embeddings, norms, the head and the layers ``keep_float`` names); ``model`` itself
-    is left as it was."""
-    from odqa.lm.backbone import shared_copy
-
-    twin = shared_copy(model)  # new modules, the same tensors
-    quantize_int8(twin, keep_float)
-    return twin

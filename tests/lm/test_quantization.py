@@ -8,7 +8,8 @@ import torch
 from odqa.errors import PipelineConfigError
 from odqa.lm import backbone as backbone_module
 from odqa.lm.backbone import load_backbone
-from odqa.lm.quantization import KEEP_FLOAT, Int8Linear, quantize_int8, quantized_copy
+from odqa.lm.backbone import shared_copy
+from odqa.lm.quantization import KEEP_FLOAT, Int8Linear, quantize_int8
 
 
 def test_int8_linear_is_close_to_the_float_layer():
@@ -71,7 +72,8 @@ def test_quantized_copy_answers_as_quantizing_in_place(tiny_lm):
     model = AutoModelForCausalLM.from_pretrained(tiny_lm).eval()
     in_place = AutoModelForCausalLM.from_pretrained(tiny_lm).eval()
     quantize_int8(in_place)
-    twin = quantized_copy(model)
+    twin = shared_copy(model)
+    quantize_int8(twin)
     ids = torch.randint(0, model.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(twin(ids).logits, in_place(ids).logits)

@@ -56,10 +56,12 @@ def test_soft_capped_logits():
 def test_one_per_head_table_and_none_where_it_does_not_apply(tiny_lm):
     from transformers import AutoModelForCausalLM
 
-    from odqa.lm.quantization import quantized_copy
+    from odqa.lm.backbone import shared_copy
+    from odqa.lm.quantization import quantize_int8
 
     model = AutoModelForCausalLM.from_pretrained(tiny_lm).eval()
-    twin = quantized_copy(model)  # keeps lm_head float, sharing its table
+    twin = shared_copy(model)
+    quantize_int8(twin)  # keeps lm_head float, sharing its table
     assert screened_head(model) is screened_head(twin) is not None
     twin.lm_head = Int8Linear(model.lm_head)
     assert screened_head(twin) is None
