@@ -100,6 +100,36 @@ class DPREncoder:
         return self._run(self.q, self.q_tok, queries, None, batch_size)
 
 
+def share_weights(module, name: str) -> int:
+    """Point ``module``'s parameters at the same-named, equal ones of this process's cached
+    sentence-transformers encoder ``name`` (:func:`load_encoder`), when ``module`` is that encoder's
+    transformer class loaded from the same checkpoint through another head (a cross-encoder's
+    body, ID-PT's frozen encoder): one copy of those weights in memory, not two. Only tensors equal
+    in name, shape, dtype, device and value are shared (a head initialised afresh is not); returns
+    how many. Only frozen parameters (``requires_grad`` off) are shared, and stay frozen."""
+    import torch
+
+    encoder = load_encoder(name)
+    if not isinstance(encoder, SentenceTransformerEncoder):
+        return 0
+    first = encoder.model[0]
+    inner = first.model if isinstance(getattr(first, "model", None), torch.nn.Module) else first.auto_model
+    if type(inner) is not type(module):
+        return 0
+    theirs = dict(inner.named_parameters())
+    shared = 0
+    for key, mine in list(module.named_parameters()):
+        other = theirs.get(key)
+        if (other is None or other is mine or mine.requires_grad or other.shape != mine.shape
+                or other.dtype != mine.dtype or other.device != mine.device or not torch.equal(other, mine)):
+            continue
+        other.requires_grad_(False)  # frozen for both: the retriever only ever embeds without gradients
+        parent, _, leaf = key.rpartition(".")
+        setattr(module.get_submodule(parent) if parent else module, leaf, other)
+        shared += 1
+    return shared
+
+
 def load_encoder(name: str, query_name: str | None = None, device: str = "cpu"):
     """Load (once per process) the encoder named by a bundled name, local path or HF id, on
     ``device`` (``cuda`` in a Ray encoder that holds GPUs)."""

@@ -150,9 +150,13 @@ _SHARED_LOCK = threading.Lock()
 def shared_base(name: str) -> tuple[torch.nn.Module, str]:
     """``(model, weight hash)`` of base encoder ``name``, loaded once per process for every re-ranker
     that names it. Read-only: adapters go on a :func:`~odqa.lm.backbone.shared_copy` of it."""
+    from odqa.encoders import share_weights
+
     with _SHARED_LOCK:
         if name not in _SHARED:
             model, _, frozen, _ = load_base(name)
+            # the same checkpoint is usually the dense retriever's encoder too: hold its tensors once
+            share_weights(model.base_model, name)
             _SHARED[name] = (model, weights_hash(frozen))
         return _SHARED[name]
 

@@ -71,9 +71,13 @@ def load_encoder(name: str, device: str | torch.device | None = None) -> tuple[n
             raise PipelineConfigError(f"'{name}' is a decoder ({config.model_type}); the prompt generator needs an "
                                       "encoder such as minilm-l6 or a T5 model")
         cls = T5EncoderModel if config.model_type in T5_TYPES else AutoModel
-        model = cls.from_pretrained(path)
+        model = freeze(cls.from_pretrained(path).to(where))
         tokenizer = AutoTokenizer.from_pretrained(path)
-        _ENCODERS[key] = (freeze(model.to(where)), tokenizer)
+        if cls is AutoModel and where.type == "cpu":
+            from odqa.encoders import share_weights
+
+            share_weights(model, name)  # a sentence encoder such as minilm-l6: the dense retriever's tensors, once
+        _ENCODERS[key] = (model, tokenizer)
         return _ENCODERS[key]
 
 

@@ -219,28 +219,30 @@ def real_one_pass(real_env, tmp_path_factory):
     return out, res
 
 
-def _real_hash(env) -> str:
-    """The real backbone's hash, computed in a fresh process (no state shared with the command)."""
+@pytest.fixture(scope="module")
+def real_hash(real_env) -> str:
+    """The real backbone's hash, computed once in a fresh process (no state shared with the
+    commands, which each record the hash they found before and after training)."""
     import subprocess
     import sys
 
     code = ("from odqa.lm.backbone import load_backbone; from odqa.lm.backbone import weights_hash; "
             "print(weights_hash(load_backbone('smollm2-135m-instruct').model))")
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-c", code], env=real_env, capture_output=True, text=True,
                           check=True).stdout.strip()
 
 
 @pytest.mark.slow
-def test_real_one_pass_quick_keeps_the_backbone(real_env, real_one_pass):
+def test_real_one_pass_quick_keeps_the_backbone(real_hash, real_one_pass):
     out, res = real_one_pass
     m = json.loads((out / "manifest.json").read_text())
     assert m["kind"] == "soft_prompt" and m["hidden_size"] == 576 and m["steps"] == 2
     assert m["data"]["train"] == "real: fanoutqa-closedbook:train" and "backbone hash unchanged" in res.stdout
-    assert _real_hash(real_env) == m["backbone_hash"]
+    assert real_hash == m["backbone_hash"]
 
 
 @pytest.mark.slow
-def test_real_textual_quick_keeps_the_backbone(real_env, real_one_pass, tmp_path):
+def test_real_textual_quick_keeps_the_backbone(real_env, real_hash, real_one_pass, tmp_path):
     first, _ = real_one_pass
     out = tmp_path / "textual"
     res = _odqa(real_env, "train", "recursive", "--mode", "textual", "--first-prompt", str(first), "--out", str(out),
@@ -248,11 +250,11 @@ def test_real_textual_quick_keeps_the_backbone(real_env, real_one_pass, tmp_path
     assert res.returncode == 0, res.stderr[-2000:]
     m = json.loads((out / "manifest.json").read_text())
     assert m["first_prompt"] == str(first) and m["config"]["num_candidates"] == 2
-    assert _real_hash(real_env) == m["backbone_hash"]
+    assert real_hash == m["backbone_hash"]
 
 
 @pytest.mark.slow
-def test_real_neural_quick_pretrains_and_keeps_the_backbone(real_env, real_one_pass, tmp_path):
+def test_real_neural_quick_pretrains_and_keeps_the_backbone(real_env, real_hash, real_one_pass, tmp_path):
     first, _ = real_one_pass
     out, conn = tmp_path / "neural", tmp_path / "connector"
     res = _odqa(real_env, "train", "recursive", "--mode", "neural", "--first-prompt", str(first), "--out", str(out),
@@ -262,4 +264,4 @@ def test_real_neural_quick_pretrains_and_keeps_the_backbone(real_env, real_one_p
     pre = json.loads((conn / "manifest.json").read_text())
     assert pre["kind"] == "connector" and pre["data"]["train"].startswith("real: corpus wiki-vital")
     assert m["pretrained_connector"]["path"] == str(conn)
-    assert _real_hash(real_env) == m["backbone_hash"] == pre["backbone_hash"]
+    assert real_hash == m["backbone_hash"] == pre["backbone_hash"]
