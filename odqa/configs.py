@@ -142,7 +142,8 @@ class ReaderTrainConfig(TrainConfig):
 class RerankerTrainConfig(TrainConfig):
     """Settings of one re-ranker training run (recorded in the checkpoint and the manifest)."""
 
-    QUICK: ClassVar[dict] = {"max_steps": 3, "max_examples": 12, "dev_limit": 6, "dev_candidates": 30, "negatives": 3}
+    QUICK: ClassVar[dict] = {"max_steps": 3, "max_examples": 12, "dev_limit": 6, "dev_candidates": 30, "negatives": 3,
+                             "max_length": 128}
 
     student: str = setting("cross-encoder", "'cross-encoder': a LoRA adapter and head reading (question, passage) "
                                             "pairs; 'query-encoder': a LoRA adapter on the dense index's question "
