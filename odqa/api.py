@@ -393,7 +393,7 @@ class QA:
         self.source = source
         self._upstream_pipeline: Pipeline | None = None  # the stages before the reader, for batches
         self._fed: tuple[Pipeline, dict[str, _Given]] | None = None  # the same, its retrievers batched
-        self._stores_checked = False
+        self._warmed = False  # the first warm-up done: stores checked, the C heap trimmed
         # the reader is the stage that writes answers, the packer the one that reports what it cut:
         # found by their output sockets, so any component with those outputs takes the part
         readers = [n for n, _ in pipeline.walk() if _socket_type(pipeline, n, "answers") == list[GeneratedAnswer]]
@@ -413,14 +413,16 @@ class QA:
         return cls(load_pipeline(path), str(path))
 
     def warm_up(self) -> None:
-        if not self._stores_checked:  # first: seconds before the models would load
-            _check_stores(self.pipeline, self.source)
-            self._stores_checked = True
+        first = not self._warmed  # every question calls this; the checks and the trim are for the first
+        if first:
+            _check_stores(self.pipeline, self.source)  # seconds before the models would load
         try:
             self.pipeline.warm_up()
         except PipelineRuntimeError as e:
             raise unwrap_error(e) from None
-        _trim_heap()
+        if first:
+            _trim_heap()
+            self._warmed = True
 
     def close(self) -> None:
         """Release the stages' open resources (Haystack's ``Pipeline.close``: a document store's client;
