@@ -100,6 +100,15 @@ class DPREncoder:
         return self._run(self.q, self.q_tok, queries, None, batch_size)
 
 
+def transformer_slot(model) -> str:
+    """The attribute of a ``SentenceTransformer``'s first module that holds its transformer:
+    sentence-transformers >= 6 keeps it as ``model`` (``auto_model`` is a read-only alias), older
+    releases as ``auto_model``."""
+    import torch
+
+    return "model" if isinstance(getattr(model[0], "model", None), torch.nn.Module) else "auto_model"
+
+
 def share_weights(module, name: str) -> int:
     """Point ``module``'s parameters at the same-named, equal ones of this process's cached
     sentence-transformers encoder ``name`` (:func:`load_encoder`), when ``module`` is that encoder's
@@ -112,8 +121,7 @@ def share_weights(module, name: str) -> int:
     encoder = load_encoder(name)
     if not isinstance(encoder, SentenceTransformerEncoder):
         return 0
-    first = encoder.model[0]
-    inner = first.model if isinstance(getattr(first, "model", None), torch.nn.Module) else first.auto_model
+    inner = getattr(encoder.model[0], transformer_slot(encoder.model))
     if type(inner) is not type(module):
         return 0
     theirs = dict(inner.named_parameters())

@@ -53,20 +53,18 @@ class QueryEncoder(torch.nn.Module):
         self.log_scale = torch.nn.Parameter(torch.tensor(math.log(INITIAL_SCALE)))
 
     @property
-    def _slot(self) -> str:
-        # sentence-transformers >= 6 keeps the transformer as ``model`` (``auto_model`` is a read-only
-        # alias); older releases as ``auto_model``
-        return "model" if isinstance(getattr(self.st[0], "model", None), torch.nn.Module) else "auto_model"
-
-    @property
     def transformer(self) -> torch.nn.Module:
         """The encoder's transformer (where the adapter goes)."""
-        return getattr(self.st[0], self._slot)
+        from odqa.encoders import transformer_slot
+
+        return getattr(self.st[0], transformer_slot(self.st))
 
     def set_transformer(self, module: torch.nn.Module) -> None:
         """Put ``module`` (the transformer wrapped with an adapter) in the encoder's place. A method,
         not a property setter: ``nn.Module`` would register an assigned module under its own name."""
-        setattr(self.st[0], self._slot, module)
+        from odqa.encoders import transformer_slot
+
+        setattr(self.st[0], transformer_slot(self.st), module)
 
     def embed(self, questions: list[str]) -> torch.Tensor:
         """Unit-length question embeddings, ``[len(questions), dim]`` (differentiable)."""
