@@ -214,7 +214,7 @@ def question_set_examples(pipeline: str | Path, spec: str, cfg: RerankerTrainCon
     # only the questions trained on are retrieved: the seeded subset of --max-examples is drawn first
     found = build_dev_set(pipeline, spec, None, cfg.train_candidates, progress, cache=work / TRAIN_CACHE,
                           desc="train candidates", sample=cfg.max_examples, seed=cfg.seed)
-    picked = list(range(len(found.questions)))
+    questions, candidates, flags = found.questions, found.candidates, found.flags
 
     def ctx(d) -> Ctx:
         return Ctx(id=str(d.id), title=d.meta.get("title", ""), text=d.content)
@@ -222,12 +222,9 @@ def question_set_examples(pipeline: str | Path, spec: str, cfg: RerankerTrainCon
     if cfg.labels == "reader":
         from odqa.training.teacher import SCORES_FILE, ReaderTeacher, teacher_scores
 
-        questions = [found.questions[i] for i in picked]
-        candidates = [found.candidates[i] for i in picked]
         teacher = ReaderTeacher(pipeline_reader(pipeline))
         with FrozenCheck(teacher.backbone.model, teacher.name["model"]) as reader_check:  # the reader only reads
             scores = teacher_scores(teacher, questions, candidates, work / SCORES_FILE, progress)
-        flags = [found.flags[i] for i in picked]
         stats = {"reader": teacher.name, "reader_backbone_hash": reader_check.digest, "questions": len(questions),
                  "candidates": cfg.train_candidates,
                  # how often the candidate first in each order holds an accepted answer
@@ -239,10 +236,9 @@ def question_set_examples(pipeline: str | Path, spec: str, cfg: RerankerTrainCon
         return [TaughtGroup(str(q.id), q.question, [ctx(d) for d in docs], s)
                 for q, docs, s in zip(questions, candidates, scores) if docs], found.in_set, stats
     examples = []
-    for i in picked:
-        q, docs, flags = found.questions[i], found.candidates[i], found.flags[i]
-        pos = [ctx(d) for d, f in zip(docs, flags) if f]
-        neg = [ctx(d) for d, f in zip(docs, flags) if not f]
+    for q, docs, holds in zip(questions, candidates, flags):
+        pos = [ctx(d) for d, f in zip(docs, holds) if f]
+        neg = [ctx(d) for d, f in zip(docs, holds) if not f]
         if pos and neg:
             examples.append(TrainExample(id=str(q.id), question=q.question, answers=list(q.answers), positives=pos,
                                          hard_negatives=neg, source=f"{spec}:{cfg.train_candidates} candidates"))
