@@ -489,9 +489,8 @@ class SearchIndex:
         FAISS, so a re-scorer uses exactly what dense retrieval scored). Unknown ids are refused.
 
         For the compressed types (``ivfpq``, ``hnsw-sq8``) these are the decoded codes, approximations of
-        the encoder's vectors: ``ivfpq`` keeps a PQ code of each vector's residual to its list centroid
-        (cosine to the original 0.965 on average for wiki-vital at the default ``pq_m``, 0.93 at worst),
-        ``hnsw-sq8`` 8 bits per dimension (above 0.9999). Search scores against the same approximations,
+        the encoder's vectors: ``ivfpq`` keeps a PQ code of each vector's residual to its list centroid,
+        ``hnsw-sq8`` 8 bits per dimension. Search scores against the same approximations,
         so re-scoring with them repeats dense retrieval's scores. The FAISS index already loaded
         (mapped or not) is used; an IVF type gets its row -> list map built once, on the first call.
         """

@@ -53,11 +53,11 @@ def register(sub) -> None:
                    help="sentence-transformers model, or a DPR context encoder (id or path)")
     b.add_argument("--query-encoder", default=None, help="DPR question encoder (default: derived from --encoder)")
     b.add_argument("--faiss", default="flat", choices=FAISS_TYPES,
-                   help="dense index type: flat (exact), ivf, ivfpq (IVF + product quantization, about 1/8 of "
-                        "flat's size), hnsw, hnsw-sq8 (HNSW over 8-bit vectors); see indexes/README.md")
+                   help="dense index type: flat (exact), ivf, ivfpq (IVF + product quantization, about a fifth "
+                        "of flat's size), hnsw, hnsw-sq8 (HNSW over 8-bit vectors); see indexes/README.md")
     b.add_argument("--pq-m", type=int, default=None,
                    help="with --faiss ivfpq: PQ sub-quantizers, a divisor of the encoder's dimension "
-                        "(default: dim/4, e.g. 96 for 384-d; more is bigger and more exact)")
+                        "(default: dim/2, e.g. 192 for 384-d; more is bigger and more exact)")
     b.add_argument("--bm25-method", default="lucene", choices=["lucene", "robertson", "atire", "bm25l", "bm25+"])
     b.add_argument("--bm25-k1", type=float, default=BM25Config.k1)
     b.add_argument("--bm25-b", type=float, default=BM25Config.b)
