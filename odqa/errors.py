@@ -132,3 +132,10 @@ def from_os_error(e: OSError, what: str | None = None, fix: str | None = None) -
         return FileAccessError(f"an operating-system error{about}: {reason}; {fix}")
     target = f"'{e.filename}'" + (f" -> '{e.filename2}'" if e.filename2 else "")
     return FileAccessError(f"cannot use {target}{about}: {reason}; {fix}")
+
+
+def first_line(e: BaseException) -> str:
+    """The first non-blank line of an error's message, or its type's name: a foreign library's
+    error quoted inside one of odqa's one-line messages."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return lines[0] if lines else type(e).__name__

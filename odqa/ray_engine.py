@@ -27,7 +27,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from odqa.errors import OdqaError
+from odqa.errors import OdqaError, first_line
 
 INSTALL = "pip install -c constraints.txt -e '.[ray]'"
 ADDRESS_FORMS = "'auto' (the cluster `ray start` made on this machine) or HOST:PORT (the head node's GCS address)"
@@ -134,7 +134,7 @@ class RayEngine:
                     _probe(ray._private.services.canonicalize_bootstrap_address_or_die("auto"))
                 ray.init(address=self.address, log_to_driver=False, logging_level=logging.ERROR)
             except (OSError, RuntimeError, ValueError) as e:  # ConnectionError, TimeoutError: OSErrors
-                raise OdqaError(f"--address {self.address}: no Ray cluster answers there ({_one_line(e)}); start "
+                raise OdqaError(f"--address {self.address}: no Ray cluster answers there ({first_line(e)}); start "
                                 "one with `ray start --head`, pass its address, or drop --address to start a "
                                 "local runtime") from None
         self._started = True
@@ -217,11 +217,6 @@ def _probe(address: str, timeout: float = 5.0) -> None:
         pass
 
 
-def _one_line(e: BaseException) -> str:
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    return lines[0] if lines else type(e).__name__
-
-
 _RAISED = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit)): (.+)$", re.M)
 
 
@@ -248,7 +243,7 @@ def _cause(e: BaseException) -> Exception:
         cls = getattr(odqa.errors, ours[-1][0].rsplit(".", 1)[1], None)
         if isinstance(cls, type) and issubclass(cls, OdqaError):
             return cls(ours[-1][1])
-    what = f"{raised[-1][0]}: {raised[-1][1]}" if raised else _one_line(e)
+    what = f"{raised[-1][0]}: {raised[-1][1]}" if raised else first_line(e)
     return OdqaError(f"a Ray actor failed ({what}); check that every node has odqa installed and sees the same "
                      "corpus, model and pipeline paths as this one (rerun with --debug for the traceback; Ray's "
                      "logs are in its session directory)")

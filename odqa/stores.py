@@ -26,7 +26,7 @@ from haystack import Document
 from haystack.document_stores.types import DuplicatePolicy
 from tqdm.auto import tqdm
 
-from odqa.errors import IndexMismatchError, OdqaError, OutputExistsError, OutputLockedError
+from odqa.errors import IndexMismatchError, OdqaError, OutputExistsError, OutputLockedError, first_line
 from odqa.index import open_index
 
 STORES = ("qdrant",)
@@ -113,8 +113,7 @@ def _open(store, where: str, collection: str, dim: int) -> int:
     except Exception as e:  # noqa: BLE001 - a server that is down or refuses: qdrant_client and httpx types
         if store.url is None:
             raise
-        first = (str(e).splitlines() or [type(e).__name__])[0]
-        raise OdqaError(f"cannot use the Qdrant server at '{where}': {first}; check --url, that the server is "
+        raise OdqaError(f"cannot use the Qdrant server at '{where}': {first_line(e)}; check --url, that the server is "
                         f"running, and ${API_KEY_ENV} if it needs a key") from None
 
 

@@ -8,8 +8,8 @@ the argmax and its log-probability, so :class:`ScreenedHead` computes the logits
 quarter of the bytes, and torch's int8 kernel), takes the ``candidates`` best, recomputes those
 exactly from the float table, and proves the argmax: every other token's int8 logit plus a bound
 on its rounding error must stay below the best exact logit. Where the proof fails (2 of 45
-decoding steps on six fanoutqa dev questions) the row is computed in full float32 instead. So the chosen token is the float head's argmax (up to
-float32's own summation order), and its log-probability is normalised over logits that are exact
+decoding steps on six fanoutqa dev questions) the row is computed in full float32 instead. So the
+chosen token is the float head's argmax (up to float32's own summation order), and its log-probability is normalised over logits that are exact
 for the candidates and within the bound elsewhere.
 
 The bound, per vocabulary row ``r``, by Cauchy-Schwarz: with the weight row rounded as
