@@ -120,8 +120,8 @@ def main() -> int:
         cfg, "head_dim", d // cfg.num_attention_heads)
     bytes_per = next(model.parameters()).element_size()
     # greedy decoding reads a float head through its int8 screen (odqa/lm/screened_head.py): a byte per
-    # weight, at the int8 rate; the 256 candidates it recomputes in float and its rare float
-    # fallbacks are left out
+    # weight, at the int8 rate; the 16 candidates it recomputes in float, and the few more rows
+    # recomputed where its proof needs them, are left out
     screened = screened_head(model) is not None
     head_bytes = 1 if isinstance(head_layer, Int8Linear) or screened else bytes_per
     rows = max(1, int(statistics.median(bodies)))

@@ -586,6 +586,7 @@ class QA:
             record[self.reader] = share
             record["total"] += share
             results[i] = (self._answer(q, out, record), out)
+        _trim_heap()
         return results
 
     def ask_many(self, questions: list[str], progress: bool = True, task: str | None = None,

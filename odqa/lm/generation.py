@@ -55,8 +55,10 @@ class PrefixCache:
         length = int(embeds.shape[1])
         if length == 0:
             raise PipelineConfigError("a prefix cache needs a soft prompt or prefix ids; both are empty")
-        out = model(inputs_embeds=embeds, attention_mask=torch.ones(1, length, dtype=torch.long, device=ids.device),
-                    use_cache=True, logits_to_keep=1)
+        # the body alone (no output head): the keys and values are all a prefix needs, and a head
+        # over the whole vocabulary would read (and, memory-mapped, make resident) Gemma's 671 MB table
+        out = model.base_model(inputs_embeds=embeds,
+                               attention_mask=torch.ones(1, length, dtype=torch.long, device=ids.device), use_cache=True)
         cls.builds += 1
         return cls(out.past_key_values, length, tuple(prefix_ids),
                    soft_prompt.length if soft_prompt is not None else 0)

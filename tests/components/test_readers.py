@@ -227,7 +227,8 @@ def test_prefix_cache_gives_the_same_answers(lively_lm, make_docs, template, wit
               ("Which planet is red?", make_docs(("m", "Mars", "Mars is the fourth planet from the Sun.")))]
     got, want = _answers(cached, inputs), _answers(plain, inputs)
     assert [g[:4] for g in got] == [w[:4] for w in want]  # text, raw output, token counts
-    assert [g[4] for g in got] == pytest.approx([w[4] for w in want], abs=1e-4)
+    # scores: the cached loop's screened head normalises over 16 exact logits and int8 ones elsewhere
+    assert [g[4] for g in got] == pytest.approx([w[4] for w in want], rel=3e-3)
     assert sum(n for _, _, n, _, _ in got) > len(inputs)  # the loop decoded past the first token
 
 

@@ -10,7 +10,7 @@ import torch
 from odqa.errors import PipelineConfigError
 from odqa.lm.backbone import freeze, load_backbone, resolve_device
 
-from conftest import HIDDEN
+from conftest import HIDDEN, user_odqa_home
 
 
 def _assert_frozen(model):
@@ -88,3 +88,30 @@ def test_cuda_without_a_gpu_says_to_use_the_cpu(monkeypatch):
     monkeypatch.setenv("ODQA_DEVICE", "cuda")
     with pytest.raises(PipelineConfigError, match=r"device 'cuda' was asked for, but torch sees no CUDA GPU.*ODQA_DEVICE=cpu"):
         resolve_device()
+
+
+@pytest.mark.slow
+def test_the_fast_tokenizer_encodes_as_the_models_own_class():
+    """The backbone's tokenizer is its tokenizer.json wrapped as it is (PreTrainedTokenizerFast), not
+    the model's class (for Gemma, GemmaTokenizer, which keeps 160 MB of Python copies beside it): the
+    same ids, special tokens and decoding over a third of the bundled corpus and every question.
+    (SmolLM2's own class is that wrapper already.)"""
+    name = "gemma3-270m"
+    from transformers import AutoTokenizer
+
+    from odqa.data.corpus import read_corpus
+    from odqa.data.questions import load_questions
+    from odqa.lm.backbone import load_tokenizer
+    from odqa.resources import model_dir
+
+    with user_odqa_home():  # the dequantized backbones are cached there
+        ours, theirs = load_tokenizer(name), AutoTokenizer.from_pretrained(model_dir(name))
+        texts = [f"{p.title}\n{p.text}" for p in read_corpus("wiki-vital")[::3]]
+        texts += [q.question for q in load_questions("trivia-wiki") + load_questions("fanoutqa-wiki")]
+    for special in (True, False):
+        want = theirs(texts, add_special_tokens=special)["input_ids"]
+        assert ours(texts, add_special_tokens=special)["input_ids"] == want
+    assert [ours.decode(ids, skip_special_tokens=True) for ids in want[:500]] == \
+        [theirs.decode(ids, skip_special_tokens=True) for ids in want[:500]]
+    assert sorted(ours.all_special_ids) == sorted(theirs.all_special_ids) and len(ours) == len(theirs)
+    assert ours.chat_template == theirs.chat_template

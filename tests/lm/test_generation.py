@@ -88,7 +88,9 @@ def test_greedy_generate_matches_generate(backbone, model, soft, template, with_
             got, got_logp = greedy_generate(model, None, torch.tensor([ids]), 8, [], screen=screen)
         assert len(want) == 8 and len(set(want)) > 2  # a run that changes token, not one token repeated
         assert got == want
-        assert got_logp == pytest.approx(want_logp, abs=2e-3 if screen else 1e-4)
+        # the screened head's normaliser is exact for its 16 candidates and int8 elsewhere (this random
+        # model's flat distributions put more of its mass elsewhere than a trained LM's do)
+        assert got_logp == pytest.approx(want_logp, abs=5e-3 if screen else 1e-4)
 
 
 @pytest.mark.parametrize("with_soft", [False, True])
@@ -103,7 +105,7 @@ def test_stops_where_generate_stops(backbone, model, soft, with_soft):
                                     [stop, backbone.tokenizer.eos_token_id])
     assert got == want == free[: free.index(stop) + 1]
     assert 2 < len(got) < 8
-    assert got_logp == pytest.approx(want_logp, abs=2e-3)
+    assert got_logp == pytest.approx(want_logp, abs=5e-3)  # the screened head, as above
 
 
 def test_prefix_cache_is_not_changed_by_decoding(backbone, model, soft):
@@ -118,6 +120,22 @@ def test_prefix_cache_is_not_changed_by_decoding(backbone, model, soft):
     for (k, v), layer in zip(before, prefix.past_key_values.layers):
         assert torch.equal(k, layer.keys) and torch.equal(v, layer.values)
     assert greedy_generate(model, prefix, torch.tensor([body_ids]), 6, []) == first  # same question, same answer
+
+
+def test_building_a_prefix_never_runs_the_output_head(backbone, model, soft, monkeypatch):
+    """A prefix needs keys and values only: a head over the whole vocabulary would read (and, for a
+    memory-mapped model, make resident) the whole output table for nothing."""
+    prefix_ids, _ = _parts(backbone, "qa-completion")
+    want = PrefixCache.build(model, soft, prefix_ids)
+
+    def no_head(*args, **kwargs):
+        raise AssertionError("the output head ran")
+
+    monkeypatch.setattr(model.lm_head, "forward", no_head)
+    got = PrefixCache.build(model, soft, prefix_ids)
+    assert got.length == want.length
+    for mine, theirs in zip(got.past_key_values.layers, want.past_key_values.layers):
+        assert torch.equal(mine.keys, theirs.keys) and torch.equal(mine.values, theirs.values)
 
 
 def test_the_prefix_matters(backbone, model):

@@ -30,19 +30,21 @@ def test_argmax_and_candidates_are_the_float_heads():
         approx, bound = screened.screen(hidden)
         assert ((approx - want).abs() <= bound).all()  # the bound the proof rests on holds
         assert ((got - want).abs() <= bound).all() and (got - want).abs().max() > 1e-4  # the rest: int8 logits
-        assert screened.fallbacks == 0
+        assert screened.widened == 0
 
 
-def test_a_tie_it_cannot_prove_is_computed_in_float():
+def test_a_tie_it_cannot_prove_widens_to_the_tokens_that_could_win():
     head, hidden = _head(vocab=300)
     with torch.no_grad():  # tokens 7 and 8 share a row, so no bound separates them; both win for row 0
         head.weight[8] = head.weight[7]
         hidden[0] = head.weight[7] * 50
     screened = ScreenedHead(head, candidates=1)
     got = screened(hidden)
-    assert screened.fallbacks >= 1
-    assert torch.allclose(got[0], head(hidden[:1])[0], atol=1e-5)  # the whole row is the float head's
-    assert torch.equal(got.argmax(dim=1), head(hidden).argmax(dim=1))
+    want = head(hidden)
+    assert screened.widened >= 1
+    assert torch.allclose(got[0, [7, 8]], want[0, [7, 8]], atol=1e-5)  # both contenders computed exactly
+    assert (got[0] != want[0]).sum() > 100  # and not the whole row: the rest of the table is not read
+    assert torch.equal(got.argmax(dim=1), want.argmax(dim=1))
 
 
 def test_soft_capped_logits():
