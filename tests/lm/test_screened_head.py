@@ -97,3 +97,19 @@ def test_tables_are_cached_beside_odqa_home_and_rebuilt_when_unreadable(tiny_lm,
     assert other.name_or_path == model.name_or_path
     assert module._cache_file(other, other.lm_head) != module._cache_file(model, model.lm_head)
     assert torch.equal(screened_head(other).weight_q, ScreenedHead(other.lm_head).weight_q)
+
+
+def test_reading_at_random_is_advice_only(tmp_path):
+    """The table is marked for random reads (``MADV_RANDOM``), which changes how pages come in, never
+    what they hold: over an anonymous tensor and over a memory-mapped safetensors file alike."""
+    from safetensors.torch import load_file, save_file
+
+    from odqa.lm.screened_head import _read_at_random
+
+    table = torch.randn(4096, 64)
+    save_file({"w": table}, str(tmp_path / "t.safetensors"))
+    mapped = load_file(str(tmp_path / "t.safetensors"))["w"]
+    for weight in (table.clone(), mapped):
+        _read_at_random(weight)
+        assert torch.equal(weight, table)
+        assert torch.equal(weight[[7, 4000]], table[[7, 4000]])
