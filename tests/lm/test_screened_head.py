@@ -100,8 +100,9 @@ def test_tables_are_cached_beside_odqa_home_and_rebuilt_when_unreadable(tiny_lm,
 
 
 def test_reading_at_random_is_advice_only(tmp_path):
-    """The table is marked for random reads (``MADV_RANDOM``), which changes how pages come in, never
-    what they hold: over an anonymous tensor and over a memory-mapped safetensors file alike."""
+    """The table is marked for random reads (``MADV_RANDOM``) and its file's unmapped cached pages are
+    dropped, which changes how pages come in, never what they hold: over an anonymous tensor and over
+    a memory-mapped safetensors file alike (and a file that is gone is passed over)."""
     from safetensors.torch import load_file, save_file
 
     from odqa.lm.screened_head import _read_at_random
@@ -110,6 +111,6 @@ def test_reading_at_random_is_advice_only(tmp_path):
     save_file({"w": table}, str(tmp_path / "t.safetensors"))
     mapped = load_file(str(tmp_path / "t.safetensors"))["w"]
     for weight in (table.clone(), mapped):
-        _read_at_random(weight)
+        _read_at_random(weight, [tmp_path / "t.safetensors", tmp_path / "gone.safetensors"])
         assert torch.equal(weight, table)
         assert torch.equal(weight[[7, 4000]], table[[7, 4000]])
