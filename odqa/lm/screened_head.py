@@ -9,11 +9,12 @@ quarter of the bytes, and torch's int8 kernel), takes the ``candidates`` best, r
 exactly from the float table, and proves the argmax: every other token's int8 logit plus a bound
 on its rounding error must stay below the best exact logit. Where the proof fails (with 16
 candidates, 20 of about 100 rows over 24 fanoutqa test questions in batches of 8) the row
-recomputes exactly every token whose bound reaches the best exact logit, which proves it. So
-decoding reads a few rows of the float table per step, never all of it: a memory-mapped table's
-other pages stay on disk (over those 24 questions, 1,098 of its 262,144 rows were read). So the chosen token is the float head's argmax (up to
-float32's own summation order), and its log-probability is normalised over logits that are exact
-for the candidates and within the bound elsewhere.
+recomputes exactly every token whose bound reaches the best exact logit, which proves it.
+Decoding thus reads a few rows of the float table per step, never all of it, and a memory-mapped
+table's other pages stay on disk (over those 24 questions, 1,098 of its 262,144 rows were read).
+The chosen token is the float head's argmax (up to float32's own summation order), and its
+log-probability is normalised over logits that are exact for the candidates and within the bound
+elsewhere.
 
 The bound, per vocabulary row ``r``, by Cauchy-Schwarz: with the weight row rounded as
 ``w_r ~ s_r q_r`` (error ``e_r = |w_r - s_r q_r|_2``, stored) and the hidden state as ``h ~ x_s q_h``,
@@ -146,8 +147,8 @@ def _read_at_random(weight: torch.Tensor, files: list[Path]) -> None:
     without read-ahead. And ``posix_fadvise(DONTNEED)`` on the model's ``files``: their cached pages
     that no process maps are dropped (pages the model's writing or loading brought in come in large
     folios, each mapped whole by the fault of one row); read again one at a time, the rows the
-    prompts and candidates touch cost a page each. Over 24 questions in batches of 8 the two took
-    Gemma's file from 1,023 MiB resident to about 400, most of it the decoder body's weights."""
+    prompts and candidates touch cost a page each. Without the second, the default pipeline over the
+    144 fanoutqa test questions in batches of 8 peaked 298 MiB higher (eval/RESULTS.md, session 12)."""
     import ctypes
     import mmap
 

@@ -96,7 +96,6 @@ def test_the_fast_tokenizer_encodes_as_the_models_own_class():
     the model's class (for Gemma, GemmaTokenizer, which keeps 160 MB of Python copies beside it): the
     same ids, special tokens and decoding over a third of the bundled corpus and every question.
     (SmolLM2's own class is that wrapper already.)"""
-    name = "gemma3-270m"
     from transformers import AutoTokenizer
 
     from odqa.data.corpus import read_corpus
@@ -104,6 +103,7 @@ def test_the_fast_tokenizer_encodes_as_the_models_own_class():
     from odqa.lm.backbone import load_tokenizer
     from odqa.resources import model_dir
 
+    name = "gemma3-270m"
     with user_odqa_home():  # the dequantized backbones are cached there
         ours, theirs = load_tokenizer(name), AutoTokenizer.from_pretrained(model_dir(name))
         texts = [f"{p.title}\n{p.text}" for p in read_corpus("wiki-vital")[::3]]
