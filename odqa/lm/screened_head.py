@@ -8,8 +8,8 @@ the argmax and its log-probability, so :class:`ScreenedHead` computes the logits
 quarter of the bytes, and torch's int8 kernel), takes the ``candidates`` best, recomputes those
 exactly from the float table, and proves the argmax: every other token's int8 logit plus a bound
 on its rounding error must stay below the best exact logit. Where the proof fails (with 16
-candidates, 20 of about 100 rows over 24 fanoutqa test questions in batches of 8) the row
-recomputes exactly every token whose bound reaches the best exact logit, which proves it.
+candidates, for 20 rows over 24 fanoutqa test questions in batches of 8) the row recomputes
+exactly every token whose bound reaches the best exact logit, which proves it.
 Decoding thus reads a few rows of the float table per step, never all of it, and a memory-mapped
 table's other pages stay on disk (over those 24 questions, 1,098 of its 262,144 rows were read).
 The chosen token is the float head's argmax (up to float32's own summation order), and its
