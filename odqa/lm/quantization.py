@@ -1,10 +1,18 @@
 """Int8 linear layers for the frozen backbone on the CPU: fewer bytes and cheaper multiplies per answer.
 
 Each quantized ``nn.Linear`` keeps its weight as int8, one symmetric scale per output channel,
-and quantizes its input at run time, one symmetric scale per token; the product is
-``torch._int_mm`` (int8 x int8, exact int32 accumulation), rescaled to the input's dtype.
-This is the scheme of torchao's ``Int8DynamicActivationInt8Weight``, run by torch's own int8
-kernel, which on this machine multiplies 3-4x as fast as float32 at the reader's shapes (``bench/floor.py``).
+and quantizes its input at run time, one symmetric scale per token; the product is an exact
+int8 x int8 matrix multiply with int32 accumulation (:class:`Int8Weight`), rescaled to the
+input's dtype. This is the scheme of torchao's ``Int8DynamicActivationInt8Weight``.
+
+Which kernel multiplies depends on the CPU, the answer never does. ``torch._int_mm`` goes through
+oneDNN, fast where the CPU has VNNI (int8 dot products: AVX512-VNNI or AVX-VNNI), where it ran
+3-4x as fast as float32 at the reader's shapes (``bench/floor.py``). Without VNNI it falls back to
+a plain loop: on an AVX2-only AMD EPYC, 1.7 GOP/s, a hundredth of float32, and 96 ms for one row
+of Gemma's output head. There the product goes through fbgemm, torch's own x86 int8 kernels
+(``quantized::linear_dynamic``), which are exact only for 7-bit inputs (AVX2 sums pairs of
+products in 16 bits), so each int8 row is split as ``2 * hi + lo`` with both halves in 7 bits,
+and a last row pins fbgemm's input scale to 1: one output row of Gemma's head in 15 ms there.
 
 What is int8 and what is not (``bench/int8_reader.py`` compares the choices on dev questions):
 
@@ -26,6 +34,8 @@ so training always runs the float32 backbone.
 from __future__ import annotations
 
 import fnmatch
+import threading
+import warnings
 
 import torch
 
@@ -41,6 +51,67 @@ def int8_rows(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.round(rows / scale).clamp(-127, 127).to(torch.int8), scale
 
 
+def has_vnni() -> bool:
+    """Whether this CPU has int8 dot-product instructions, which ``torch._int_mm`` needs to be fast."""
+    probe = getattr(torch.cpu, "_is_vnni_supported", None)  # private in torch 2.13; absent: assume not
+    return bool(probe()) if probe is not None else False
+
+
+_PACK_LOCK = threading.Lock()  # the quantized engine is process-wide; it is set only while packing
+
+
+class Int8Weight:
+    """An int8 weight ``[out, in]`` whose product with int8 inputs is exact: ``w(x_q)`` is
+    ``x_q @ weight_q.T`` in float32 (int32 accumulation; exact while the sums stay below 2**24),
+    by ``torch._int_mm`` where the CPU has VNNI and by fbgemm elsewhere on x86 (module docstring)."""
+
+    def __init__(self, weight_q: torch.Tensor, kernel: str | None = None):
+        """:param kernel: ``"int_mm"`` or ``"fbgemm"``; by default the fast one for this CPU."""
+        if weight_q.dtype != torch.int8 or weight_q.dim() != 2:
+            raise ValueError(f"Int8Weight takes a 2-d int8 tensor, got {weight_q.dtype} of shape {tuple(weight_q.shape)}")
+        if kernel is None:
+            kernel = "int_mm" if has_vnni() or "fbgemm" not in torch.backends.quantized.supported_engines else "fbgemm"
+        if kernel not in ("int_mm", "fbgemm"):
+            raise ValueError(f"unknown int8 kernel {kernel!r}; use 'int_mm' or 'fbgemm'")
+        self.kernel = kernel
+        self.shape = tuple(weight_q.shape)
+        self._weight_q = weight_q if kernel == "int_mm" else None
+        self._packed = _fbgemm_pack(weight_q) if kernel == "fbgemm" else None  # fbgemm's own copy
+
+    @property
+    def weight_q(self) -> torch.Tensor:
+        """The int8 weight (for fbgemm, unpacked from its copy: for saving and tests, not per call)."""
+        if self._weight_q is not None:
+            return self._weight_q
+        return torch.ops.quantized.linear_unpack(self._packed)[0].int_repr()
+
+    def __call__(self, x_q: torch.Tensor) -> torch.Tensor:
+        if self._packed is None:
+            return torch._int_mm(x_q, self._weight_q.t()).float()
+        m = x_q.shape[0]
+        x = x_q.to(torch.int16)
+        hi = torch.div(x, 2, rounding_mode="floor")  # [-64, 63]
+        rows = torch.zeros(2 * m + 1, x.shape[1])
+        rows[:m], rows[m:2 * m] = hi, x - 2 * hi  # lo in {0, 1}
+        rows[2 * m, :2] = torch.tensor([-64.0, 63.0])  # fbgemm scales its input by its range: here exactly 1
+        out = torch.ops.quantized.linear_dynamic(rows, self._packed, True)  # reduce_range: 7-bit inputs
+        return out[:m] * 2 + out[m:2 * m]
+
+
+def _fbgemm_pack(weight_q: torch.Tensor):
+    """fbgemm's packed copy of ``weight_q`` with unit scales (the caller applies its own)."""
+    ones, zeros = torch.ones(weight_q.shape[0], dtype=torch.double), torch.zeros(weight_q.shape[0], dtype=torch.long)
+    with _PACK_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch 2.13 calls its quantized tensors deprecated (torchao is their heir)
+        engine = torch.backends.quantized.engine
+        torch.backends.quantized.engine = "fbgemm"
+        try:
+            qweight = torch._make_per_channel_quantized_tensor(weight_q.contiguous(), ones, zeros, 0)
+            return torch.ops.quantized.linear_prepack(qweight, None)
+        finally:
+            torch.backends.quantized.engine = engine
+
+
 class Int8Linear(torch.nn.Module):
     """``y = x W^T + b`` with ``W`` int8 per output channel and ``x`` int8 per token."""
 
@@ -48,22 +119,24 @@ class Int8Linear(torch.nn.Module):
         super().__init__()
         weight_q, scale = int8_rows(linear.weight.detach())
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        # [out, in] like nn.Linear's weight, handed to _int_mm as its transpose: at one or a few rows
-        # (decoding) this layout ran faster than an [in, out] copy in a scratch timing here
-        self.register_buffer("weight_q", weight_q)
+        self.int8 = Int8Weight(weight_q)
         self.register_buffer("scale", scale[:, 0])
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x_q, x_scale = int8_rows(x.reshape(-1, shape[-1]))
-        y = torch._int_mm(x_q, self.weight_q.t()).float() * x_scale * self.scale
+        y = self.int8(x_q) * x_scale * self.scale
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
 
+    @property
+    def weight_q(self) -> torch.Tensor:
+        return self.int8.weight_q
+
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 ({self.int8.kernel})"
 
 
 def quantize_int8(model: torch.nn.Module, keep_float: tuple[str, ...] = KEEP_FLOAT) -> int:

@@ -5,11 +5,12 @@ whole vocabulary: for Gemma-3-270m a 262,144 x 640 float32 table (671 MB, the em
 tied to it), read once per step for a handful of new tokens, so the head alone costs about as
 much as the rest of the model on this machine (``bench/floor.py``). Greedy decoding needs only
 the argmax and its log-probability, so :class:`ScreenedHead` computes the logits in int8 (a
-quarter of the bytes, and torch's int8 kernel), takes the ``candidates`` best, recomputes those
-exactly from the float table, and proves the argmax: every other token's int8 logit plus a bound
-on its rounding error must stay below the best exact logit. Where the proof fails (with 16
-candidates, for 20 rows over 24 fanoutqa test questions in batches of 8) the row recomputes
-exactly every token whose bound reaches the best exact logit, which proves it.
+quarter of the bytes, through the exact int8 kernel of :class:`~odqa.lm.quantization.Int8Weight`),
+takes the ``candidates`` best, recomputes those exactly from the float table, and proves the
+argmax: every other token's int8 logit plus a bound on its rounding error must stay below the
+best exact logit. Where the proof fails (with 16 candidates, for 20 rows over 24 fanoutqa test
+questions in batches of 8) the row recomputes exactly every token whose bound reaches the best
+exact logit, which proves it.
 Decoding thus reads a few rows of the float table per step, never all of it, and a memory-mapped
 table's other pages stay on disk (over those 24 questions, 1,098 of its 262,144 rows were read).
 The chosen token is the float head's argmax (up to float32's own summation order), and its
@@ -36,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from odqa.lm.quantization import int8_rows
+from odqa.lm.quantization import Int8Weight, int8_rows
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +62,8 @@ class ScreenedHead:
             tables = {"weight_q": weight_q, "scale": scale[:, 0],
                       "error_l2": (weight.float() - rounded).norm(dim=1),  # e_r
                       "rounded_l2": rounded.norm(dim=1)}  # |s_r q_r|_2
-        self.weight_q, self.scale = tables["weight_q"], tables["scale"]
+        self.int8 = Int8Weight(tables["weight_q"])  # the kernel that multiplies it fast on this CPU
+        self.scale = tables["scale"]
         self.error_l2, self.rounded_l2 = tables["error_l2"], tables["rounded_l2"]
         self.softcap = softcap
         self.candidates = min(candidates, weight.shape[0])
@@ -71,6 +73,10 @@ class ScreenedHead:
         return {"weight_q": self.weight_q, "scale": self.scale, "error_l2": self.error_l2,
                 "rounded_l2": self.rounded_l2}
 
+    @property
+    def weight_q(self) -> torch.Tensor:
+        return self.int8.weight_q
+
     def _cap(self, logits: torch.Tensor) -> torch.Tensor:
         return logits if self.softcap is None else torch.tanh(logits / self.softcap) * self.softcap
 
@@ -79,7 +85,7 @@ class ScreenedHead:
         ``bound`` of the int8 ones (before any soft cap)."""
         h = hidden.float()
         h_q, x_scale = int8_rows(h)
-        approx = torch._int_mm(h_q, self.weight_q.t()).float() * x_scale * self.scale
+        approx = self.int8(h_q) * x_scale * self.scale
         if self.bias is not None:
             approx = approx + self.bias
         h_error = (h - h_q.float() * x_scale).norm(dim=1, keepdim=True)

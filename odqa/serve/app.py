@@ -56,7 +56,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import odqa
 from odqa.api import FailedAnswer
 from odqa.errors import BadQuestionError, OdqaError, PipelineConfigError
-from odqa.serve.batching import Batcher
+from odqa.serve.batching import MODEL_THREAD, Batcher
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ class Service:
         try:
             for name, qa in self.qas.items():
                 start = time.perf_counter()
-                qa.warm_up()
+                MODEL_THREAD.run(qa.warm_up)  # where every model call runs: weights and caches in one heap arena
                 logger.info("pipeline '%s' is warm (%.1f s)", name, time.perf_counter() - start)
             with self._lock:
                 if self._closing:

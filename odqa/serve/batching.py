@@ -1,4 +1,5 @@
-"""Dynamic batching: one worker thread per pipeline answers the questions of concurrent requests together.
+"""Dynamic batching: one worker per pipeline gathers the questions of concurrent requests, and
+one model thread for the whole process answers each gathered batch.
 
     >>> batcher = Batcher(odqa.load("pipelines/frozen_reader.yml"), max_batch_size=8, max_wait_ms=5)
     >>> batcher.start()
@@ -11,6 +12,13 @@ that one arrived, or until it holds ``max_batch_size``, and answers them with on
 ``QA.ask_many_with_outputs(questions, batch_size=len(questions), every_stage=False)`` call, which
 gives each question the answer it gets alone. Questions with a ``task`` (multitask pipelines) are
 answered one at a time: the reader decodes those one by one anyway.
+
+Every model call in the process runs on :data:`MODEL_THREAD`, one thread: pipelines share backbones
+and tokenizers (a fast tokenizer must not be called from two threads at once), and on a CPU one call
+already uses every core. One thread rather than a lock shared by the workers, because glibc gives
+each thread that allocates its own heap arena, and memory freed in one arena serves only that
+arena's later requests: with a worker per pipeline calling the models, each pipeline's
+activations came from an arena of their own (``bench/serve_memory.py``; eval/RESULTS.md).
 
 A request whose client went away is dropped before its batch runs (:meth:`Job.abandon`); once it
 runs, it is answered like the others and the answer is thrown away. Nothing a request does stops
@@ -33,7 +41,48 @@ from odqa.errors import OdqaError
 
 logger = logging.getLogger(__name__)
 
-MODEL_LOCK = threading.Lock()  # one model call at a time in the process (see Batcher's ``lock``)
+
+
+class ModelThread:
+    """One daemon thread that runs the calls given to :meth:`submit` one after another, in order.
+
+    A daemon, unlike a ``ThreadPoolExecutor``'s worker, so a server stopped during a long warm-up
+    exits at once instead of finishing it first.
+    """
+
+    def __init__(self, name: str = "odqa-model"):
+        self.name = name
+        self._calls: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    def submit(self, fn, *args) -> Future:
+        """Queue ``fn(*args)``; the future gives its result or raises its exception."""
+        with self._start_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name=self.name, daemon=True)
+                self._thread.start()
+        future: Future = Future()
+        self._calls.put((future, fn, args))
+        return future
+
+    def run(self, fn, *args):
+        """``fn(*args)`` on this thread, waited for (called from this thread itself, it just runs)."""
+        if threading.current_thread() is self._thread:
+            return fn(*args)
+        return self.submit(fn, *args).result()
+
+    def _work(self) -> None:
+        while True:
+            future, fn, args = self._calls.get()
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args))
+                except BaseException as e:  # noqa: BLE001 - handed to whoever waits on the future
+                    future.set_exception(e)
+
+
+MODEL_THREAD = ModelThread()  # every model call of the process runs here (module docstring)
 
 
 class Job:
@@ -82,15 +131,14 @@ class Batcher:
     """Answers one pipeline's questions in batches gathered from concurrent requests (module docstring)."""
 
     def __init__(self, qa, *, max_batch_size: int = 8, max_wait_ms: float = 5, name: str = "pipeline",
-                 lock: threading.Lock = MODEL_LOCK):
+                 model_thread: ModelThread = MODEL_THREAD):
         """
         :param qa: The loaded pipeline (:func:`odqa.load`), warm or not.
         :param max_batch_size: Most questions answered in one call; 1 answers each request's questions one by one.
         :param max_wait_ms: How long after the first waiting question the worker waits for others to join it.
         :param name: The pipeline's name, for the worker thread and the log.
-        :param lock: Held around every model call. The default, one lock for the whole process, keeps
-            two pipelines from running at once: they share backbones and tokenizers (a fast tokenizer
-            must not be called from two threads at once), and on a CPU one call already uses every core.
+        :param model_thread: Where every model call runs: the process's one model thread by default
+            (module docstring).
         """
         if max_batch_size < 1:
             raise OdqaError(f"max_batch_size must be at least 1, got {max_batch_size}; use 1 to turn batching off")
@@ -100,7 +148,7 @@ class Batcher:
         self.max_batch_size = max_batch_size
         self.max_wait_ms = max_wait_ms
         self.name = name
-        self.lock = lock
+        self.model_thread = model_thread
         self.sizes: Counter[int] = Counter()  # questions per model call -> how many calls
         self._queue: queue.Queue = queue.Queue()
         self._held: list = []  # taken from the queue while gathering, answered next (a task's questions)
@@ -193,19 +241,20 @@ class Batcher:
     def _run(self, questions: list[str], task: str | None) -> list[Any]:
         """One result per question; an exception that is no question's fault alone is retried one by
         one, so it fails only the questions that raise it again."""
-        with self.lock:
-            self.sizes[len(questions)] += 1
-            try:
-                return self.qa.ask_many_with_outputs(questions, batch_size=len(questions), every_stage=False,
-                                                     task=task)
-            except Exception as e:  # noqa: BLE001 - handed back to the request(s), which log and answer 500
-                if len(questions) == 1:
-                    return [e]
-            return [self._run_alone(q, task) for q in questions]
+        return self.model_thread.run(self._call, questions, task)
 
-    def _run_alone(self, question: str, task: str | None) -> Any:
+    def _call(self, questions: list[str], task: str | None) -> list[Any]:
+        self.sizes[len(questions)] += 1
+        try:
+            return self.qa.ask_many_with_outputs(questions, batch_size=len(questions), every_stage=False, task=task)
+        except Exception as e:  # noqa: BLE001 - handed back to the request(s), which log and answer 500
+            if len(questions) == 1:
+                return [e]
+        return [self._call_alone(q, task) for q in questions]
+
+    def _call_alone(self, question: str, task: str | None) -> Any:
         self.sizes[1] += 1
         try:
             return self.qa.ask_many_with_outputs([question], batch_size=1, every_stage=False, task=task)[0]
-        except Exception as e:  # noqa: BLE001 - see _run
+        except Exception as e:  # noqa: BLE001 - see _call
             return e

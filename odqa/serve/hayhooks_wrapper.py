@@ -49,7 +49,7 @@ except ImportError as e:  # odqa itself never imports this module; only a hayhoo
 
 import odqa
 from odqa.serve.app import ApiError, _answer_json, _one_answer
-from odqa.serve.batching import Batcher
+from odqa.serve.batching import MODEL_THREAD, Batcher
 
 PIPELINE_ENV = "ODQA_PIPELINE"
 # The default pipeline, in the odqa checkout this module belongs to (an editable install).
@@ -82,7 +82,7 @@ class PipelineWrapper(BasePipelineWrapper):
     def setup(self) -> None:
         path = pipeline_path()
         self.qa = odqa.load(str(path))  # odqa's errors name the file and the fix; hayhooks shows them
-        self.qa.warm_up()
+        MODEL_THREAD.run(self.qa.warm_up)  # where the batcher will call it (odqa.serve.batching)
         self.pipeline = self.qa.pipeline
         self.name = path.stem
         self.batcher = Batcher(self.qa, max_batch_size=self.max_batch_size, max_wait_ms=self.max_wait_ms,

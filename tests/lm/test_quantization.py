@@ -9,7 +9,33 @@ from odqa.errors import PipelineConfigError
 from odqa.lm import backbone as backbone_module
 from odqa.lm.backbone import load_backbone
 from odqa.lm.backbone import shared_copy
-from odqa.lm.quantization import KEEP_FLOAT, Int8Linear, quantize_int8
+from odqa.lm.quantization import KEEP_FLOAT, Int8Linear, Int8Weight, quantize_int8
+
+KERNELS = ["int_mm"] + (["fbgemm"] if "fbgemm" in torch.backends.quantized.supported_engines else [])
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("rows", [1, 3, 40])
+def test_int8_weight_multiplies_exactly_by_either_kernel(kernel, rows):
+    torch.manual_seed(rows)
+    weight = torch.randint(-127, 128, (300, 96), dtype=torch.int8)
+    weight[0], weight[1] = 127, -127  # the extremes, where a 16-bit pair sum would saturate
+    x = torch.randint(-127, 128, (rows, 96), dtype=torch.int8)
+    x[0] = 127
+    if rows > 1:
+        x[1] = -127
+    want = (x.long() @ weight.long().t()).double()
+    got = Int8Weight(weight, kernel=kernel)(x)
+    assert got.dtype == torch.float32 and got.shape == (rows, 300)
+    assert torch.equal(got.double(), want)
+    assert torch.equal(Int8Weight(weight, kernel=kernel).weight_q, weight)  # fbgemm's copy unpacks to it
+
+
+def test_int8_weight_bad_input():
+    with pytest.raises(ValueError, match=r"takes a 2-d int8 tensor, got torch.float32 of shape \(4, 4\)"):
+        Int8Weight(torch.zeros(4, 4))
+    with pytest.raises(ValueError, match="unknown int8 kernel 'avx'; use 'int_mm' or 'fbgemm'"):
+        Int8Weight(torch.zeros(4, 4, dtype=torch.int8), kernel="avx")
 
 
 def test_int8_linear_is_close_to_the_float_layer():

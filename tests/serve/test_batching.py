@@ -10,7 +10,7 @@ import pytest
 
 from odqa.api import FailedAnswer
 from odqa.errors import EmptyQuestionError, OdqaError, PipelineConfigError
-from odqa.serve.batching import Batcher
+from odqa.serve.batching import MODEL_THREAD, Batcher, ModelThread
 
 
 class FakeQA:
@@ -20,12 +20,14 @@ class FakeQA:
 
     def __init__(self):
         self.calls: list[tuple[list[str], int, str | None]] = []
+        self.threads: list[str] = []  # the thread each call ran on
         self.hold = False
         self.permits = threading.Semaphore(0)
 
     def ask_many_with_outputs(self, questions, batch_size=8, every_stage=True, task=None):
         assert every_stage is False
         self.calls.append((list(questions), batch_size, task))
+        self.threads.append(threading.current_thread().name)
         if self.hold:
             assert self.permits.acquire(timeout=10), "the test never let this call through"
         if any("explode" in q for q in questions):
@@ -197,3 +199,24 @@ def test_close_answers_what_is_queued_then_refuses_more(qa, make):
 def test_bad_settings(qa, settings, fragment):
     with pytest.raises(OdqaError, match=fragment):
         Batcher(qa, **settings)
+
+
+def test_every_pipelines_calls_run_on_the_one_model_thread(qa):
+    other = FakeQA()
+    batchers = [Batcher(qa, name="a").start(), Batcher(other, name="b").start()]
+    try:
+        assert answers(batchers[0].submit(["q"])) == ["answer to q"]
+        assert answers(batchers[1].submit(["r"])) == ["answer to r"]
+    finally:
+        for batcher in batchers:
+            batcher.close(timeout=5)
+    assert qa.threads == other.threads == [MODEL_THREAD.name]  # not the batchers' own workers
+
+
+def test_the_model_thread_runs_calls_in_order_and_hands_back_their_errors():
+    thread, order = ModelThread("test-model"), []
+    futures = [thread.submit(order.append, i) for i in range(5)]
+    assert [f.result(5) for f in futures] == [None] * 5 and order == list(range(5))
+    with pytest.raises(ZeroDivisionError):
+        thread.run(lambda: 1 / 0)
+    assert thread.run(lambda: thread.run(lambda: "nested")) == "nested"  # a call from the thread itself runs at once
