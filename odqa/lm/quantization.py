@@ -57,6 +57,7 @@ def has_vnni() -> bool:
     return bool(probe()) if probe is not None else False
 
 
+_PACK_ROWS = 65536  # rows of a weight fbgemm packs at once (Gemma's head: 4 blocks of 40 MB)
 _PACK_LOCK = threading.Lock()  # the quantized engine is process-wide; it is set only while packing
 
 
@@ -76,17 +77,23 @@ class Int8Weight:
         self.kernel = kernel
         self.shape = tuple(weight_q.shape)
         self._weight_q = weight_q if kernel == "int_mm" else None
-        self._packed = _fbgemm_pack(weight_q) if kernel == "fbgemm" else None  # fbgemm's own copy
+        self._packed = []
+        if kernel == "fbgemm":
+            # fbgemm's own copy, 1.5 bytes a weight, packed a block of rows at a time: packing holds
+            # a block's scratch copies at once, not the whole table's
+            for block in weight_q.split(_PACK_ROWS):
+                self._packed.append(_fbgemm_pack(block))
+                _page_out(block)  # fbgemm keeps it too, to unpack: where it is a file's pages, they go
 
     @property
     def weight_q(self) -> torch.Tensor:
         """The int8 weight (for fbgemm, unpacked from its copy: for saving and tests, not per call)."""
         if self._weight_q is not None:
             return self._weight_q
-        return torch.ops.quantized.linear_unpack(self._packed)[0].int_repr()
+        return torch.cat([torch.ops.quantized.linear_unpack(p)[0].int_repr() for p in self._packed])
 
     def __call__(self, x_q: torch.Tensor) -> torch.Tensor:
-        if self._packed is None:
+        if not self._packed:
             return torch._int_mm(x_q, self._weight_q.t()).float()
         m = x_q.shape[0]
         x = x_q.to(torch.int16)
@@ -94,8 +101,27 @@ class Int8Weight:
         rows = torch.zeros(2 * m + 1, x.shape[1])
         rows[:m], rows[m:2 * m] = hi, x - 2 * hi  # lo in {0, 1}
         rows[2 * m, :2] = torch.tensor([-64.0, 63.0])  # fbgemm scales its input by its range: here exactly 1
-        out = torch.ops.quantized.linear_dynamic(rows, self._packed, True)  # reduce_range: 7-bit inputs
+        out = [torch.ops.quantized.linear_dynamic(rows, p, True) for p in self._packed]  # reduce_range: 7-bit inputs
+        out = out[0] if len(out) == 1 else torch.cat(out, dim=1)
         return out[:m] * 2 + out[m:2 * m]
+
+
+def _page_out(t: torch.Tensor) -> None:
+    """Ask Linux to reclaim ``t``'s pages (``madvise(MADV_PAGEOUT)``, Linux 5.4+; elsewhere nothing).
+    The contents stay: a memory-mapped file's clean pages are read again if touched, anonymous
+    memory is left where no swap takes it. For a table read from a cache file (the screened
+    head's), what fbgemm keeps beside its packed copy then costs no resident memory."""
+    import ctypes
+    import mmap
+
+    try:
+        madvise = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):  # not a libc that has it
+        return
+    start = t.data_ptr()
+    first = start - start % mmap.PAGESIZE
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    madvise(first, start - first + t.numel() * t.element_size(), getattr(mmap, "MADV_PAGEOUT", 21))
 
 
 def _fbgemm_pack(weight_q: torch.Tensor):
