@@ -5,14 +5,16 @@ and quantizes its input at run time, one symmetric scale per token; the product 
 int8 x int8 matrix multiply with int32 accumulation (:class:`Int8Weight`), rescaled to the
 input's dtype. This is the scheme of torchao's ``Int8DynamicActivationInt8Weight``.
 
-Which kernel multiplies depends on the CPU, the answer never does. ``torch._int_mm`` goes through
-oneDNN, fast where the CPU has VNNI (int8 dot products: AVX512-VNNI or AVX-VNNI), where it ran
-3-4x as fast as float32 at the reader's shapes (``bench/floor.py``). Without VNNI it falls back to
-a plain loop: on an AVX2-only AMD EPYC, 1.7 GOP/s, a hundredth of float32, and 96 ms for one row
-of Gemma's output head. There the product goes through fbgemm, torch's own x86 int8 kernels
-(``quantized::linear_dynamic``), which are exact only for 7-bit inputs (AVX2 sums pairs of
-products in 16 bits), so each int8 row is split as ``2 * hi + lo`` with both halves in 7 bits,
-and a last row pins fbgemm's input scale to 1: one output row of Gemma's head in 15 ms there.
+Which kernel multiplies depends on the CPU, the answer never does. ``torch._int_mm`` is fast
+where the CPU has VNNI (int8 dot products: AVX512-VNNI or AVX-VNNI): there it ran 3-4x as fast
+as float32 at the reader's shapes (``bench/floor.py``). Without VNNI it was a hundred times
+slower than float32 on an AVX2-only AMD EPYC (1.7 GOP/s; 94-110 ms for one row of Gemma's output
+head, against 81 ms in float32). There the product goes through fbgemm, torch's own x86 int8
+kernels (``quantized::linear_dynamic``), which are exact only for 7-bit inputs (AVX2 sums pairs
+of products in 16 bits): each int8 row is split as ``2 * hi + lo``, both halves in 7 bits, and
+one more row pins fbgemm's input scale to 1. One row of Gemma's head took 17-18 ms there, eight
+rows 35-42 ms (against 720-750 ms). fbgemm's packed copy holds 1.6 bytes a weight
+(eval/RESULTS.md, session 13).
 
 What is int8 and what is not (``bench/int8_reader.py`` compares the choices on dev questions):
 
