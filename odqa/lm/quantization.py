@@ -81,7 +81,7 @@ class Int8Weight:
         self._weight_q = weight_q if kernel == "int_mm" else None
         self._packed = []
         if kernel == "fbgemm":
-            # fbgemm's own copy, 1.5 bytes a weight, packed a block of rows at a time: packing holds
+            # fbgemm's own copy, 1.6 bytes a weight, packed a block of rows at a time: packing holds
             # a block's scratch copies at once, not the whole table's
             for block in weight_q.split(_PACK_ROWS):
                 self._packed.append(_fbgemm_pack(block))
@@ -108,22 +108,31 @@ class Int8Weight:
         return out[:m] * 2 + out[m:2 * m]
 
 
-def _page_out(t: torch.Tensor) -> None:
-    """Ask Linux to reclaim ``t``'s pages (``madvise(MADV_PAGEOUT)``, Linux 5.4+; elsewhere nothing).
-    The contents stay: a memory-mapped file's clean pages are read again if touched, anonymous
-    memory is left where no swap takes it. For a table read from a cache file (the screened
-    head's), what fbgemm keeps beside its packed copy then costs no resident memory."""
+def madvise(t: torch.Tensor, advice: str) -> None:
+    """``madvise(2)`` on the pages of ``t``'s memory: ``"MADV_RANDOM"``, ``"MADV_PAGEOUT"``, ...
+    (names of the :mod:`mmap` module; Linux). Where libc or the advice is missing, nothing."""
     import ctypes
     import mmap
 
+    flag = getattr(mmap, advice, {"MADV_PAGEOUT": 21}.get(advice))  # PAGEOUT: Linux 5.4+
     try:
-        madvise = ctypes.CDLL(None, use_errno=True).madvise
+        call = ctypes.CDLL(None, use_errno=True).madvise
     except (OSError, AttributeError):  # not a libc that has it
+        return
+    if flag is None:  # an advice this platform does not know
         return
     start = t.data_ptr()
     first = start - start % mmap.PAGESIZE
-    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    madvise(first, start - first + t.numel() * t.element_size(), getattr(mmap, "MADV_PAGEOUT", 21))
+    call.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    call(first, start - first + t.numel() * t.element_size(), flag)
+
+
+def _page_out(t: torch.Tensor) -> None:
+    """Ask Linux to reclaim ``t``'s pages. The contents stay: a memory-mapped file's clean pages
+    are read again if touched, anonymous memory is left where no swap takes it. For a table read
+    from a cache file (the screened head's), what fbgemm keeps beside its packed copy then costs
+    no resident memory."""
+    madvise(t, "MADV_PAGEOUT")
 
 
 def _fbgemm_pack(weight_q: torch.Tensor):

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from odqa.lm.quantization import Int8Weight, int8_rows
+from odqa.lm.quantization import Int8Weight, int8_rows, madvise
 
 logger = logging.getLogger(__name__)
 
@@ -155,17 +155,7 @@ def _read_at_random(weight: torch.Tensor, files: list[Path]) -> None:
     folios, each mapped whole by the fault of one row); read again one at a time, the rows the
     prompts and candidates touch cost a page each. Without the second, the default pipeline over the
     144 fanoutqa test questions in batches of 8 peaked 298 MiB higher (eval/RESULTS.md, session 12)."""
-    import ctypes
-    import mmap
-
-    try:
-        madvise = ctypes.CDLL(None, use_errno=True).madvise
-    except (OSError, AttributeError):  # not a libc that has it
-        return
-    start = weight.data_ptr()
-    first = start - start % mmap.PAGESIZE
-    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    madvise(first, start - first + weight.numel() * weight.element_size(), getattr(mmap, "MADV_RANDOM", 1))
+    madvise(weight, "MADV_RANDOM")
     for path in files if hasattr(os, "posix_fadvise") else ():
         try:
             fd = os.open(path, os.O_RDONLY)

@@ -42,7 +42,6 @@ from odqa.errors import OdqaError
 logger = logging.getLogger(__name__)
 
 
-
 class ModelThread:
     """One daemon thread that runs the calls given to :meth:`submit` one after another, in order.
 

@@ -9,7 +9,7 @@ from odqa.errors import PipelineConfigError
 from odqa.lm import backbone as backbone_module
 from odqa.lm.backbone import load_backbone
 from odqa.lm.backbone import shared_copy
-from odqa.lm.quantization import KEEP_FLOAT, Int8Linear, Int8Weight, quantize_int8
+from odqa.lm.quantization import KEEP_FLOAT, Int8Linear, Int8Weight, madvise, quantize_int8
 
 KERNELS = ["int_mm"] + (["fbgemm"] if "fbgemm" in torch.backends.quantized.supported_engines else [])
 
@@ -36,6 +36,17 @@ def test_int8_weight_bad_input():
         Int8Weight(torch.zeros(4, 4))
     with pytest.raises(ValueError, match="unknown int8 kernel 'avx'; use 'int_mm' or 'fbgemm'"):
         Int8Weight(torch.zeros(4, 4, dtype=torch.int8), kernel="avx")
+
+
+def test_madvise_keeps_the_contents(tmp_path):
+    t = torch.arange(300_000, dtype=torch.int32)
+    mapped_file = tmp_path / "t.bin"
+    t.numpy().tofile(mapped_file)
+    mapped = torch.from_file(str(mapped_file), shared=False, size=t.numel(), dtype=torch.int32)
+    for tensor in (t, mapped):  # anonymous memory, and a file's pages
+        for advice in ("MADV_PAGEOUT", "MADV_RANDOM", "MADV_NO_SUCH_ADVICE"):
+            madvise(tensor, advice)
+        assert torch.equal(tensor, torch.arange(300_000, dtype=torch.int32))
 
 
 def test_int8_linear_is_close_to_the_float_layer():
