@@ -33,7 +33,7 @@ import odqa
 from _report import command, publish  # bench/_report.py (scripts run as python bench/NAME.py)
 from odqa.data.questions import dedup, load_questions
 from odqa.lm.prompting import encode_prefix, get_template
-from odqa.lm.quantization import Int8Linear, Int8Weight
+from odqa.lm.quantization import Int8Linear, Int8Weight, int8_kernel
 from odqa.lm.screened_head import screened_head
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -165,7 +165,7 @@ def main() -> int:
         f"{getattr(reader, 'quantize', None) or 'none'}).", "",
         "| quantity | value |", "|---|---|",
         f"| float32 matmul at the reader's shapes ({int(statistics.median(bodies))} rows) | {fp32 / 1e9:.0f} GFLOP/s |",
-        f"| int8 matmul (exact, kernel `{Int8Weight(torch.zeros(1, 1, dtype=torch.int8)).kernel}`) at the same shapes "
+        f"| int8 matmul (exact, kernel `{int8_kernel()}`) at the same shapes "
         f"| {int8 / 1e9:.0f} GOP/s |",
         f"| memory read bandwidth (1 GB sum) | {bandwidth / 1e9:.1f} GB/s |",
         f"| decoder weights (Linear layers) / LM head | {weights / 1e6:.1f}M / {head / 1e6:.1f}M parameters |",

@@ -53,10 +53,12 @@ def int8_rows(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.round(rows / scale).clamp(-127, 127).to(torch.int8), scale
 
 
-def has_vnni() -> bool:
-    """Whether this CPU has int8 dot-product instructions, which ``torch._int_mm`` needs to be fast."""
-    probe = getattr(torch.cpu, "_is_vnni_supported", None)  # private in torch 2.13; absent: assume not
-    return bool(probe()) if probe is not None else False
+def int8_kernel() -> str:
+    """The exact int8 kernel that is fast on this CPU: ``"int_mm"`` where it has int8 dot-product
+    instructions (VNNI) or fbgemm is missing, else ``"fbgemm"`` (module docstring)."""
+    probe = getattr(torch.cpu, "_is_vnni_supported", None)  # private in torch 2.13; absent: assume no VNNI
+    vnni = bool(probe()) if probe is not None else False
+    return "int_mm" if vnni or "fbgemm" not in torch.backends.quantized.supported_engines else "fbgemm"
 
 
 _PACK_ROWS = 65536  # rows of a weight fbgemm packs at once (Gemma's head: 4 blocks of 40 MB)
@@ -72,12 +74,10 @@ class Int8Weight:
         """:param kernel: ``"int_mm"`` or ``"fbgemm"``; by default the fast one for this CPU."""
         if weight_q.dtype != torch.int8 or weight_q.dim() != 2:
             raise ValueError(f"Int8Weight takes a 2-d int8 tensor, got {weight_q.dtype} of shape {tuple(weight_q.shape)}")
-        if kernel is None:
-            kernel = "int_mm" if has_vnni() or "fbgemm" not in torch.backends.quantized.supported_engines else "fbgemm"
+        kernel = int8_kernel() if kernel is None else kernel
         if kernel not in ("int_mm", "fbgemm"):
             raise ValueError(f"unknown int8 kernel {kernel!r}; use 'int_mm' or 'fbgemm'")
         self.kernel = kernel
-        self.shape = tuple(weight_q.shape)
         self._weight_q = weight_q if kernel == "int_mm" else None
         self._packed = []
         if kernel == "fbgemm":
@@ -85,7 +85,9 @@ class Int8Weight:
             # a block's scratch copies at once, not the whole table's
             for block in weight_q.split(_PACK_ROWS):
                 self._packed.append(_fbgemm_pack(block))
-                _page_out(block)  # fbgemm keeps it too, to unpack: where it is a file's pages, they go
+                # fbgemm keeps the block too, to unpack; where it is a cache file's pages, Linux may
+                # reclaim them (read again if touched), so that copy costs no resident memory
+                madvise(block, "MADV_PAGEOUT")
 
     @property
     def weight_q(self) -> torch.Tensor:
@@ -102,7 +104,7 @@ class Int8Weight:
         hi = torch.div(x, 2, rounding_mode="floor")  # [-64, 63]
         rows = torch.zeros(2 * m + 1, x.shape[1])
         rows[:m], rows[m:2 * m] = hi, x - 2 * hi  # lo in {0, 1}
-        rows[2 * m, :2] = torch.tensor([-64.0, 63.0])  # fbgemm scales its input by its range: here exactly 1
+        rows[2 * m, 0], rows[2 * m, 1] = -64.0, 63.0  # fbgemm scales its input by its range: here exactly 1
         out = [torch.ops.quantized.linear_dynamic(rows, p, True) for p in self._packed]  # reduce_range: 7-bit inputs
         out = out[0] if len(out) == 1 else torch.cat(out, dim=1)
         return out[:m] * 2 + out[m:2 * m]
@@ -125,14 +127,6 @@ def madvise(t: torch.Tensor, advice: str) -> None:
     first = start - start % mmap.PAGESIZE
     call.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     call(first, start - first + t.numel() * t.element_size(), flag)
-
-
-def _page_out(t: torch.Tensor) -> None:
-    """Ask Linux to reclaim ``t``'s pages. The contents stay: a memory-mapped file's clean pages
-    are read again if touched, anonymous memory is left where no swap takes it. For a table read
-    from a cache file (the screened head's), what fbgemm keeps beside its packed copy then costs
-    no resident memory."""
-    madvise(t, "MADV_PAGEOUT")
 
 
 def _fbgemm_pack(weight_q: torch.Tensor):

@@ -233,16 +233,13 @@ class Batcher:
         batch = [item for item in batch if id(item.job) in started]  # a client that left just now is dropped
         if not batch:
             return
-        results = self._run([item.question for item in batch], batch[0].job.task)
+        results = self.model_thread.run(self._call, [item.question for item in batch], batch[0].job.task)
         for item, result in zip(batch, results):
             item.job._settle(item.index, result)
 
-    def _run(self, questions: list[str], task: str | None) -> list[Any]:
-        """One result per question; an exception that is no question's fault alone is retried one by
-        one, so it fails only the questions that raise it again."""
-        return self.model_thread.run(self._call, questions, task)
-
     def _call(self, questions: list[str], task: str | None) -> list[Any]:
+        """One result per question (on the model thread); an exception that is no question's fault
+        alone is retried one by one, so it fails only the questions that raise it again."""
         self.sizes[len(questions)] += 1
         try:
             return self.qa.ask_many_with_outputs(questions, batch_size=len(questions), every_stage=False, task=task)
