@@ -301,7 +301,7 @@ def _socket_type(pipeline: Pipeline, name: str, socket: str):
     return found.type if found is not None else None
 
 
-SHARED_SETTINGS = ("model", "template", "context_length", "max_new_tokens", "soft_prompt")
+SHARED_SETTINGS = ("model", "template", "context_length", "max_new_tokens", "soft_prompt", "ensemble")
 
 
 def _check_in_step(packer, reader, source: str) -> None:

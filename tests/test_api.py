@@ -236,6 +236,11 @@ def test_packer_and_reader_must_agree(tmp_path, pipeline_yaml):
     with pytest.raises(PipelineConfigError) as e:
         odqa.load(str(path))
     assert "context_length: packer 999 vs reader" in str(e.value) and "disagree.yml" in str(e.value)
+    data = yaml.safe_load(pipeline_yaml.read_text())
+    data["components"]["packer"]["init_parameters"].update(ensemble=True, max_passages=2)
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(PipelineConfigError, match="ensemble: packer True vs reader False"):
+        odqa.load(str(path))
 
 
 def test_pipeline_with_ranker(tmp_path, write_pipeline, cross_encoder):

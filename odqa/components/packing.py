@@ -38,7 +38,7 @@ class ContextPacker:
 
     def __init__(self, model: str, template: str = "qa-completion", context_length: int = 384,
                  max_new_tokens: int = 16, soft_prompt: str | None = None, max_passages: int | None = None,
-                 order: str = "best-first", index_dir: str | None = None):
+                 order: str = "best-first", index_dir: str | None = None, ensemble: bool = False):
         """
         :param model: The reader's backbone (its tokenizer measures the budget).
         :param template: The reader's prompt template (see :mod:`odqa.lm.prompting`).
@@ -51,6 +51,8 @@ class ContextPacker:
         :param index_dir: The index the passages come from: every passage's tokens are counted once,
             at warm-up, so packing is lookups only (without it each passage is counted the first
             time it is seen).
+        :param ensemble: The reader reads each passage apart (``FrozenLMReader(ensemble=True)``), so
+            the budget holds for each passage alone: the first ``max_passages`` that fit alone are kept.
         """
         get_template(template)  # fail early on an unknown name
         if order not in ORDERS:
@@ -66,6 +68,10 @@ class ContextPacker:
         self.max_new_tokens = max_new_tokens
         self.soft_prompt = soft_prompt
         self.index_dir = index_dir
+        self.ensemble = ensemble
+        if ensemble and max_passages is None:
+            raise PipelineConfigError("an ensemble packer needs max_passages: each kept passage is one more reading "
+                                      "of the question")
         self._tokenizer = None
         self._prompt: ReaderPrompt | None = None
         # formatted passage -> its tokens: each passage is tokenised once per process, for every
@@ -100,16 +106,22 @@ class ContextPacker:
         tok, prompt = self._tokenizer, self._prompt
         available = prompt.budget(tok, query)
         chosen: list[int] = []
+        alone: dict[int, int] = {}  # ensemble: passage -> its reading's prompt tokens
         used = 0
         costs = self._passage_costs(documents)
         for i, cost in enumerate(costs):
             if self.max_passages is not None and len(chosen) == self.max_passages:
                 break
-            if used + cost <= available:
+            if self.ensemble:  # each passage is read alone: checked exactly, on its own rendered prompt
+                if cost <= available:
+                    alone[i] = prompt.length(tok, query, [(documents[i].meta.get("title", ""), documents[i].content)])
+                    if alone[i] <= prompt.limit:
+                        chosen.append(i)
+            elif used + cost <= available:
                 chosen.append(i)
                 used += cost
         # exact check on the rendered prompt (token merges at passage joins can shift a count by one)
-        while chosen:
+        while chosen and not self.ensemble:
             passages = [(documents[i].meta.get("title", ""), documents[i].content) for i in chosen]
             prompt_tokens = prompt.length(tok, query, passages)
             if prompt_tokens <= prompt.limit:
@@ -117,6 +129,8 @@ class ContextPacker:
             chosen.pop()
         else:
             prompt_tokens = prompt.length(tok, query, [])
+        if self.ensemble:  # the longest of the readings
+            prompt_tokens = max([alone[i] for i in chosen], default=prompt.length(tok, query, []))
         kept = set(chosen)
         return {
             "documents": [documents[i] for i in (chosen[::-1] if self.order == "best-last" else chosen)],
@@ -149,7 +163,7 @@ class ContextPacker:
         return default_to_dict(
             self, model=self.model, template=self.template, context_length=self.context_length,
             max_new_tokens=self.max_new_tokens, soft_prompt=self.soft_prompt, max_passages=self.max_passages,
-            order=self.order, index_dir=self.index_dir,
+            order=self.order, index_dir=self.index_dir, ensemble=self.ensemble,
         )
 
     @classmethod

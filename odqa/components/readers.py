@@ -40,7 +40,7 @@ class FrozenLMReader:
     def __init__(self, model: str = "smollm2-135m-instruct", template: str = "qa-completion",
                  soft_prompt: str | None = None, context_length: int = 384, max_new_tokens: int = 16,
                  num_beams: int = 1, dtype: str = "float32", prefix_cache: bool = True,
-                 quantize: str | None = None):
+                 quantize: str | None = None, ensemble: bool = False, ensemble_temperature: float | None = None):
         """
         :param model: Backbone: a bundled name, local path or HF id.
         :param template: Prompt template (see :mod:`odqa.lm.prompting`).
@@ -54,6 +54,12 @@ class FrozenLMReader:
         :param quantize: ``int8`` runs the backbone's linear layers in int8 on the CPU
             (:mod:`odqa.lm.quantization`; the soft prompt, embeddings and output head stay
             float), or ``None`` for none.
+        :param ensemble: Read each passage apart and decode one answer from the mixture of the
+            readings' next-token distributions (REPLUG, Shi et al., 2023; greedy, with the prefix
+            cache), instead of reading the passages together in one prompt. The packer must say
+            ``ensemble: true`` too, so that it budgets each passage alone.
+        :param ensemble_temperature: The mixture's weights: ``None`` weighs every passage the same;
+            a temperature ``T`` weighs them by ``softmax(score / T)`` of the passages' retrieval scores.
         """
         from odqa.lm.quantization import QUANTIZE
 
@@ -63,6 +69,12 @@ class FrozenLMReader:
                                       "or null")
         if num_beams < 1:
             raise PipelineConfigError(f"num_beams must be at least 1, got {num_beams}")
+        if ensemble and (num_beams != 1 or not prefix_cache):
+            raise PipelineConfigError("ensemble: true decodes greedily from the prefix cache; set num_beams: 1 and "
+                                      "prefix_cache: true, or ensemble: false")
+        if ensemble_temperature is not None and not ensemble_temperature > 0:
+            raise PipelineConfigError(f"ensemble_temperature must be positive (or null for equal weights), got "
+                                      f"{ensemble_temperature}")
         self.model = model
         self.template = template
         self.soft_prompt = soft_prompt
@@ -72,6 +84,8 @@ class FrozenLMReader:
         self.dtype = dtype
         self.prefix_cache = prefix_cache
         self.quantize = quantize
+        self.ensemble = ensemble
+        self.ensemble_temperature = ensemble_temperature
         self._backbone = None
         self._soft = None
         self._prompt: ReaderPrompt | None = None
@@ -108,6 +122,8 @@ class FrozenLMReader:
         :returns: ``answers``: one :class:`GeneratedAnswer` whose ``meta`` holds ``score`` (the
             geometric-mean token probability), ``prompt_tokens`` and ``new_tokens``.
         """
+        if self.ensemble:
+            return self.run_batch([query], [documents or []])
         query, documents, prefix_ids, body_ids = self._encode(query, documents)
         if self._cached:
             text, score, n_new = self._generate_cached(prefix_ids, body_ids)
@@ -130,14 +146,33 @@ class FrozenLMReader:
             return {"answers": [self.run(q, d)["answers"][0] for q, d in zip(queries, documents)]}
         from odqa.lm.generation import greedy_generate_batch
 
-        rows = [self._encode(q, d) for q, d in zip(queries, documents)]
+        if self.ensemble:  # one row per passage (none: the question alone), one answer per question
+            rows, weights = [], []
+            for q, docs in zip(queries, documents):
+                parts = [self._encode(q, [d]) for d in docs] or [self._encode(q, [])]
+                rows.append((parts[0][0], list(docs), parts[0][2], [body for *_, body in parts]))
+                weights.append(self._weights(docs) if docs else [1.0])
+        else:
+            rows = [(q, d, head, [body]) for q, d, head, body in (self._encode(q, d) for q, d in zip(queries, documents))]
+            weights = None
         model = self._backbone.model
         prefix = cached_prefix(self._prefix_key, model, self._soft, rows[0][2])
-        bodies = [body if prefix is not None else head + body for _, _, head, body in rows]
+        bodies = [body if prefix is not None else head + body for _, _, head, parts in rows for body in parts]
         decoded = greedy_generate_batch(model, prefix, bodies, self.max_new_tokens, self._backbone.stop_token_ids,
-                                        pad_id=self._backbone.tokenizer.pad_token_id or 0)
-        return {"answers": [self._answer(q, d, len(head) + len(body), *self._decode(new, torch.tensor(logp)))
-                            for (q, d, head, body), (new, logp) in zip(rows, decoded)]}
+                                        pad_id=self._backbone.tokenizer.pad_token_id or 0, weights=weights)
+        return {"answers": [self._answer(q, d, sum(len(head) + len(body) for body in parts),
+                                         *self._decode(new, torch.tensor(logp)))
+                            for (q, d, head, parts), (new, logp) in zip(rows, decoded)]}
+
+    def _weights(self, documents: list[Document]) -> list[float]:
+        """The ensemble's weight per passage: equal, or ``softmax(score / ensemble_temperature)``."""
+        if self.ensemble_temperature is None:
+            return [1.0 / len(documents)] * len(documents)
+        scores = [d.score for d in documents]
+        if any(x is None for x in scores):
+            raise PipelineConfigError("ensemble_temperature weighs passages by their retrieval scores, but some "
+                                      "passages have none; use ensemble_temperature: null for equal weights")
+        return torch.softmax(torch.tensor(scores, dtype=torch.float64) / self.ensemble_temperature, 0).tolist()
 
     def _encode(self, query: str, documents: list[Document] | None):
         """``(question, documents, prefix ids, body ids)``: the checked question and the reader's input."""
@@ -203,6 +238,7 @@ class FrozenLMReader:
             self, model=self.model, template=self.template, soft_prompt=self.soft_prompt,
             context_length=self.context_length, max_new_tokens=self.max_new_tokens,
             num_beams=self.num_beams, dtype=self.dtype, prefix_cache=self.prefix_cache, quantize=self.quantize,
+            ensemble=self.ensemble, ensemble_temperature=self.ensemble_temperature,
         )
 
     @classmethod

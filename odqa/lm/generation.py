@@ -138,8 +138,8 @@ def greedy_generate(model, prefix: PrefixCache | None, inputs: torch.Tensor, max
 
 @torch.inference_mode()
 def greedy_generate_batch(model, prefix: PrefixCache | None, bodies: list[list[int]], max_new_tokens: int,
-                          stop_ids: list[int], pad_id: int = 0, screen: bool = True
-                          ) -> list[tuple[list[int], list[float]]]:
+                          stop_ids: list[int], pad_id: int = 0, screen: bool = True,
+                          weights: list[list[float]] | None = None) -> list[tuple[list[int], list[float]]]:
     """:func:`greedy_generate` for several inputs at once, one weight read per step for all of them.
 
     Each row is ``prefix + body``; bodies of unequal length are padded on the left, between the
@@ -147,13 +147,28 @@ def greedy_generate_batch(model, prefix: PrefixCache | None, bodies: list[list[i
     row sees exactly the positions and tokens it sees alone. A row stops at its own stop token and
     leaves the batch there; the batch stops when every row has.
 
+    With ``weights``, consecutive rows decode one answer together, the passage ensemble of REPLUG
+    (Shi et al., 2023): each row reads the question with its own passage, and every step's token is
+    the argmax of the rows' mixed next-token distribution ``sum_d w_d p_d``, appended to all of them.
+    An answer's rows are computed as rows of any other batch, so an answer is the same tokens
+    whatever else shares its batch.
+
     :param bodies: The token ids after the prefix, one non-empty list per row.
     :param pad_id: Any token id (pads are masked).
     :param screen: As in :func:`greedy_generate`.
-    :returns: ``(new_token_ids, token_logprobs)`` per row, in order, as :func:`greedy_generate` returns.
+    :param weights: ``None``: each row is its own answer. Otherwise one list of positive weights
+        summing to 1 per answer, taking that many consecutive rows (``bodies`` in answer order).
+    :returns: ``(new_token_ids, token_logprobs)`` per answer, in order, as :func:`greedy_generate`
+        returns; with ``weights`` the log-probabilities are the mixture's.
     """
     if not bodies or any(not b for b in bodies):
         raise PipelineConfigError("greedy_generate_batch takes one or more non-empty token sequences")
+    sizes = [1] * len(bodies) if weights is None else [len(w) for w in weights]
+    if sum(sizes) != len(bodies) or 0 in sizes:
+        raise PipelineConfigError(f"greedy_generate_batch: the weights cover {sum(sizes)} rows in {len(sizes)} "
+                                  f"answers (each needs one or more), but there are {len(bodies)} bodies")
+    if weights is not None and any(x <= 0 for w in weights for x in w):
+        raise PipelineConfigError(f"greedy_generate_batch: ensemble weights must be positive, got {weights}")
     device = model.get_input_embeddings().weight.device
     b, width = len(bodies), max(len(x) for x in bodies)
     start = prefix.length if prefix is not None else 0
@@ -171,18 +186,22 @@ def greedy_generate_batch(model, prefix: PrefixCache | None, bodies: list[list[i
         cache = prefix.fresh()
         cache.batch_repeat_interleave(b)
     stops = set(stop_ids)
-    new: list[list[int]] = [[] for _ in bodies]
-    logprobs: list[list[float]] = [[] for _ in bodies]
-    rows = list(range(b))  # the rows still decoding, in the order of the batch's remaining rows
+    new: list[list[int]] = [[] for _ in sizes]
+    logprobs: list[list[float]] = [[] for _ in sizes]
+    log_w = None if weights is None else torch.log(torch.tensor([x for w in weights for x in w], device=device))
+    answers = list(range(len(sizes)))  # the answers still decoding, their rows in this order in the batch
     step_ids, step_pos = ids, positions
     head = screened_head(model) if screen else None
     for _ in range(max_new_tokens):
         cache, logits = _step(model, head, input_ids=step_ids, past_key_values=cache, attention_mask=mask,
                               position_ids=step_pos)
         logp = torch.log_softmax(logits, dim=-1)
+        if log_w is not None:  # each answer's rows -> one mixed distribution
+            logp = torch.stack([torch.logsumexp(part, dim=0) for part in
+                                torch.split(logp + log_w[:, None], [sizes[i] for i in answers])])
         tokens = torch.argmax(logp, dim=-1)
         keep = []
-        for j, i in enumerate(rows):
+        for j, i in enumerate(answers):
             t = int(tokens[j])
             new[i].append(t)
             logprobs[i].append(float(logp[j, t]))
@@ -190,16 +209,23 @@ def greedy_generate_batch(model, prefix: PrefixCache | None, bodies: list[list[i
                 keep.append(j)
         if not keep:
             break
-        if len(keep) < len(rows):
-            # a finished row leaves the batch: the rest decode on without paying for it (one long
-            # answer no longer makes every row of its batch run to max_new_tokens)
-            index = torch.tensor(keep, device=device)
-            rows = [rows[j] for j in keep]
+        if log_w is not None:  # every row of an answer takes the answer's token
+            tokens = torch.repeat_interleave(tokens, torch.tensor([sizes[i] for i in answers], device=device))
+        if len(keep) < len(answers):
+            # a finished answer's rows leave the batch: the rest decode on without paying for them
+            # (one long answer no longer makes every row of its batch run to max_new_tokens)
+            starts = [0]
+            for i in answers:
+                starts.append(starts[-1] + sizes[i])
+            index = torch.tensor([r for j in keep for r in range(starts[j], starts[j + 1])], device=device)
+            answers = [answers[j] for j in keep]
             tokens, step_pos, mask = tokens[index], step_pos[index], mask[index]
+            if log_w is not None:
+                log_w = log_w[index]
             cache.batch_select_indices(index)
         step_ids = tokens.unsqueeze(1)
         step_pos = step_pos[:, -1:] + 1
-        mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
+        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
     return list(zip(new, logprobs))
 
 

@@ -52,7 +52,7 @@ def test_to_dict_from_dict(tiny_lm, soft_prompt_dir):
         "type": "odqa.components.packing.ContextPacker",
         "init_parameters": {"model": tiny_lm, "template": "chat", "context_length": 512, "max_new_tokens": 8,
                             "soft_prompt": soft_prompt_dir, "max_passages": None, "order": "best-first",
-                            "index_dir": None},
+                            "index_dir": None, "ensemble": False},
     }
     assert ContextPacker.from_dict(data).to_dict() == data
 
@@ -102,11 +102,37 @@ def test_max_passages_and_best_last_order(backbone, tiny_lm, docs):
 @pytest.mark.parametrize("kwargs, message", [
     ({"order": "random"}, "unknown passage order 'random'; use one of ['best-first', 'best-last']"),
     ({"max_passages": 0}, "max_passages must be at least 1 (or null for as many as fit), got 0"),
+    ({"ensemble": True}, "an ensemble packer needs max_passages: each kept passage is one more reading of the "
+                         "question"),
 ])
 def test_bad_order_or_max_passages(tiny_lm, kwargs, message):
     with pytest.raises(PipelineConfigError) as e:
         ContextPacker(model=tiny_lm, **kwargs)
     assert str(e.value) == message
+
+
+def test_ensemble_budgets_each_passage_alone(backbone, tiny_lm, docs):
+    """Read apart, passages need not fit together: the first max_passages that fit alone are kept."""
+    alone = [_prompt_tokens(backbone.tokenizer, "span-chat", QUESTION, [d]) for d in docs]
+    long_b = alone[1]
+    assert long_b > max(alone[0], alone[2])
+    # a window that holds the long passage alone but not beside another one
+    context = long_b + 16 + 1
+    assert _prompt_tokens(backbone.tokenizer, "span-chat", QUESTION, docs[:2]) > context - 16
+    packer = ContextPacker(model=tiny_lm, template="span-chat", context_length=context, max_new_tokens=16,
+                           max_passages=3, ensemble=True)
+    out = packer.run(query=QUESTION, documents=docs)
+    assert [d.id for d in out["documents"]] == ["a", "b", "c"] and out["dropped_ids"] == ["d"]
+    assert out["budget"]["prompt_tokens"] == long_b  # the longest reading
+    together = ContextPacker(model=tiny_lm, template="span-chat", context_length=context, max_new_tokens=16,
+                             max_passages=3).run(query=QUESTION, documents=docs)
+    assert "b" not in [d.id for d in together["documents"]]
+    # a passage too long even alone is skipped, and a later one taken instead
+    small = ContextPacker(model=tiny_lm, template="span-chat", context_length=max(alone[0], alone[2]) + 16,
+                          max_new_tokens=16, max_passages=2, ensemble=True)
+    out = small.run(query=QUESTION, documents=docs)
+    assert [d.id for d in out["documents"]] == ["a", "c"] and out["dropped_ids"] == ["b", "d"]
+    assert ContextPacker.from_dict(small.to_dict()).ensemble is True
 
 
 def test_nothing_fits(backbone, tiny_lm, docs):

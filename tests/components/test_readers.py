@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from haystack import Pipeline
@@ -68,7 +70,8 @@ def test_to_dict_from_dict(tiny_lm, soft_prompt_dir):
         "type": "odqa.components.readers.FrozenLMReader",
         "init_parameters": {"model": tiny_lm, "template": "span-chat", "soft_prompt": soft_prompt_dir,
                             "context_length": 1024, "max_new_tokens": 5, "num_beams": 2, "dtype": "float32",
-                            "prefix_cache": True, "quantize": None},
+                            "prefix_cache": True, "quantize": None, "ensemble": False,
+                            "ensemble_temperature": None},
     }
     assert FrozenLMReader.from_dict(data).to_dict() == data
     q8 = FrozenLMReader(model=tiny_lm, template="qa", quantize="int8").to_dict()
@@ -269,6 +272,49 @@ def test_int8_reader_batched_cached_and_plain_agree(lively_lm, make_docs, with_s
     assert [g[:4] for g in _answers(cached, inputs)] == [p[:4] for p in plain]
     assert [(a.data, a.meta["raw"], a.meta["new_tokens"]) for a in batched] == [p[:3] for p in plain]
     assert cached._prefix_key[2] == "int8"  # its own prefix cache, apart from the float reader's
+
+
+@pytest.mark.parametrize("temperature", [None, 0.5])
+def test_ensemble_reader(lively_lm, make_docs, temperature):
+    """Each passage read apart, one answer from the mixture; a batch gives each question its answer
+    alone, and one passage read in the ensemble is the plain reader's answer."""
+    lm, soft = lively_lm
+    settings = dict(model=lm, template="qa", context_length=1024, max_new_tokens=6, soft_prompt=soft)
+    reader = FrozenLMReader(ensemble=True, ensemble_temperature=temperature, **settings)
+    plain = FrozenLMReader(**settings)
+    docs = make_docs(("p0", "Romeo and Juliet", "Romeo and Juliet is a tragedy written by William Shakespeare."),
+                     ("p1", "Canberra", "Canberra is the capital city of Australia."),
+                     ("m", "Mars", "Mars is the fourth planet from the Sun."))
+    docs = [dataclasses.replace(d, score=score) for d, score in zip(docs, (0.9, 0.5, 0.1))]
+    inputs = [(QUESTION, docs), ("What is the capital of Australia?", docs[1:2]), ("Who painted the Mona Lisa?", []),
+              ("Which planet is red?", docs[::-1])]
+    alone = [reader.run(query=q, documents=d)["answers"][0] for q, d in inputs]
+    batched = reader.run_batch([q for q, _ in inputs], [d for _, d in inputs])["answers"]
+    assert [(a.data, a.meta["raw"]) for a in batched] == [(a.data, a.meta["raw"]) for a in alone]
+    assert [a.documents for a in batched] == [d for _, d in inputs]
+    for q, d in inputs[1:3]:  # one passage, or none: the ensemble is the plain reader
+        assert reader.run(query=q, documents=d)["answers"][0].meta["raw"] == \
+            plain.run(query=q, documents=d)["answers"][0].meta["raw"]
+    assert FrozenLMReader.from_dict(reader.to_dict()).to_dict() == reader.to_dict()
+    if temperature is not None:
+        assert reader._weights(docs) == pytest.approx(torch.softmax(torch.tensor([0.9, 0.5, 0.1]) / 0.5, 0).tolist())
+    else:
+        assert reader._weights(docs) == [1 / 3] * 3
+
+
+def test_ensemble_reader_bad_settings(tiny_lm, make_docs):
+    with pytest.raises(PipelineConfigError, match="ensemble: true decodes greedily from the prefix cache"):
+        FrozenLMReader(model=tiny_lm, ensemble=True, num_beams=2)
+    with pytest.raises(PipelineConfigError, match="ensemble: true decodes greedily from the prefix cache"):
+        FrozenLMReader(model=tiny_lm, ensemble=True, prefix_cache=False)
+    with pytest.raises(PipelineConfigError, match="ensemble_temperature must be positive .*got 0"):
+        FrozenLMReader(model=tiny_lm, ensemble=True, ensemble_temperature=0)
+    reader = FrozenLMReader(model=tiny_lm, ensemble=True, ensemble_temperature=1.0, context_length=1024,
+                            max_new_tokens=2)
+    unscored = [dataclasses.replace(d, score=None) for d in
+                make_docs(("p0", "Canberra", "Canberra is the capital city of Australia."))]
+    with pytest.raises(PipelineConfigError, match="some passages have none; use ensemble_temperature: null"):
+        reader.run(query="What is the capital of Australia?", documents=unscored)
 
 
 def test_run_batch_bad_inputs(tiny_lm, docs):

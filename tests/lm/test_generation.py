@@ -233,3 +233,73 @@ def test_batched_without_a_prefix(backbone, model):
     assert [t for t, _ in greedy_generate_batch(model, None, rows, 5, [])] == alone
     with pytest.raises(PipelineConfigError, match="one or more non-empty token sequences"):
         greedy_generate_batch(model, None, [rows[0], []], 5, [])
+
+
+def _mixture_reference(model, prefix, bodies: list[list[int]], weights: list[float], steps: int) -> list[int]:
+    """The passage ensemble by hand: every reading run in full at every step, the mixture's argmax appended to all."""
+    rows = [list(b) for b in bodies]
+    out = []
+    for _ in range(steps):
+        mixed = sum(w * torch.softmax(_next_logits(model, prefix, r), dim=-1) for w, r in zip(weights, rows))
+        token = int(torch.argmax(mixed))
+        out.append(token)
+        rows = [r + [token] for r in rows]
+    return out
+
+
+def _next_logits(model, prefix, ids: list[int]) -> torch.Tensor:
+    with torch.inference_mode():
+        cache = prefix.fresh()
+        n = len(ids)
+        out = model(input_ids=torch.tensor([ids]), past_key_values=cache,
+                    attention_mask=torch.ones(1, prefix.length + n, dtype=torch.long),
+                    position_ids=torch.arange(prefix.length, prefix.length + n).unsqueeze(0))
+    return out.logits[0, -1].float()
+
+
+def test_an_ensemble_decodes_the_mixture_of_its_readings(backbone, model, soft):
+    """REPLUG's ensemble: each step's token is the argmax of sum_d w_d p(token | question, passage d)."""
+    template = get_template("qa-completion")
+    parts = [encode_parts(backbone.tokenizer, template, QUESTION, [p]) for p in PASSAGES]
+    prefix = PrefixCache.build(model, soft, parts[0][0])
+    bodies = [body for _, body in parts]
+    alone = [greedy_generate(model, prefix, torch.tensor([b]), 6, [])[0] for b in bodies]
+    assert alone[0] != alone[1]  # the two readings disagree, so the mixture decides
+    for weights in ([0.5, 0.5], [0.8, 0.2], [0.1, 0.9]):
+        (got, logp), = greedy_generate_batch(model, prefix, bodies, 6, [], weights=[weights])
+        assert got == _mixture_reference(model, prefix, bodies, weights, 6)
+        assert all(x <= 0 for x in logp)
+    # one reading of weight 1 is plain greedy decoding
+    (got, logp), = greedy_generate_batch(model, prefix, bodies[:1], 6, [], weights=[[1.0]])
+    assert got == alone[0]
+
+
+def test_ensemble_answers_do_not_depend_on_their_batch(backbone, model, soft):
+    """Three questions, read with 2, 1 and 3 passages, in one batch: each answer is its ensemble's alone."""
+    template = get_template("qa-completion")
+    passages = PASSAGES + [("Hamlet", "Hamlet is a tragedy by William Shakespeare, set in Denmark.")]
+    groups = [passages[:2], passages[1:2], passages]
+    weights = [[0.6, 0.4], [1.0], [0.2, 0.3, 0.5]]
+    bodies = [[encode_parts(backbone.tokenizer, template, q, [p])[1] for p in g]
+              for q, g in zip(BATCH_QUESTIONS, groups)]
+    prefix = PrefixCache.build(model, soft, encode_parts(backbone.tokenizer, template, QUESTION, [])[0])
+    alone = [greedy_generate_batch(model, prefix, b, 8, [], weights=[w])[0] for b, w in zip(bodies, weights)]
+    free = [t for t, _ in alone]
+    # a token the second answer first emits at step 3 or later: it stops there; the others stop or run on
+    stop = next(t for i, t in enumerate(free[1]) if i >= 2 and t not in free[1][:i])
+    together = greedy_generate_batch(model, prefix, [x for b in bodies for x in b], 8, [stop], weights=weights)
+    for (got, logp), want, (_, want_logp) in zip(together, free, alone):
+        cut = want[: want.index(stop) + 1] if stop in want else want
+        assert got == cut
+        assert logp == pytest.approx(want_logp[: len(cut)], abs=1e-4)
+    assert 2 < len(together[1][0]) < 8
+
+
+def test_ensemble_weights_must_match_the_rows(backbone, model):
+    rows = [sum(encode_parts(backbone.tokenizer, get_template("qa"), q, PASSAGES), []) for q in BATCH_QUESTIONS[:3]]
+    with pytest.raises(PipelineConfigError, match="the weights cover 2 rows in 1 answers .* but there are 3 bodies"):
+        greedy_generate_batch(model, None, rows, 2, [], weights=[[0.5, 0.5]])
+    with pytest.raises(PipelineConfigError, match="each needs one or more"):
+        greedy_generate_batch(model, None, rows, 2, [], weights=[[0.5, 0.5], [], [1.0]])
+    with pytest.raises(PipelineConfigError, match="ensemble weights must be positive"):
+        greedy_generate_batch(model, None, rows, 2, [], weights=[[1.0, 0.0], [1.0]])
