@@ -151,7 +151,8 @@ def greedy_generate_batch(model, prefix: PrefixCache | None, bodies: list[list[i
     (Shi et al., 2023): each row reads the question with its own passage, and every step's token is
     the argmax of the rows' mixed next-token distribution ``sum_d w_d p_d``, appended to all of them.
     An answer's rows are computed as rows of any other batch, so an answer is the same tokens
-    whatever else shares its batch.
+    whatever else shares its batch. Through the screened head the mixture reads each row's
+    logits as that head gives them: exact for the row's candidates, within its int8 bound elsewhere.
 
     :param bodies: The token ids after the prefix, one non-empty list per row.
     :param pad_id: Any token id (pads are masked).

@@ -154,6 +154,10 @@ def train_reader(pipeline: str, train_items: list[dict], dev_items: list[dict], 
     if qa.packer is None:
         raise OdqaError(f"{pipeline}: the pipeline has no ContextPacker, so it cannot pack training contexts")
     reader = qa.pipeline.get_component(qa.reader)
+    if getattr(reader, "ensemble", False):
+        raise OdqaError(f"{pipeline}: its reader reads each passage apart (ensemble: true), and prompt tuning packs "
+                        "the passages together; train on the same pipeline with ensemble: false in its packer and "
+                        "reader, then name the prompt in this one")
     backbone = load_backbone(reader.model, reader.dtype)
     model, tok = backbone.model, backbone.tokenizer
     template = get_template(config.template)

@@ -91,6 +91,18 @@ def test_no_training_questions_is_an_error(pipeline_yaml, tmp_path):
         train_reader(str(pipeline_yaml), [], DEV, tmp_path / "p", _config(), SOURCE, progress=False)
 
 
+def test_an_ensemble_reader_is_refused(pipeline_yaml, tmp_path):
+    import yaml
+
+    data = yaml.safe_load(pipeline_yaml.read_text())
+    data["components"]["packer"]["init_parameters"].update(ensemble=True, max_passages=2)
+    data["components"]["reader"]["init_parameters"]["ensemble"] = True
+    path = pipeline_yaml.parent / "ensemble.yml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(OdqaError, match="reads each passage apart .* train on the same pipeline with ensemble: false"):
+        train_reader(str(path), TRAIN, DEV, tmp_path / "p", _config(), SOURCE, progress=False)
+
+
 def test_frozen_check_catches_a_changed_backbone(backbone):
     with pytest.raises(BackboneChangedError, match="weights changed"):
         with FrozenCheck(backbone.model, "tiny"):
