@@ -120,7 +120,8 @@ class FrozenLMReader:
         :param query: The question.
         :param documents: Packed passages, best first.
         :returns: ``answers``: one :class:`GeneratedAnswer` whose ``meta`` holds ``score`` (the
-            geometric-mean token probability), ``prompt_tokens`` and ``new_tokens``.
+            geometric-mean token probability), ``prompt_tokens`` (an ensemble's summed over its
+            readings) and ``new_tokens``.
         """
         if self.ensemble:
             return self.run_batch([query], [documents or []])
@@ -160,7 +161,8 @@ class FrozenLMReader:
         bodies = [body if prefix is not None else head + body for _, _, head, parts in rows for body in parts]
         decoded = greedy_generate_batch(model, prefix, bodies, self.max_new_tokens, self._backbone.stop_token_ids,
                                         pad_id=self._backbone.tokenizer.pad_token_id or 0, weights=weights)
-        return {"answers": [self._answer(q, d, sum(len(head) + len(body) for body in parts),
+        soft = self._prompt.soft_prompt_tokens  # _answer counts it once; an ensemble's every reading has it
+        return {"answers": [self._answer(q, d, sum(len(head) + len(body) + soft for body in parts) - soft,
                                          *self._decode(new, torch.tensor(logp)))
                             for (q, d, head, parts), (new, logp) in zip(rows, decoded)]}
 

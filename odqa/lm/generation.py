@@ -157,8 +157,9 @@ def greedy_generate_batch(model, prefix: PrefixCache | None, bodies: list[list[i
     :param bodies: The token ids after the prefix, one non-empty list per row.
     :param pad_id: Any token id (pads are masked).
     :param screen: As in :func:`greedy_generate`.
-    :param weights: ``None``: each row is its own answer. Otherwise one list of positive weights
-        summing to 1 per answer, taking that many consecutive rows (``bodies`` in answer order).
+    :param weights: ``None``: each row is its own answer. Otherwise one list of weights summing to 1
+        per answer, taking that many consecutive rows (``bodies`` in answer order); a reading of
+        weight 0 adds nothing to the mixture.
     :returns: ``(new_token_ids, token_logprobs)`` per answer, in order, as :func:`greedy_generate`
         returns; with ``weights`` the log-probabilities are the mixture's.
     """
@@ -168,8 +169,9 @@ def greedy_generate_batch(model, prefix: PrefixCache | None, bodies: list[list[i
     if sum(sizes) != len(bodies) or 0 in sizes:
         raise PipelineConfigError(f"greedy_generate_batch: the weights cover {sum(sizes)} rows in {len(sizes)} "
                                   f"answers (each needs one or more), but there are {len(bodies)} bodies")
-    if weights is not None and any(x <= 0 for w in weights for x in w):
-        raise PipelineConfigError(f"greedy_generate_batch: ensemble weights must be positive, got {weights}")
+    if weights is not None and any(min(w) < 0 or max(w) <= 0 for w in weights):
+        raise PipelineConfigError(f"greedy_generate_batch: ensemble weights must be at least 0, and one of each "
+                                  f"answer's above 0; got {weights}")
     device = model.get_input_embeddings().weight.device
     b, width = len(bodies), max(len(x) for x in bodies)
     start = prefix.length if prefix is not None else 0

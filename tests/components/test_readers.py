@@ -295,6 +295,8 @@ def test_ensemble_reader(lively_lm, make_docs, temperature):
     for q, d in inputs[1:3]:  # one passage, or none: the ensemble is the plain reader
         assert reader.run(query=q, documents=d)["answers"][0].meta["raw"] == \
             plain.run(query=q, documents=d)["answers"][0].meta["raw"]
+    assert alone[0].meta["prompt_tokens"] == sum(  # an ensemble's cost: its readings' inputs, soft prompt included
+        plain.run(query=QUESTION, documents=[d])["answers"][0].meta["prompt_tokens"] for d in docs)
     assert FrozenLMReader.from_dict(reader.to_dict()).to_dict() == reader.to_dict()
     if temperature is not None:
         assert reader._weights(docs) == pytest.approx(torch.softmax(torch.tensor([0.9, 0.5, 0.1]) / 0.5, 0).tolist())

@@ -301,5 +301,11 @@ def test_ensemble_weights_must_match_the_rows(backbone, model):
         greedy_generate_batch(model, None, rows, 2, [], weights=[[0.5, 0.5]])
     with pytest.raises(PipelineConfigError, match="each needs one or more"):
         greedy_generate_batch(model, None, rows, 2, [], weights=[[0.5, 0.5], [], [1.0]])
-    with pytest.raises(PipelineConfigError, match="ensemble weights must be positive"):
-        greedy_generate_batch(model, None, rows, 2, [], weights=[[1.0, 0.0], [1.0]])
+    with pytest.raises(PipelineConfigError, match="ensemble weights must be at least 0, and one of each answer's"):
+        greedy_generate_batch(model, None, rows, 2, [], weights=[[1.0, -0.5], [1.0]])
+    with pytest.raises(PipelineConfigError, match="ensemble weights must be at least 0, and one of each answer's"):
+        greedy_generate_batch(model, None, rows, 2, [], weights=[[0.0, 0.0], [1.0]])
+    # a reading of weight 0 (a softmax that underflowed) adds nothing: the answer is the other reading's
+    alone = greedy_generate_batch(model, None, rows[:1], 3, [])
+    assert [t for t, _ in greedy_generate_batch(model, None, rows[:2], 3, [], weights=[[1.0, 0.0]])] == \
+        [t for t, _ in alone]
