@@ -14,6 +14,26 @@ from odqa.lm.generation import cached_prefix, decode_answer, greedy_generate
 from odqa.lm.prompting import ReaderPrompt, clean_answer, encode_prefix, get_template
 
 
+# Rows per forward pass in run_batch. A 228-token prefill of Gemma-3-270m on 2 cores (AVX-512) cost
+# 1.95 ms a token at 1 row, 1.39-1.44 at 6-8 rows and 1.73 at 24 (eval/RESULTS.md, session 14).
+MAX_ROWS = 8
+
+
+def _chunks(lengths: list[float], rows: list[int], max_rows: int) -> list[list[int]]:
+    """Questions (indices) in groups of at most ``max_rows`` rows, similar lengths together (less
+    padding). A question is never split; one with more rows than ``max_rows`` is a group alone.
+    Answers do not depend on their batch, so grouping changes only the time."""
+    groups: list[list[int]] = []
+    used = 0
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        if not groups or used + rows[i] > max_rows:
+            groups.append([])
+            used = 0
+        groups[-1].append(i)
+        used += rows[i]
+    return groups
+
+
 @component
 class FrozenLMReader:
     """Reads the question and passages with a frozen LM and writes a short answer.
@@ -158,9 +178,14 @@ class FrozenLMReader:
             weights = None
         model = self._backbone.model
         prefix = cached_prefix(self._prefix_key, model, self._soft, rows[0][2])
-        bodies = [body if prefix is not None else head + body for _, _, head, parts in rows for body in parts]
-        decoded = greedy_generate_batch(model, prefix, bodies, self.max_new_tokens, self._backbone.stop_token_ids,
-                                        pad_id=self._backbone.tokenizer.pad_token_id or 0, weights=weights)
+        bodies = [[body if prefix is not None else head + body for body in parts] for _, _, head, parts in rows]
+        decoded: list = [None] * len(rows)
+        for chunk in _chunks([sum(map(len, b)) / len(b) for b in bodies], [len(b) for b in bodies], MAX_ROWS):
+            out = greedy_generate_batch(model, prefix, [x for i in chunk for x in bodies[i]], self.max_new_tokens,
+                                        self._backbone.stop_token_ids, pad_id=self._backbone.tokenizer.pad_token_id or 0,
+                                        weights=None if weights is None else [weights[i] for i in chunk])
+            for i, result in zip(chunk, out):
+                decoded[i] = result
         soft = self._prompt.soft_prompt_tokens  # _answer counts it once; an ensemble's every reading has it
         return {"answers": [self._answer(q, d, sum(len(head) + len(body) + soft for body in parts) - soft,
                                          *self._decode(new, torch.tensor(logp)))

@@ -304,6 +304,33 @@ def test_ensemble_reader(lively_lm, make_docs, temperature):
         assert reader._weights(docs) == [1 / 3] * 3
 
 
+def test_run_batch_groups_rows_by_length(lively_lm, make_docs, monkeypatch):
+    """Big batches go through the model a few rows at a time, similar lengths together; the answers
+    are still each question's own."""
+    from odqa.components import readers
+
+    assert readers._chunks([5, 1, 3, 2], [1, 1, 1, 1], 2) == [[1, 3], [2, 0]]
+    assert readers._chunks([1, 2, 3], [3, 1, 1], 2) == [[0], [1, 2]]  # a question is never split
+    lm, soft = lively_lm
+    reader = FrozenLMReader(model=lm, template="qa", context_length=1024, max_new_tokens=6, soft_prompt=soft,
+                            ensemble=True)
+    docs = make_docs(("p0", "Romeo and Juliet", "Romeo and Juliet is a tragedy written by William Shakespeare."),
+                     ("p1", "Canberra", "Canberra is the capital city of Australia."),
+                     ("m", "Mars", "Mars is the fourth planet from the Sun."))
+    inputs = [(QUESTION, docs), ("What is the capital of Australia?", docs[1:2]), ("Who painted the Mona Lisa?", []),
+              ("Which planet is red?", docs[::-1]), ("Where is Canberra?", docs[:2])]
+    whole = [a.meta["raw"] for a in reader.run_batch([q for q, _ in inputs], [d for _, d in inputs])["answers"]]
+    calls = []
+    import odqa.lm.generation as generation
+
+    real = generation.greedy_generate_batch
+    monkeypatch.setattr(generation, "greedy_generate_batch", lambda m, p, bodies, *a, **k: calls.append(len(bodies))
+                        or real(m, p, bodies, *a, **k))
+    monkeypatch.setattr(readers, "MAX_ROWS", 3)
+    grouped = [a.meta["raw"] for a in reader.run_batch([q for q, _ in inputs], [d for _, d in inputs])["answers"]]
+    assert grouped == whole and max(calls) <= 3 and len(calls) >= 4 and sum(calls) == 10
+
+
 def test_ensemble_reader_bad_settings(tiny_lm, make_docs):
     with pytest.raises(PipelineConfigError, match="ensemble: true decodes greedily from the prefix cache"):
         FrozenLMReader(model=tiny_lm, ensemble=True, num_beams=2)
