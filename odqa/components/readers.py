@@ -154,9 +154,9 @@ class FrozenLMReader:
 
     def run_batch(self, queries: list[str], documents: list[list[Document]]) -> dict[str, Any]:
         """Answer several questions, each with its own packed passages, decoding them together
-        (:func:`~odqa.lm.generation.greedy_generate_batch`): the answers are those :meth:`run` gives
-        one by one, token for token. Beam search, or a reader without the prefix cache, answers
-        them one by one.
+        (:func:`~odqa.lm.generation.greedy_generate_batch`, in groups of at most ``MAX_ROWS`` rows of
+        similar length): the answers are those :meth:`run` gives one by one, token for token. Beam
+        search, or a reader without the prefix cache, answers them one by one.
 
         :returns: ``answers``: one :class:`GeneratedAnswer` per question, in order.
         """
