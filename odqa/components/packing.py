@@ -105,32 +105,26 @@ class ContextPacker:
         self.warm_up()
         tok, prompt = self._tokenizer, self._prompt
         available = prompt.budget(tok, query)
-        chosen: list[int] = []
-        alone: dict[int, int] = {}  # ensemble: passage -> its reading's prompt tokens
-        used = 0
         costs = self._passage_costs(documents)
-        for i, cost in enumerate(costs):
-            if self.max_passages is not None and len(chosen) == self.max_passages:
-                break
-            if self.ensemble:  # each passage is read alone: checked exactly, on its own rendered prompt
-                if cost <= available:
-                    alone[i] = prompt.length(tok, query, [(documents[i].meta.get("title", ""), documents[i].content)])
-                    if alone[i] <= prompt.limit:
-                        chosen.append(i)
-            elif used + cost <= available:
-                chosen.append(i)
-                used += cost
-        # exact check on the rendered prompt (token merges at passage joins can shift a count by one)
-        while chosen and not self.ensemble:
-            passages = [(documents[i].meta.get("title", ""), documents[i].content) for i in chosen]
-            prompt_tokens = prompt.length(tok, query, passages)
-            if prompt_tokens <= prompt.limit:
-                break
-            chosen.pop()
+        if self.ensemble:
+            chosen, prompt_tokens = self._choose_apart(query, documents, costs, available)
         else:
-            prompt_tokens = prompt.length(tok, query, [])
-        if self.ensemble:  # the longest of the readings
-            prompt_tokens = max([alone[i] for i in chosen], default=prompt.length(tok, query, []))
+            chosen, used = [], 0
+            for i, cost in enumerate(costs):
+                if self.max_passages is not None and len(chosen) == self.max_passages:
+                    break
+                if used + cost <= available:
+                    chosen.append(i)
+                    used += cost
+            # exact check on the rendered prompt (token merges at passage joins can shift a count by one)
+            while chosen:
+                passages = [(documents[i].meta.get("title", ""), documents[i].content) for i in chosen]
+                prompt_tokens = prompt.length(tok, query, passages)
+                if prompt_tokens <= prompt.limit:
+                    break
+                chosen.pop()
+            else:
+                prompt_tokens = prompt.length(tok, query, [])
         kept = set(chosen)
         return {
             "documents": [documents[i] for i in (chosen[::-1] if self.order == "best-last" else chosen)],
@@ -143,6 +137,22 @@ class ContextPacker:
                 "prompt_tokens": prompt_tokens,
             },
         }
+
+    def _choose_apart(self, query: str, documents: list[Document], costs: list[int],
+                      available: int) -> tuple[list[int], int]:
+        """For an ensemble reader: the first ``max_passages`` passages that fit the window alone, each
+        checked exactly on its own rendered prompt, and the longest of those readings' prompt tokens."""
+        tok, prompt = self._tokenizer, self._prompt
+        chosen, lengths = [], []
+        for i, cost in enumerate(costs):
+            if len(chosen) == self.max_passages:
+                break
+            if cost <= available:
+                n = prompt.length(tok, query, [(documents[i].meta.get("title", ""), documents[i].content)])
+                if n <= prompt.limit:
+                    chosen.append(i)
+                    lengths.append(n)
+        return chosen, max(lengths) if lengths else prompt.length(tok, query, [])
 
     def _passage_costs(self, documents: list) -> list[int]:
         """Each passage's tokens in the prompt, counted once per passage text (then looked up): the
