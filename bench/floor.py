@@ -1,7 +1,8 @@
 """This machine's limit for the reader, and how close the reader comes to it.
 
 1. Measures float32 matrix-multiply throughput at the reader's own shapes (every distinct Linear
-   of the backbone, fed as many rows as the measured prompts' bodies hold), int8 throughput at
+   of the backbone, fed as many rows as the measured prompts' bodies hold; through MKL and through
+   oneDNN, torch's two CPU libraries, and the floor takes the faster), int8 throughput at
    the same shapes (int8 x int8 -> int32, exact, by the kernel odqa runs on this CPU:
    :class:`odqa.lm.quantization.Int8Weight`), and memory read bandwidth (summing a tensor
    several times the size of the caches).
@@ -32,6 +33,7 @@ import torch
 import odqa
 from _report import command, publish  # bench/_report.py (scripts run as python bench/NAME.py)
 from odqa.data.questions import dedup, load_questions
+from odqa.lm import onednn
 from odqa.lm.prompting import encode_prefix, get_template
 from odqa.lm.quantization import Int8Linear, Int8Weight, int8_kernel
 from odqa.lm.screened_head import screened_head
@@ -62,23 +64,28 @@ def linear_shapes(model, int8: bool) -> dict[tuple[int, int], int]:
     return shapes
 
 
-def matmul_seconds(shapes, rows: int) -> dict[tuple[int, int], tuple[float, float]]:
-    """``(in, out) -> (float32 s, int8 s)``: one matmul of ``rows`` rows at each Linear shape, timed once."""
+def matmul_seconds(shapes, rows: int) -> dict[tuple[int, int], tuple[float, float, float, float]]:
+    """``(in, out) -> (float32 s, through MKL, through oneDNN, int8 s)``: one matmul of ``rows`` rows at each
+    Linear shape, timed once each way. Float32 is the faster of torch's two CPU libraries, MKL
+    (``torch.matmul``) and oneDNN (:mod:`odqa.lm.onednn`, what odqa's frozen models run)."""
     seconds = {}
     for n_in, n_out in shapes:
         x, w = torch.randn(rows, n_in), torch.randn(n_in, n_out)
+        w_rows = w.t().contiguous()  # an nn.Linear's [out, in] weight
         xi = torch.randint(-127, 127, (rows, n_in), dtype=torch.int8)
         wi = Int8Weight(torch.randint(-127, 127, (n_out, n_in), dtype=torch.int8))
-        seconds[(n_in, n_out)] = (best_seconds(lambda: torch.matmul(x, w)), best_seconds(lambda: wi(xi)))
+        mkl = best_seconds(lambda: torch.matmul(x, w))
+        dnn = (best_seconds(lambda: torch.ops.mkldnn._linear_pointwise(x, w_rows, None, "none", [], ""))
+               if onednn.available() else mkl)
+        seconds[(n_in, n_out)] = (min(mkl, dnn), mkl, dnn, best_seconds(lambda: wi(xi)))
     return seconds
 
 
-def matmul_throughput(seconds, shapes: dict[tuple[int, int], int], rows: int) -> tuple[float, float]:
-    """(float32 FLOP/s, int8 OP/s) over ``shapes``, weighted as the model uses them, from :func:`matmul_seconds`."""
+def matmul_throughput(seconds, shapes: dict[tuple[int, int], int], rows: int) -> tuple[float, float, float, float]:
+    """(float32 FLOP/s, through MKL, through oneDNN, int8 OP/s) over ``shapes``, weighted as the model
+    uses them, from :func:`matmul_seconds`."""
     flops = sum(count * 2 * rows * n_in * n_out for (n_in, n_out), count in shapes.items())
-    fp_time = sum(count * seconds[shape][0] for shape, count in shapes.items())
-    int_time = sum(count * seconds[shape][1] for shape, count in shapes.items())
-    return flops / fp_time, flops / int_time
+    return tuple(flops / sum(count * seconds[shape][k] for shape, count in shapes.items()) for k in range(4))
 
 
 def read_bandwidth(megabytes: int = 1024) -> float:
@@ -127,9 +134,9 @@ def main() -> int:
     head_bytes = 1 if isinstance(head_layer, Int8Linear) or screened else bytes_per
     rows = max(1, int(statistics.median(bodies)))
     seconds = matmul_seconds(shapes, rows)
-    fp32, int8 = matmul_throughput(seconds, shapes, rows)
+    fp32, fp32_mkl, fp32_dnn, int8 = matmul_throughput(seconds, shapes, rows)
     fp32_rest = matmul_throughput(seconds, float_shapes, rows)[0] if weights8 and float_shapes else fp32
-    int8_own = matmul_throughput(seconds, int8_shapes, rows)[1] if weights8 else int8
+    int8_own = matmul_throughput(seconds, int8_shapes, rows)[3] if weights8 else int8
     bandwidth = read_bandwidth()
 
     floors, int8_floors, as_run = [], [], []
@@ -164,7 +171,10 @@ def main() -> int:
         f"{torch.get_num_threads()}; backbone `{reader.model}` ({reader.dtype}, quantize: "
         f"{getattr(reader, 'quantize', None) or 'none'}).", "",
         "| quantity | value |", "|---|---|",
-        f"| float32 matmul at the reader's shapes ({int(statistics.median(bodies))} rows) | {fp32 / 1e9:.0f} GFLOP/s |",
+        f"| float32 matmul at the reader's shapes ({int(statistics.median(bodies))} rows), the faster library "
+        f"| {fp32 / 1e9:.0f} GFLOP/s |",
+        f"| the same through MKL (`torch.matmul`) / oneDNN | {fp32_mkl / 1e9:.0f} / "
+        f"{f'{fp32_dnn / 1e9:.0f}' if onednn.available() else 'absent'} GFLOP/s |",
         f"| int8 matmul (exact, kernel `{int8_kernel()}`) at the same shapes "
         f"| {int8 / 1e9:.0f} GOP/s |",
         f"| memory read bandwidth (1 GB sum) | {bandwidth / 1e9:.1f} GB/s |",

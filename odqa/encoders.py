@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from odqa.errors import ResourceNotFoundError
+from odqa.lm.onednn import use_onednn
 from odqa.resources import resolve_model
 
 # Encoded at index time and again at load time: if the two embeddings differ, the
@@ -41,6 +42,7 @@ class SentenceTransformerEncoder:
 
         self.name = name
         self.model = SentenceTransformer(resolve_model(name).path, device=device)
+        use_onednn(self.model)  # its linear layers through oneDNN on the CPU (odqa/lm/onednn.py)
         get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dim = int(get_dim())
 
@@ -81,6 +83,8 @@ class DPREncoder:
         self.ctx = DPRContextEncoder.from_pretrained(ctx_path).eval().to(device)
         self.q_tok = AutoTokenizer.from_pretrained(q_path)
         self.q = DPRQuestionEncoder.from_pretrained(q_path).eval().to(device)
+        use_onednn(self.ctx)
+        use_onednn(self.q)
         self.device = device
         self.dim = int(self.ctx.config.projection_dim or self.ctx.config.hidden_size)
 

@@ -63,10 +63,14 @@ class Backbone:
 
 
 def freeze(model: torch.nn.Module) -> torch.nn.Module:
-    """Eval mode, no gradients: the backbone's weights are never trained."""
+    """Eval mode, no gradients: the backbone's weights are never trained. Its linear layers run
+    through oneDNN on the CPU (:mod:`odqa.lm.onednn`)."""
+    from odqa.lm.onednn import use_onednn
+
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
+    use_onednn(model)
     return model
 
 

@@ -116,11 +116,9 @@ def load_base(name: str):
         model, info = AutoModelForSequenceClassification.from_pretrained(ref.path, num_labels=1,
                                                                          output_loading_info=True)
         tokenizer = AutoTokenizer.from_pretrained(ref.path)
-    from odqa.lm.backbone import resolve_device
+    from odqa.lm.backbone import freeze, resolve_device
 
-    model.requires_grad_(False)
-    model.eval()
-    model.to(resolve_device())
+    freeze(model.to(resolve_device()))
     fresh = set(info["missing_keys"])
     return model, tokenizer, base_weights(model, fresh), fresh
 
