@@ -142,10 +142,12 @@ def greedy_generate_batch(model, prefix: PrefixCache | None, bodies: list[list[i
                           weights: list[list[float]] | None = None) -> list[tuple[list[int], list[float]]]:
     """:func:`greedy_generate` for several inputs at once, one weight read per step for all of them.
 
-    Each row is ``prefix + body``; bodies of unequal length are padded on the left, between the
-    shared prefix and the body, and the pads are masked out and skipped by the positions, so every
-    row sees exactly the positions and tokens it sees alone. A row stops at its own stop token and
-    leaves the batch there; the batch stops when every row has.
+    Each row is ``prefix + body``. On a CPU each body goes through the LM alone (:func:`_prefill_alone`:
+    there a padded batch only adds work), on a GPU as one padded batch (:func:`_prefill_padded`); the
+    rows then decode together, one weight read per step for all of them. Bodies of unequal length are
+    padded on the left, between the shared prefix and the body, and the pads are masked out and
+    skipped by the positions, so every row sees exactly the positions and tokens it sees alone. A row
+    stops at its own stop token and leaves the batch there; the batch stops when every row has.
 
     With ``weights``, consecutive rows decode one answer together, the passage ensemble of REPLUG
     (Shi et al., 2023): each row reads the question with its own passage, and every step's token is
@@ -173,31 +175,21 @@ def greedy_generate_batch(model, prefix: PrefixCache | None, bodies: list[list[i
         raise PipelineConfigError(f"greedy_generate_batch: ensemble weights must be at least 0, and one of each "
                                   f"answer's above 0; got {weights}")
     device = model.get_input_embeddings().weight.device
-    b, width = len(bodies), max(len(x) for x in bodies)
-    start = prefix.length if prefix is not None else 0
-    ids = torch.full((b, width), pad_id, dtype=torch.long, device=device)
-    mask = torch.zeros((b, start + width), dtype=torch.long, device=device)
-    mask[:, :start] = 1
-    positions = torch.full((b, width), start, dtype=torch.long, device=device)
-    for i, body in enumerate(bodies):
-        n = len(body)
-        ids[i, width - n:] = torch.tensor(body, dtype=torch.long, device=device)
-        mask[i, start + width - n:] = 1
-        positions[i, width - n:] = torch.arange(start, start + n, device=device)
-    cache = None
-    if prefix is not None:
-        cache = prefix.fresh()
-        cache.batch_repeat_interleave(b)
+    head = screened_head(model) if screen else None
+    if device.type == "cpu":
+        cache, logits, mask, step_pos = _prefill_alone(model, head, prefix, bodies)
+    else:
+        cache, logits, mask, step_pos = _prefill_padded(model, head, prefix, bodies, pad_id)
     stops = set(stop_ids)
     new: list[list[int]] = [[] for _ in sizes]
     logprobs: list[list[float]] = [[] for _ in sizes]
     log_w = None if weights is None else torch.log(torch.tensor([x for w in weights for x in w], device=device))
     answers = list(range(len(sizes)))  # the answers still decoding, their rows in this order in the batch
-    step_ids, step_pos = ids, positions
-    head = screened_head(model) if screen else None
-    for _ in range(max_new_tokens):
-        cache, logits = _step(model, head, input_ids=step_ids, past_key_values=cache, attention_mask=mask,
-                              position_ids=step_pos)
+    for n_step in range(max_new_tokens):
+        if n_step:
+            cache, logits = _step(model, head, input_ids=step_ids, past_key_values=cache, attention_mask=mask,
+                                  position_ids=step_pos)
+            step_pos = step_pos + 1
         logp = torch.log_softmax(logits, dim=-1)
         if log_w is not None:  # each answer's rows -> one mixed distribution
             logp = torch.stack([torch.logsumexp(part, dim=0) for part in
@@ -227,9 +219,89 @@ def greedy_generate_batch(model, prefix: PrefixCache | None, bodies: list[list[i
                 log_w = log_w[index]
             cache.batch_select_indices(index)
         step_ids = tokens.unsqueeze(1)
-        step_pos = step_pos[:, -1:] + 1
         mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
     return list(zip(new, logprobs))
+
+
+def _prefill_alone(model, head, prefix: PrefixCache | None, bodies: list[list[int]]):
+    """Each row's body through the LM alone, exactly as :func:`greedy_generate` runs it, then the
+    rows' keys and values side by side for decoding together (:func:`_side_by_side`).
+
+    On a CPU prefill is compute-bound: a padded batch computes every pad, and shares no weight read
+    worth having (over 32 trivia-wiki:dev questions in batches of 8, the padded batch computed about
+    1.7 times the tokens and the reader took 0.317 s an answer against 0.278 s one by one). Alone,
+    each row also computes exactly the keys, values and first token that it computes alone.
+
+    :returns: ``(cache, [rows, vocab] logits of each body's last position, attention mask over the
+        cache, [rows, 1] position of each row's next token)``.
+    """
+    start = prefix.length if prefix is not None else 0
+    device = model.get_input_embeddings().weight.device
+    caches, logits = [], []
+    for body in bodies:
+        n = len(body)
+        cache, row = _step(model, head, input_ids=torch.tensor([body], device=device),
+                           past_key_values=prefix.fresh() if prefix is not None else None,
+                           attention_mask=torch.ones(1, start + n, dtype=torch.long, device=device),
+                           position_ids=torch.arange(start, start + n, device=device).unsqueeze(0))
+        caches.append(cache)
+        logits.append(row)
+    lengths = [len(body) for body in bodies]
+    width = max(lengths)
+    mask = torch.zeros((len(bodies), start + width), dtype=torch.long, device=device)
+    mask[:, :start] = 1
+    for i, n in enumerate(lengths):
+        mask[i, start + width - n:] = 1
+    positions = torch.tensor([[start + n] for n in lengths], dtype=torch.long, device=device)
+    return _side_by_side(caches, start, lengths), torch.cat(logits), mask, positions
+
+
+def _side_by_side(caches: list, start: int, lengths: list[int]):
+    """One batch cache from single-row caches of ``start + lengths[i]`` positions each: every layer's
+    keys and values stacked on the batch dimension, each row's body shifted right behind zeros so
+    the rows end together (the layout :func:`_prefill_padded` leaves, its pads masked the same way).
+    The first row's cache object is reused."""
+    width = max(lengths)
+    merged = caches[0]
+    for layer, rows in zip(merged.layers, zip(*(c.layers for c in caches))):
+        for name in ("keys", "values"):
+            parts = []
+            for cache_layer, n in zip(rows, lengths):
+                t = getattr(cache_layer, name)
+                if t.shape[-2] != start + n:
+                    raise PipelineConfigError(
+                        f"greedy_generate_batch: a cache layer holds {t.shape[-2]} positions, not the {start + n} "
+                        "of its row (a sliding window shorter than the input?); answer such inputs one by one")
+                pad = t.new_zeros((*t.shape[:-2], width - n, t.shape[-1]))
+                parts.append(torch.cat([t[..., :start, :], pad, t[..., start:, :]], dim=-2))
+            setattr(layer, name, torch.cat(parts, dim=0))
+        if hasattr(layer, "cumulative_length"):
+            layer.cumulative_length = start + width
+    return merged
+
+
+def _prefill_padded(model, head, prefix: PrefixCache | None, bodies: list[list[int]], pad_id: int):
+    """The bodies as one batch, padded on the left between the shared prefix and the body, the pads
+    masked out and skipped by the positions (on a GPU a batch costs little more than a row).
+    Returns what :func:`_prefill_alone` returns."""
+    device = model.get_input_embeddings().weight.device
+    b, width = len(bodies), max(len(x) for x in bodies)
+    start = prefix.length if prefix is not None else 0
+    ids = torch.full((b, width), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros((b, start + width), dtype=torch.long, device=device)
+    mask[:, :start] = 1
+    positions = torch.full((b, width), start, dtype=torch.long, device=device)
+    for i, body in enumerate(bodies):
+        n = len(body)
+        ids[i, width - n:] = torch.tensor(body, dtype=torch.long, device=device)
+        mask[i, start + width - n:] = 1
+        positions[i, width - n:] = torch.arange(start, start + n, device=device)
+    cache = None
+    if prefix is not None:
+        cache = prefix.fresh()
+        cache.batch_repeat_interleave(b)
+    cache, logits = _step(model, head, input_ids=ids, past_key_values=cache, attention_mask=mask, position_ids=positions)
+    return cache, logits, mask, positions[:, -1:] + 1
 
 
 def _step(model, head, **inputs) -> tuple[object, torch.Tensor]:

@@ -190,6 +190,43 @@ def test_batched_answers_are_the_single_answers(backbone, model, soft, with_soft
         assert got == pytest.approx(want, abs=1e-4)
 
 
+def test_the_padded_prefill_gives_the_same_answers(backbone, model, soft, monkeypatch):
+    """The GPU's prefill (one padded batch) leaves the layout the CPU's (each body alone) leaves:
+    the same mask and positions, the same first logits, the same answers."""
+    from odqa.lm import generation
+
+    template = get_template("qa-completion")
+    parts = [encode_parts(backbone.tokenizer, template, q, PASSAGES[i % 2:]) for i, q in enumerate(BATCH_QUESTIONS)]
+    prefix = PrefixCache.build(model, soft, parts[0][0])
+    bodies = [body for _, body in parts]
+    with torch.inference_mode():
+        alone = generation._prefill_alone(model, None, prefix, bodies)
+        padded = generation._prefill_padded(model, None, prefix, bodies, pad_id=0)
+    assert torch.equal(alone[2], padded[2]) and torch.equal(alone[3], padded[3])
+    assert torch.allclose(alone[1], padded[1], atol=1e-4)
+    for got, want in zip(alone[0].layers, padded[0].layers):  # the pads differ (zeros / masked pads' keys)
+        keep = alone[2].bool()[:, None, :, None].expand_as(want.keys)
+        assert torch.allclose(got.keys[keep], want.keys[keep], atol=1e-4)
+    want = greedy_generate_batch(model, prefix, bodies, 8, [])
+    monkeypatch.setattr(generation, "_prefill_alone", lambda m, h, p, b: generation._prefill_padded(m, h, p, b, 0))
+    assert [t for t, _ in greedy_generate_batch(model, prefix, bodies, 8, [])] == [t for t, _ in want]
+
+
+def test_side_by_side_refuses_a_cache_cut_by_its_window(backbone, model, soft):
+    from odqa.lm import generation
+
+    template = get_template("qa-completion")
+    prefix_ids, body = encode_parts(backbone.tokenizer, template, QUESTION, PASSAGES)
+    prefix = PrefixCache.build(model, soft, prefix_ids)
+    with torch.inference_mode():
+        caches = [generation._step(model, None, input_ids=torch.tensor([body]), past_key_values=prefix.fresh(),
+                                   attention_mask=torch.ones(1, prefix.length + len(body), dtype=torch.long),
+                                   position_ids=torch.arange(prefix.length, prefix.length + len(body))[None])[0]
+                  for _ in range(2)]
+    with pytest.raises(PipelineConfigError, match="holds .* positions, not the .* of its row"):
+        generation._side_by_side(caches, prefix.length, [len(body), len(body) + 1])
+
+
 def test_batched_rows_stop_at_their_own_stop_token(backbone, model, soft):
     template = get_template("qa-completion")
     parts = [encode_parts(backbone.tokenizer, template, q, PASSAGES) for q in BATCH_QUESTIONS[:3]]
@@ -221,7 +258,8 @@ def test_a_finished_row_leaves_the_batch(backbone, model, soft, monkeypatch):
     together = greedy_generate_batch(model, prefix, bodies, 8, [stop])
     assert together[0][0] == free[0][:2]
     still = [row for row in free if stop not in row[:2]]  # rows not done after step 2
-    assert rows_per_step[:2] == [3, 3] and rows_per_step[2] == len(still) < 3
+    # on a CPU each body is prefilled alone, then the three rows decode together
+    assert rows_per_step[:4] == [1, 1, 1, 3] and rows_per_step[4] == len(still) < 3
     for (got, _), row in zip(together, free):
         assert got == (row[: row.index(stop) + 1] if stop in row else row)
 
