@@ -67,7 +67,8 @@ def linear_shapes(model, int8: bool) -> dict[tuple[int, int], int]:
 def matmul_seconds(shapes, rows: int) -> dict[tuple[int, int], tuple[float, float, float, float]]:
     """``(in, out) -> (float32 s, through MKL, through oneDNN, int8 s)``: one matmul of ``rows`` rows at each
     Linear shape, timed once each way. Float32 is the faster of torch's two CPU libraries, MKL
-    (``torch.matmul``) and oneDNN (:mod:`odqa.lm.onednn`, what odqa's frozen models run)."""
+    (``torch.matmul``) and oneDNN (:mod:`odqa.lm.onednn`, what odqa's frozen models run where
+    :func:`odqa.lm.onednn.chosen`)."""
     seconds = {}
     for n_in, n_out in shapes:
         x, w = torch.randn(rows, n_in), torch.randn(n_in, n_out)
@@ -173,8 +174,9 @@ def main() -> int:
         "| quantity | value |", "|---|---|",
         f"| float32 matmul at the reader's shapes ({int(statistics.median(bodies))} rows), the faster library "
         f"| {fp32 / 1e9:.0f} GFLOP/s |",
-        f"| the same through MKL (`torch.matmul`) / oneDNN | {fp32_mkl / 1e9:.0f} / "
-        f"{f'{fp32_dnn / 1e9:.0f}' if onednn.available() else 'absent'} GFLOP/s |",
+        f"| the same through MKL (`torch.matmul`) / oneDNN (the reader runs "
+        f"{'oneDNN' if onednn.chosen() else 'MKL'}; ATen CPU capability {torch.backends.cpu.get_cpu_capability()}) "
+        f"| {fp32_mkl / 1e9:.0f} / {f'{fp32_dnn / 1e9:.0f}' if onednn.available() else 'absent'} GFLOP/s |",
         f"| int8 matmul (exact, kernel `{int8_kernel()}`) at the same shapes "
         f"| {int8 / 1e9:.0f} GOP/s |",
         f"| memory read bandwidth (1 GB sum) | {bandwidth / 1e9:.1f} GB/s |",

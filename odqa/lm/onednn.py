@@ -1,12 +1,18 @@
-"""Float32 linear layers through oneDNN on the CPU: the same products, in half the time here.
+"""Float32 linear layers through oneDNN on the CPU: the same products, in half the time on AVX-512.
 
-torch multiplies a float32 ``nn.Linear`` on the CPU through MKL's ``sgemm``. On the AMD EPYC
-machines this project runs on, MKL takes a slow path: at the reader's shapes (Gemma-3-270m's
-seven projections, 136 rows) it reached 155-176 GFLOP/s, and one row (a decoding step) read the
-weights at 16 GB/s. oneDNN, the other CPU library inside torch, multiplies the same float32
-weights, unchanged and unpacked, at 337 GFLOP/s and 30 GB/s (``bench/floor.py`` measures both;
-eval/RESULTS.md, session 15). So every frozen model's ``nn.Linear`` layers run through oneDNN's
-``mkldnn::_linear_pointwise``, the op torch's own compiler emits for CPU linears.
+torch multiplies a float32 ``nn.Linear`` on the CPU through MKL's ``sgemm``. On the AVX-512 AMD
+EPYC machine of session 16, MKL took a slow path: at the reader's shapes (Gemma-3-270m's seven
+projections, 136 rows) it reached 159 GFLOP/s, and one row (a decoding step) read the weights at
+16 GB/s. oneDNN, the other CPU library inside torch, multiplied the same float32 weights, unchanged
+and unpacked, at 338 GFLOP/s and 30 GB/s (``bench/floor.py`` measures both; eval/RESULTS.md). So
+there every frozen model's ``nn.Linear`` layers run through oneDNN's ``mkldnn::_linear_pointwise``,
+the op torch's own compiler emits for CPU linears.
+
+Only there: on an AVX2-only EPYC (session 17) oneDNN was 1.08x MKL at 136 rows but 0.67x at one
+row, and the batch-8 run of the default peaked 330 MB higher with it (2.13 against 1.80 million
+KiB; capping oneDNN's primitive cache, which keeps memory per shape, gave back 150 MB of it). So
+:func:`chosen` picks oneDNN only on CPUs whose ATen capability is AVX-512; ``ODQA_ONEDNN=1`` or
+``0`` overrides that.
 
 Nothing else changes: the layer is still an ``nn.Linear`` (:class:`OneDNNLinear` is a subclass
 set in place, holding the very same ``weight`` and ``bias`` tensors), so state dicts, weight
@@ -22,13 +28,32 @@ Usage:
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
+
+from odqa.errors import PipelineConfigError
 
 
 def available() -> bool:
     """Whether this torch build has oneDNN and its linear op (a private op of torch 2.13's CPU builds)."""
     return bool(torch.backends.mkldnn.is_available()) and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def chosen() -> bool:
+    """Whether frozen float32 linears go through oneDNN here: where :func:`available`, on a CPU with
+    AVX-512 (measured faster there, slower on AVX2; see the module docstring), unless the environment
+    variable ``ODQA_ONEDNN`` says ``1`` (always, where available) or ``0`` (never)."""
+    if not available():
+        return False
+    forced = os.environ.get("ODQA_ONEDNN", "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    if forced:
+        raise PipelineConfigError(f"ODQA_ONEDNN is {forced!r}; set it to 1 (oneDNN), 0 (MKL) or leave it "
+                                  "unset (oneDNN on AVX-512 CPUs only)")
+    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
 class OneDNNLinear(torch.nn.Linear):
@@ -47,8 +72,8 @@ class OneDNNLinear(torch.nn.Linear):
 def use_onednn(model: torch.nn.Module) -> int:
     """Make every plain ``nn.Linear`` of ``model`` an :class:`OneDNNLinear`, in place, except a causal
     LM's output head (greedy decoding reads it through :mod:`odqa.lm.screened_head`, which wants
-    it as it is). Returns how many layers changed; 0 where :func:`available` is false."""
-    if not available():
+    it as it is). Returns how many layers changed; 0 where :func:`chosen` is false."""
+    if not chosen():
         return 0
     get_head = getattr(model, "get_output_embeddings", None)
     head = get_head() if callable(get_head) else None

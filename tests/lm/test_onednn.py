@@ -5,11 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 
+from odqa.errors import PipelineConfigError
 from odqa.lm import onednn
 from odqa.lm.backbone import freeze, shared_copy, weights_hash
 from odqa.lm.onednn import OneDNNLinear, use_onednn
 
 needs_onednn = pytest.mark.skipif(not onednn.available(), reason="this torch build has no oneDNN linear op")
+
+
+@pytest.fixture(autouse=True)
+def onednn_on(monkeypatch):
+    """These tests run the layers through oneDNN whatever this CPU is (``chosen`` has its own tests)."""
+    monkeypatch.setenv("ODQA_ONEDNN", "1")
 
 
 def tiny_lm():
@@ -101,3 +108,29 @@ def test_other_dtypes_fall_back():
     x = torch.randn(3, 8, dtype=torch.bfloat16)
     with torch.no_grad():
         assert torch.equal(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
+
+
+@needs_onednn
+@pytest.mark.parametrize(("capability", "want"), [("AVX512", True), ("AVX2", False), ("DEFAULT", False)])
+def test_onednn_is_chosen_on_avx512_only(monkeypatch, capability, want):
+    monkeypatch.delenv("ODQA_ONEDNN")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    assert onednn.chosen() is want
+    assert use_onednn(tiny_lm()) == (2 * 7 if want else 0)
+
+
+@needs_onednn
+def test_the_environment_overrides_the_choice(monkeypatch):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    monkeypatch.setenv("ODQA_ONEDNN", "0")
+    assert not onednn.chosen() and use_onednn(tiny_lm()) == 0
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    monkeypatch.setenv("ODQA_ONEDNN", "1")
+    assert onednn.chosen()
+
+
+@needs_onednn
+def test_a_bad_environment_value_names_itself_and_the_fix(monkeypatch):
+    monkeypatch.setenv("ODQA_ONEDNN", "yes")
+    with pytest.raises(PipelineConfigError, match=r"ODQA_ONEDNN is 'yes'; set it to 1 \(oneDNN\), 0 \(MKL\)"):
+        use_onednn(tiny_lm())
