@@ -9,8 +9,9 @@ there every frozen model's ``nn.Linear`` layers run through oneDNN's ``mkldnn::_
 the op torch's own compiler emits for CPU linears.
 
 Only there: on an AVX2-only EPYC (session 17) oneDNN was 1.08x MKL at 136 rows but 0.67x at one
-row, and the batch-8 run of the default peaked 330 MB higher with it (2.13 against 1.80 million
-KiB; capping oneDNN's primitive cache, which keeps memory per shape, gave back 150 MB of it). So
+row, and the batch-8 run of the default peaked 330,288 KiB higher with it (2,125,452 against
+1,795,164 KiB; capping oneDNN's primitive cache, which keeps memory per shape, at 8 entries gave
+back 148,816 KiB of it). So
 :func:`chosen` picks oneDNN only on CPUs whose ATen capability is AVX-512; ``ODQA_ONEDNN=1`` or
 ``0`` overrides that.
 
@@ -45,14 +46,14 @@ def chosen() -> bool:
     """Whether frozen float32 linears go through oneDNN here: where :func:`available`, on a CPU with
     AVX-512 (measured faster there, slower on AVX2; see the module docstring), unless the environment
     variable ``ODQA_ONEDNN`` says ``1`` (always, where available) or ``0`` (never)."""
-    if not available():
-        return False
     forced = os.environ.get("ODQA_ONEDNN", "").strip()
-    if forced in ("0", "1"):
-        return forced == "1"
-    if forced:
+    if forced not in ("", "0", "1"):
         raise PipelineConfigError(f"ODQA_ONEDNN is {forced!r}; set it to 1 (oneDNN), 0 (MKL) or leave it "
                                   "unset (oneDNN on AVX-512 CPUs only)")
+    if not available():
+        return False
+    if forced:
+        return forced == "1"
     return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
