@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -135,3 +137,20 @@ def test_a_bad_environment_value_names_itself_and_the_fix(monkeypatch, has_op):
     monkeypatch.setenv("ODQA_ONEDNN", "yes")
     with pytest.raises(PipelineConfigError, match=r"ODQA_ONEDNN is 'yes'; set it to 1 \(oneDNN\), 0 \(MKL\)"):
         use_onednn(tiny_lm())
+
+
+@needs_onednn
+def test_use_onednn_caps_the_primitive_cache_unless_the_environment_says(monkeypatch):
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    use_onednn(tiny_lm())
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == str(onednn.PRIMITIVE_CACHE)
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "1024")
+    use_onednn(tiny_lm())
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "1024"
+
+
+def test_mkl_leaves_the_primitive_cache_alone(monkeypatch):
+    monkeypatch.setenv("ODQA_ONEDNN", "0")
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    assert use_onednn(tiny_lm()) == 0
+    assert "ONEDNN_PRIMITIVE_CACHE_CAPACITY" not in os.environ
