@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from odqa.lm.quantization import Int8Linear
-from odqa.lm.screened_head import ScreenedHead, screened_head
+from odqa.lm.screened_head import ScreenedHead, build_tables, screened_head
 
 
 def _head(vocab=5000, dim=64, bias=False, seed=0):
@@ -114,3 +114,14 @@ def test_reading_at_random_is_advice_only(tmp_path):
         _read_at_random(weight, [tmp_path / "t.safetensors", tmp_path / "gone.safetensors"])
         assert torch.equal(weight, table)
         assert torch.equal(weight[[7, 4000]], table[[7, 4000]])
+
+
+def test_tables_built_in_blocks_are_the_whole_tables():
+    head, _ = _head(vocab=5000)
+    whole = build_tables(head.weight.detach(), rows=5000)
+    blocks = build_tables(head.weight.detach(), rows=768)  # 6 blocks and a short one
+    assert whole.keys() == blocks.keys() == ScreenedHead(head).tables().keys()
+    assert torch.equal(whole["weight_q"], blocks["weight_q"]) and torch.equal(whole["scale"], blocks["scale"])
+    for name in ("error_l2", "rounded_l2"):  # row norms: at most float32 rounding apart
+        torch.testing.assert_close(whole[name], blocks[name], rtol=1e-6, atol=0)
+    assert torch.equal(head.weight.detach(), _head(vocab=5000)[0].weight.detach())  # paging out is advice only
