@@ -125,6 +125,9 @@ def main() -> int:
     head_layer = model.get_output_embeddings()
     head = head_layer.in_features * head_layer.out_features
     layers, d = cfg.num_hidden_layers, cfg.hidden_size
+    # queries x keys and weights x values run over heads x head size, which for Gemma (4 x 256) is
+    # not the hidden size (640)
+    attn_dim = cfg.num_attention_heads * getattr(cfg, "head_dim", d // cfg.num_attention_heads)
     kv_dim = getattr(cfg, "num_key_value_heads", cfg.num_attention_heads) * getattr(
         cfg, "head_dim", d // cfg.num_attention_heads)
     bytes_per = next(model.parameters()).element_size()
@@ -144,7 +147,7 @@ def main() -> int:
     for body, n_new in zip(bodies, steps):
         # prefill: every weight once per body token, attention of each body token over what precedes it,
         # the LM head for the last position only
-        attention = 4 * layers * d * body * (prefix + (body + 1) / 2)
+        attention = 4 * layers * attn_dim * body * (prefix + (body + 1) / 2)
         prefill = 2 * weights * body + attention + 2 * head
         # decoding: steps after the first token (which prefill yields); each reads every weight, the
         # LM head and the keys/values so far
