@@ -125,11 +125,11 @@ def main() -> int:
     head_layer = model.get_output_embeddings()
     head = head_layer.in_features * head_layer.out_features
     layers, d = cfg.num_hidden_layers, cfg.hidden_size
+    head_dim = getattr(cfg, "head_dim", d // cfg.num_attention_heads)
     # queries x keys and weights x values run over heads x head size, which for Gemma (4 x 256) is
     # not the hidden size (640)
-    attn_dim = cfg.num_attention_heads * getattr(cfg, "head_dim", d // cfg.num_attention_heads)
-    kv_dim = getattr(cfg, "num_key_value_heads", cfg.num_attention_heads) * getattr(
-        cfg, "head_dim", d // cfg.num_attention_heads)
+    attn_dim = cfg.num_attention_heads * head_dim
+    kv_dim = getattr(cfg, "num_key_value_heads", cfg.num_attention_heads) * head_dim
     bytes_per = next(model.parameters()).element_size()
     # greedy decoding reads a float head through its int8 screen (odqa/lm/screened_head.py): a byte per
     # weight, at the int8 rate; the 16 candidates it recomputes in float, and the few more rows
