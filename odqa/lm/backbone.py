@@ -64,13 +64,16 @@ class Backbone:
 
 def freeze(model: torch.nn.Module) -> torch.nn.Module:
     """Eval mode, no gradients: the backbone's weights are never trained. Its linear layers run
-    through oneDNN on the CPU (:mod:`odqa.lm.onednn`)."""
+    through oneDNN on the CPU (:mod:`odqa.lm.onednn`), and a decoding step's attention row by row
+    (:mod:`odqa.lm.row_attention`)."""
     from odqa.lm.onednn import use_onednn
+    from odqa.lm.row_attention import use_row_attention
 
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     use_onednn(model)
+    use_row_attention(model)
     return model
 
 

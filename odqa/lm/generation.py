@@ -145,9 +145,17 @@ def greedy_generate_batch(model, prefix: PrefixCache | None, bodies: list[list[i
     Each row is ``prefix + body``. On a CPU each body goes through the LM alone (:func:`_prefill_alone`:
     there a padded batch only adds work), on a GPU as one padded batch (:func:`_prefill_padded`); the
     rows then decode together, one weight read per step for all of them. Bodies of unequal length are
-    padded on the left, between the shared prefix and the body, and the pads are masked out and
-    skipped by the positions, so every row sees exactly the positions and tokens it sees alone. A row
-    stops at its own stop token and leaves the batch there; the batch stops when every row has.
+    padded on the left (on a CPU before the prefix, on a GPU between prefix and body), and the pads
+    are masked out and skipped by the positions, so every row sees exactly the positions and tokens
+    it sees alone. A row stops at its own stop token and leaves the batch there; the batch stops
+    when every row has.
+
+    How exact a row is: on a CPU, with :mod:`odqa.lm.row_attention` (every backbone
+    :func:`~odqa.lm.backbone.load_backbone` loads), a row's attention is computed as it is alone, so
+    the batch changes only what its matrix multiplies give: in float32 a multiply of several rows
+    can differ from one row's in the last bits (greedy tokens have matched: eval/RESULTS.md); an int8
+    backbone's products are exact integers and its float layers run row by row
+    (:mod:`odqa.lm.quantization`), so each row's logits are its logits alone, bit for bit.
 
     With ``weights``, consecutive rows decode one answer together, the passage ensemble of REPLUG
     (Shi et al., 2023): each row reads the question with its own passage, and every step's token is
@@ -249,18 +257,17 @@ def _prefill_alone(model, head, prefix: PrefixCache | None, bodies: list[list[in
     lengths = [len(body) for body in bodies]
     width = max(lengths)
     mask = torch.zeros((len(bodies), start + width), dtype=torch.long, device=device)
-    mask[:, :start] = 1
     for i, n in enumerate(lengths):
-        mask[i, start + width - n:] = 1
+        mask[i, width - n:] = 1  # the row's pads first, then its prefix and body
     positions = torch.tensor([[start + n] for n in lengths], dtype=torch.long, device=device)
     return _side_by_side(caches, start, lengths), torch.cat(logits), mask, positions
 
 
 def _side_by_side(caches: list, start: int, lengths: list[int]):
     """One batch cache from single-row caches of ``start + lengths[i]`` positions each: every layer's
-    keys and values stacked on the batch dimension, each row's body shifted right behind zeros so
-    the rows end together (the layout :func:`_prefill_padded` leaves, its pads masked the same way).
-    The first row's cache object is reused."""
+    keys and values stacked on the batch dimension, each row shifted right behind zeros so the rows
+    end together. The pads come first, so a row's own keys and values are a suffix of the batch's,
+    which :mod:`odqa.lm.row_attention` reads in place. The first row's cache object is reused."""
     width = max(lengths)
     merged = caches[0]
     for layer, rows in zip(merged.layers, zip(*(c.layers for c in caches))):
@@ -272,8 +279,7 @@ def _side_by_side(caches: list, start: int, lengths: list[int]):
                     raise PipelineConfigError(
                         f"greedy_generate_batch: a cache layer holds {t.shape[-2]} positions, not the {start + n} "
                         "of its row (a sliding window shorter than the input?); answer such inputs one by one")
-                pad = t.new_zeros((*t.shape[:-2], width - n, t.shape[-1]))
-                parts.append(torch.cat([t[..., :start, :], pad, t[..., start:, :]], dim=-2))
+                parts.append(torch.cat([t.new_zeros((*t.shape[:-2], width - n, t.shape[-1])), t], dim=-2))
             setattr(layer, name, torch.cat(parts, dim=0))
         if hasattr(layer, "cumulative_length"):
             layer.cumulative_length = start + width
@@ -282,7 +288,8 @@ def _side_by_side(caches: list, start: int, lengths: list[int]):
 
 def _prefill_padded(model, head, prefix: PrefixCache | None, bodies: list[list[int]], pad_id: int):
     """The bodies as one batch, padded on the left between the shared prefix and the body, the pads
-    masked out and skipped by the positions (on a GPU a batch costs little more than a row).
+    masked out and skipped by the positions (on a GPU a batch costs little more than a row); then
+    each row's pads moved in front of its prefix, the layout :func:`_prefill_alone` leaves.
     Returns what :func:`_prefill_alone` returns."""
     device = model.get_input_embeddings().weight.device
     b, width = len(bodies), max(len(x) for x in bodies)
@@ -301,6 +308,20 @@ def _prefill_padded(model, head, prefix: PrefixCache | None, bodies: list[list[i
         cache = prefix.fresh()
         cache.batch_repeat_interleave(b)
     cache, logits = _step(model, head, input_ids=ids, past_key_values=cache, attention_mask=mask, position_ids=positions)
+    pads = [width - len(body) for body in bodies]
+    for layer in cache.layers:
+        for name in ("keys", "values"):
+            t = getattr(layer, name)
+            if t.shape[-2] != start + width:
+                raise PipelineConfigError(
+                    f"greedy_generate_batch: a cache layer holds {t.shape[-2]} positions, not the batch's "
+                    f"{start + width} (a sliding window shorter than the input?); answer such inputs one by one")
+            setattr(layer, name, torch.cat([torch.cat([t[i:i + 1, ..., start:start + p, :], t[i:i + 1, ..., :start, :],
+                                                       t[i:i + 1, ..., start + p:, :]], dim=-2)
+                                            for i, p in enumerate(pads)]))
+    mask = torch.zeros_like(mask)
+    for i, p in enumerate(pads):
+        mask[i, p:] = 1
     return cache, logits, mask, positions[:, -1:] + 1
 
 

@@ -28,6 +28,12 @@ What is int8 and what is not (``bench/int8_reader.py`` compares the choices on d
 - **the output head stays float:** quantizing its input (the final hidden state) moved the
   argmax of enough answers to cost EM on dev; torch's weight-only int8 kernel
   (``_weight_int8pack_mm``), which would not, runs slower than float32 here.
+- **the float layers take one sequence at a time:** a float32 product of several rows can differ
+  from one row's in the last bits (MKL and oneDNN pick kernels by row count), and after int8 rounding
+  a last bit can move a value to the next level, and so an answer. The int8 products are exact
+  integers, so with the float layers run per sequence (:class:`RowExact`) and attention per row
+  (:mod:`odqa.lm.row_attention`), a batch gives each question the logits it gets alone, bit for
+  bit: the batched path's promise (``QA.ask_many``, ``odqa serve``) holds for the int8 reader too.
 
 The backbone stays frozen: quantization is for inference only (rounding has no gradient),
 so training always runs the float32 backbone.
@@ -170,16 +176,51 @@ class Int8Linear(torch.nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 ({self.int8.kernel})"
 
 
+class RowExact:
+    """Mixed into a float ``nn.Linear`` (or subclass) of an int8 backbone: a batch of several
+    sequences (``[batch, tokens, in]``, batch > 1) is multiplied one sequence at a time, each exactly
+    as it is alone. Only decoding steps of a batch take this path (prefills run one sequence anyway);
+    the price is one more read of the layer's weights per row per step."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3 and x.shape[0] > 1:
+            forward = super().forward  # (a comprehension's scope has no zero-argument super)
+            return torch.cat([forward(x[i:i + 1]) for i in range(x.shape[0])])
+        return super().forward(x)
+
+
+_ROW_EXACT: dict[type, type] = {}
+
+
+def row_exact_class(base: type) -> type:
+    """The :class:`RowExact` subclass of ``base`` (one per class)."""
+    if base not in _ROW_EXACT:
+        _ROW_EXACT[base] = type(f"RowExact{base.__name__}", (RowExact, base), {})
+    return _ROW_EXACT[base]
+
+
+def row_exact(linear: torch.nn.Linear) -> None:
+    """Make ``linear`` (its own module object; its tensors may be shared) a :class:`RowExact` of its
+    class, in place: the same weights, the same state dict."""
+    if not isinstance(linear, RowExact):
+        linear.__class__ = row_exact_class(type(linear))
+
+
 def quantize_int8(model: torch.nn.Module, keep_float: tuple[str, ...] = KEEP_FLOAT) -> int:
     """Replace, in place, every ``nn.Linear`` whose full name (``model.layers.3.mlp.up_proj``,
-    ``lm_head``) matches none of the ``keep_float`` patterns (``fnmatch``) by an :class:`Int8Linear`;
-    returns how many were replaced. The float weights the replaced layers held are freed, except an
-    output head tied to the input embeddings: the embeddings keep their float table, and the head
-    reads an int8 copy."""
-    swaps = [(parent, name, child) for prefix, parent in model.named_modules()
-             for name, child in parent.named_children()
-             if isinstance(child, torch.nn.Linear)
-             and not any(fnmatch.fnmatchcase(f"{prefix}.{name}" if prefix else name, pattern) for pattern in keep_float)]
+    ``lm_head``) matches none of the ``keep_float`` patterns (``fnmatch``) by an :class:`Int8Linear`,
+    and make the others :func:`row_exact`; returns how many were replaced. The float weights the
+    replaced layers held are freed, except an output head tied to the input embeddings: the
+    embeddings keep their float table, and the head reads an int8 copy."""
+    swaps, kept = [], []
+    for prefix, parent in model.named_modules():
+        for name, child in parent.named_children():
+            if isinstance(child, torch.nn.Linear):
+                full = f"{prefix}.{name}" if prefix else name
+                (kept if any(fnmatch.fnmatchcase(full, pattern) for pattern in keep_float) else swaps).append(
+                    (parent, name, child))
     for parent, name, child in swaps:
         setattr(parent, name, Int8Linear(child))
+    for _, _, child in kept:
+        row_exact(child)
     return len(swaps)

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from odqa.lm.quantization import Int8Weight, int8_rows, madvise
+from odqa.lm.quantization import Int8Weight, int8_rows, madvise, row_exact_class
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +156,8 @@ def screened_head(model) -> ScreenedHead | None:
     but for the candidates' rows, so those pages of a memory-mapped model (Gemma's 671 MB
     embeddings, tied to the head) need not become resident."""
     head = getattr(model, "lm_head", None)
-    if type(head) is not torch.nn.Linear or head.weight.device.type != "cpu" or not head.weight.is_floating_point():
+    plain = type(head) is torch.nn.Linear or type(head) is row_exact_class(torch.nn.Linear)  # an int8 backbone's float head
+    if not plain or head.weight.device.type != "cpu" or not head.weight.is_floating_point():
         return None
     key = head.weight.data_ptr()
     with _LOCK:
