@@ -69,6 +69,7 @@ answers per second, EM, and how many answers equal the single-stream ones.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -103,7 +104,7 @@ from tqdm.auto import tqdm  # noqa: E402
 import odqa  # noqa: E402
 import odqa.api  # noqa: E402
 from odqa.data.corpus import corpus_hash, read_corpus  # noqa: E402
-from odqa.lm.backbone import load_backbone  # noqa: E402
+from odqa.lm.backbone import load_backbone, shared_copy  # noqa: E402
 from odqa.lm.prompting import EXAMPLES, INSTRUCTION, clean_answer, get_template  # noqa: E402
 from odqa.metrics import exact_match, f1, has_answer  # noqa: E402
 from odqa.data.questions import dedup, load_questions  # noqa: E402
@@ -152,7 +153,12 @@ class _SmolLM2:
 
     def warm_up(self) -> None:  # Pipeline.run calls this every time: keep it idempotent
         if self._backbone is None:
-            self._backbone = load_backbone(self.model)
+            bb = load_backbone(self.model)
+            # the same float32 weights (shared, not copied), on transformers' own attention: odqa's
+            # backbones decode through odqa.lm.row_attention, which stock Haystack would not
+            model = shared_copy(bb.model)
+            model.set_attn_implementation("sdpa")
+            self._backbone = dataclasses.replace(bb, model=model)
 
     @torch.inference_mode()
     def _generate(self, ids: list[int]) -> tuple[str, dict]:
@@ -513,8 +519,10 @@ batch_size={args.batch_size})` over all the questions, after the interleaved sin
   `title\\ntext`): the top {TOP_K_PROMPT} fused passages for Haystack (it has no token-budget
   packer), the packer's passages for odqa.
 - median s/q: wall time of one `Pipeline.run` (Haystack) or `QA.ask` (odqa).
-- Reader everywhere: the same `{backbone}` object (`odqa.lm.backbone.load_backbone`),
-  float32, greedy, at most {MAX_NEW_TOKENS} new tokens, stopping at EOS / end-of-turn / newline.
+- Reader everywhere: the same `{backbone}` weights (`odqa.lm.backbone.load_backbone`), greedy,
+  at most {MAX_NEW_TOKENS} new tokens, stopping at EOS / end-of-turn / newline. Haystack's
+  generator runs them in float32 with transformers' own attention (sdpa); an odqa pipeline runs
+  them as its reader's YAML says (`quantize: int8`: int8 linear layers built from those weights).
   The Haystack generators are minimal `@component` wrappers defined in this script (Haystack 3.x
   ships no local Hugging Face generator); they cannot be serialized, which a bench does not need.
 - Haystack documents: `Document(content=f"{{title}}\\n{{text}}", meta={{"title", "text"}})` in an

@@ -115,17 +115,22 @@ def test_other_bundled_pipelines(name, default_index):
     assert ("ranker" in result.timings) == (name in RANKED)
 
 
-def test_batched_answers_are_the_single_answers(qa):
-    """20 dev questions answered one by one and in batches of 8 (the bundled backbone, float32):
-    the same answers, token for token."""
+@pytest.mark.parametrize("name", ["frozen_reader.yml", "frozen_reader_float32.yml"])
+def test_batched_answers_are_the_single_answers(default_index, name):
+    """20 dev questions answered one by one and in batches of 8 (the bundled backbone): the same
+    answers, token for token; the default's int8 reader gives the same scores too, bit for bit."""
+    import odqa
     from odqa.data.questions import load_questions
 
+    qa = odqa.load(PIPELINES / name)
     questions = [q.question for q in load_questions("trivia-wiki:dev")[:20]]
     alone = qa.ask_many(questions, progress=False)
     batched = qa.ask_many(questions, progress=False, batch_size=8)
     assert [a.meta["raw"] for a in batched] == [a.meta["raw"] for a in alone]
     assert [a.meta["new_tokens"] for a in batched] == [a.meta["new_tokens"] for a in alone]
     assert [[p.id for p in a.passages] for a in batched] == [[p.id for p in a.passages] for a in alone]
+    if name == "frozen_reader.yml":
+        assert [a.score for a in batched] == [a.score for a in alone]
 
 
 def test_default_reader_is_prompt_tuned(qa):

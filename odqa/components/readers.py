@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -12,6 +13,8 @@ from odqa.components._common import check_question
 from odqa.errors import PipelineConfigError
 from odqa.lm.generation import cached_prefix, decode_answer, greedy_generate
 from odqa.lm.prompting import ReaderPrompt, clean_answer, encode_prefix, get_template
+
+logger = logging.getLogger(__name__)
 
 
 # Rows per forward pass in run_batch. A 228-token prefill of Gemma-3-270m on 2 cores (AVX-512) cost
@@ -73,7 +76,7 @@ class FrozenLMReader:
             across questions (greedy decoding only; beam search ignores it).
         :param quantize: ``int8`` runs the backbone's linear layers in int8 on the CPU
             (:mod:`odqa.lm.quantization`; the soft prompt, embeddings and output head stay
-            float), or ``None`` for none.
+            float), or ``None`` for none. On a GPU it is ignored: the backbone runs in ``dtype``.
         :param ensemble: Read each passage apart and decode one answer from the mixture of the
             readings' next-token distributions (REPLUG, Shi et al., 2023; greedy, with the prefix
             cache), instead of reading the passages together in one prompt. The packer must say
@@ -114,9 +117,15 @@ class FrozenLMReader:
     def warm_up(self) -> None:
         if self._backbone is not None:
             return
-        from odqa.lm.backbone import load_backbone
+        from odqa.lm.backbone import load_backbone, resolve_device
 
-        backbone = load_backbone(self.model, self.dtype, quantize=self.quantize)
+        quantize = self.quantize
+        if quantize is not None and resolve_device().type != "cpu":
+            # int8 is for the CPU; on a GPU the reader runs its dtype as it is (bfloat16 is a GPU's cheaper one)
+            logger.info("the reader's quantize: %s is for the CPU; on %s it runs %s", quantize, resolve_device(),
+                        self.dtype)
+            quantize = None
+        backbone = load_backbone(self.model, self.dtype, quantize=quantize)
         soft = None
         if self.soft_prompt:
             soft = backbone.soft_prompt(self.soft_prompt)
@@ -125,7 +134,7 @@ class FrozenLMReader:
                                     soft.length if soft is not None else 0)
         if self._cached:
             digest = soft.digest() if soft else None
-            self._prefix_key = (self.model, self.dtype, self.quantize, self.soft_prompt, digest, self.template)
+            self._prefix_key = (self.model, self.dtype, quantize, self.soft_prompt, digest, self.template)
             cached_prefix(self._prefix_key, backbone.model, soft,  # build it now, not on the first question
                           encode_prefix(backbone.tokenizer, get_template(self.template)))
         self._backbone = backbone

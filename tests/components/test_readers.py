@@ -356,6 +356,29 @@ def test_run_batch_bad_inputs(tiny_lm, docs):
     one = beam.run(query="Who?", documents=docs)["answers"][0].data
     assert [a.data for a in beam.run_batch(["Who?"], [docs])["answers"]] == [one]  # beams: one by one
 
+def test_int8_is_for_the_cpu_and_a_gpu_reader_runs_its_dtype(tiny_lm, monkeypatch, caplog):
+    """The default pipeline says ``quantize: int8``; on a GPU the reader loads its dtype unquantized
+    (load_backbone itself refuses int8 there) and says so in the log."""
+    from odqa.lm import backbone as backbone_module
+
+    asked = []
+    real = backbone_module.load_backbone
+
+    def spy(name, dtype="float32", device=None, quantize=None):
+        asked.append(quantize)
+        return real(name, dtype, "cpu", quantize)  # this machine has no GPU: the CPU stands in for it
+
+    monkeypatch.setattr(backbone_module, "load_backbone", spy)
+    monkeypatch.setattr(backbone_module, "resolve_device",  # the default device is a GPU; the spy loads on the CPU
+                        lambda device=None: torch.device("cuda" if device is None else device))
+    with caplog.at_level("INFO", logger="odqa.components.readers"):
+        FrozenLMReader(model=tiny_lm, context_length=1024, max_new_tokens=2, quantize="int8").warm_up()
+    assert asked == [None] and "quantize: int8 is for the CPU" in caplog.text
+    monkeypatch.setattr(backbone_module, "resolve_device", lambda device=None: torch.device("cpu"))
+    FrozenLMReader(model=tiny_lm, context_length=1024, max_new_tokens=2, quantize="int8").warm_up()
+    assert asked == [None, "int8"]
+
+
 def test_prefix_cache_is_built_once_per_process(tiny_lm, tmp_path, docs):
     path = SoftPrompt(torch.randn(4, HIDDEN)).save(tmp_path / "sp", {"backbone": tiny_lm})  # a key no test used
     settings = dict(model=tiny_lm, template="qa-completion", context_length=1024, max_new_tokens=3,

@@ -190,6 +190,26 @@ def test_batched_answers_are_the_single_answers(backbone, model, soft, with_soft
         assert got == pytest.approx(want, abs=1e-4)
 
 
+@pytest.mark.parametrize("with_soft", [False, True])
+def test_an_int8_batch_gives_each_row_its_logits_alone_bit_for_bit(backbone, model, soft, with_soft):
+    """Int8 products are exact integers, the float layers run per sequence, attention per row: each
+    row's tokens and log-probs equal its own alone exactly, not within a tolerance."""
+    from odqa.lm.backbone import shared_copy
+    from odqa.lm.quantization import quantize_int8
+
+    int8 = shared_copy(model)
+    quantize_int8(int8)
+    sp = soft if with_soft else None
+    template = get_template("qa-completion")
+    parts = [encode_parts(backbone.tokenizer, template, q, PASSAGES[i % 2:]) for i, q in enumerate(BATCH_QUESTIONS)]
+    prefix = PrefixCache.build(int8, sp, parts[0][0])
+    bodies = [body for _, body in parts]
+    alone = [greedy_generate(int8, prefix, torch.tensor([body]), 8, []) for body in bodies]
+    assert greedy_generate_batch(int8, prefix, bodies, 8, []) == alone
+    assert greedy_generate_batch(int8, prefix, bodies[::-1], 8, []) == alone[::-1]  # whatever shares the batch
+    assert len({tuple(t) for t, _ in alone}) == len(alone)
+
+
 def test_the_padded_prefill_gives_the_same_answers(backbone, model, soft, monkeypatch):
     """The GPU's prefill (one padded batch) leaves the layout the CPU's (each body alone) leaves:
     the same mask and positions, the same first logits, the same answers."""

@@ -9,7 +9,7 @@ from odqa.errors import PipelineConfigError
 from odqa.lm import backbone as backbone_module
 from odqa.lm.backbone import load_backbone
 from odqa.lm.backbone import shared_copy
-from odqa.lm.quantization import KEEP_FLOAT, Int8Linear, Int8Weight, madvise, quantize_int8
+from odqa.lm.quantization import KEEP_FLOAT, Int8Linear, Int8Weight, RowExact, madvise, quantize_int8, row_exact
 
 KERNELS = ["int_mm"] + (["fbgemm"] if "fbgemm" in torch.backends.quantized.supported_engines else [])
 
@@ -88,6 +88,34 @@ def test_quantize_int8_keeps_the_head_and_first_layer_float(tiny_lm):
         got = model(ids).logits
     cos = torch.nn.functional.cosine_similarity(got.flatten(), want.flatten(), dim=0)
     assert cos > 0.999
+    kept = [m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    assert len(kept) == 8 and all(isinstance(m, RowExact) for m in kept)  # layer 0's seven and the head
+
+
+@pytest.mark.parametrize("onednn", [False, True])
+def test_row_exact_multiplies_each_sequence_as_alone(onednn):
+    """A batch of sequences through a RowExact layer: each row bit for bit its product alone, the
+    weights and state dict the layer's own."""
+    from odqa.lm import onednn as onednn_module
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 96)
+    if onednn:
+        if not onednn_module.available():
+            pytest.skip("this torch build has no oneDNN linear")
+        linear.__class__ = onednn_module.OneDNNLinear
+    base = type(linear)
+    weight, state = linear.weight, dict(linear.state_dict())
+    row_exact(linear)
+    row_exact(linear)  # twice: still one mixin
+    assert type(linear).__mro__[1:3] == (RowExact, base) and linear.weight is weight
+    assert linear.state_dict().keys() == state.keys()
+    x = torch.randn(8, 1, 64)
+    with torch.inference_mode():
+        together = linear(x)
+        for i in range(8):
+            assert torch.equal(together[i:i + 1], linear(x[i:i + 1].clone()))
+        assert torch.allclose(together, torch.nn.functional.linear(x, linear.weight, linear.bias), atol=1e-5)
 
 
 def test_load_backbone_quantized_is_cached_apart(tiny_lm):
