@@ -211,7 +211,11 @@ def quantize_int8(model: torch.nn.Module, keep_float: tuple[str, ...] = KEEP_FLO
     ``lm_head``) matches none of the ``keep_float`` patterns (``fnmatch``) by an :class:`Int8Linear`,
     and make the others :func:`row_exact`; returns how many were replaced. The float weights the
     replaced layers held are freed, except an output head tied to the input embeddings: the
-    embeddings keep their float table, and the head reads an int8 copy."""
+    embeddings keep their float table, and the head reads an int8 copy. Where those weights are
+    still another model's (the float backbone an int8 twin is built from,
+    :func:`odqa.lm.backbone.load_backbone`), their pages are paged out once read (``MADV_PAGEOUT``:
+    a memory-mapped weights file's pages are read again if that model runs), so a process holding
+    the twin does not keep both copies resident."""
     swaps, kept = [], []
     for prefix, parent in model.named_modules():
         for name, child in parent.named_children():
@@ -221,6 +225,7 @@ def quantize_int8(model: torch.nn.Module, keep_float: tuple[str, ...] = KEEP_FLO
                     (parent, name, child))
     for parent, name, child in swaps:
         setattr(parent, name, Int8Linear(child))
+        madvise(child.weight, "MADV_PAGEOUT")
     for _, _, child in kept:
         row_exact(child)
     return len(swaps)
