@@ -76,7 +76,8 @@ class FrozenLMReader:
             across questions (greedy decoding only; beam search ignores it).
         :param quantize: ``int8`` runs the backbone's linear layers in int8 on the CPU
             (:mod:`odqa.lm.quantization`; the soft prompt, embeddings and output head stay
-            float), or ``None`` for none. On a GPU it is ignored: the backbone runs in ``dtype``.
+            float), ``auto`` for int8 where the CPU has VNNI (int8 dot products) and none
+            elsewhere, or ``None`` for none. On a GPU it is ignored: the backbone runs in ``dtype``.
         :param ensemble: Read each passage apart and decode one answer from the mixture of the
             readings' next-token distributions (REPLUG, Shi et al., 2023; greedy, with the prefix
             cache), instead of reading the passages together in one prompt. The packer must say
@@ -84,12 +85,12 @@ class FrozenLMReader:
         :param ensemble_temperature: The mixture's weights: ``None`` weighs every passage the same;
             a temperature ``T`` weighs them by ``softmax(score / T)`` of the passages' retrieval scores.
         """
-        from odqa.lm.quantization import QUANTIZE
+        from odqa.lm.quantization import READER_QUANTIZE
 
         get_template(template)
-        if quantize is not None and quantize not in QUANTIZE:
-            raise PipelineConfigError(f"unknown quantize '{quantize}' for the reader; use one of {list(QUANTIZE)} "
-                                      "or null")
+        if quantize is not None and quantize not in READER_QUANTIZE:
+            raise PipelineConfigError(f"unknown quantize '{quantize}' for the reader; use one of "
+                                      f"{list(READER_QUANTIZE)} or null")
         if num_beams < 1:
             raise PipelineConfigError(f"num_beams must be at least 1, got {num_beams}")
         if ensemble and (num_beams != 1 or not prefix_cache):
@@ -118,13 +119,13 @@ class FrozenLMReader:
         if self._backbone is not None:
             return
         from odqa.lm.backbone import load_backbone, resolve_device
+        from odqa.lm.quantization import resolve_quantize
 
-        quantize = self.quantize
-        if quantize is not None and resolve_device().type != "cpu":
-            # int8 is for the CPU; on a GPU the reader runs its dtype as it is (bfloat16 is a GPU's cheaper one)
-            logger.info("the reader's quantize: %s is for the CPU; on %s it runs %s", quantize, resolve_device(),
-                        self.dtype)
-            quantize = None
+        device = resolve_device()
+        quantize = resolve_quantize(self.quantize, device)
+        if quantize != self.quantize:
+            logger.info("the reader's quantize: %s runs as %s here (%s%s)", self.quantize, quantize or "none",
+                        device, "" if device.type != "cpu" else ", no VNNI: int8 is slower than float32")
         backbone = load_backbone(self.model, self.dtype, quantize=quantize)
         soft = None
         if self.soft_prompt:

@@ -59,12 +59,31 @@ def int8_rows(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.round(rows / scale).clamp(-127, 127).to(torch.int8), scale
 
 
+def has_vnni() -> bool:
+    """Whether this CPU has int8 dot-product instructions (AVX512-VNNI or AVX-VNNI)."""
+    probe = getattr(torch.cpu, "_is_vnni_supported", None)  # private in torch 2.13; absent: assume no VNNI
+    return bool(probe()) if probe is not None else False
+
+
 def int8_kernel() -> str:
     """The exact int8 kernel that is fast on this CPU: ``"int_mm"`` where it has int8 dot-product
     instructions (VNNI) or fbgemm is missing, else ``"fbgemm"`` (module docstring)."""
-    probe = getattr(torch.cpu, "_is_vnni_supported", None)  # private in torch 2.13; absent: assume no VNNI
-    vnni = bool(probe()) if probe is not None else False
-    return "int_mm" if vnni or "fbgemm" not in torch.backends.quantized.supported_engines else "fbgemm"
+    return "int_mm" if has_vnni() or "fbgemm" not in torch.backends.quantized.supported_engines else "fbgemm"
+
+
+READER_QUANTIZE = (*QUANTIZE, "auto")
+"""What a reader's ``quantize`` may say: a scheme, or ``auto`` (:func:`resolve_quantize`)."""
+
+
+def resolve_quantize(quantize: str | None, device: torch.device) -> str | None:
+    """What a reader's ``quantize`` runs as on ``device``. Int8 is for the CPU: on a GPU, none.
+    ``auto`` is int8 on a CPU with VNNI, where int8 products ran 3-4x as fast as float32, and none
+    elsewhere: without VNNI they were slower than float32 (eval/RESULTS.md, session 13)."""
+    if device.type != "cpu":
+        return None
+    if quantize == "auto":
+        return "int8" if has_vnni() else None
+    return quantize
 
 
 _PACK_ROWS = 65536  # rows of a weight fbgemm packs at once (Gemma's head: 4 blocks of 40 MB)

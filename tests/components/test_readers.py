@@ -59,7 +59,7 @@ def test_init_stores_params_and_validates(tiny_lm):
         FrozenLMReader(model=tiny_lm, num_beams=0, template="span-chat", context_length=1024)
     with pytest.raises(PipelineConfigError, match="unknown reader template 'x'"):
         FrozenLMReader(model=tiny_lm, template="x")
-    with pytest.raises(PipelineConfigError, match="unknown quantize 'fp8' for the reader; use one of \\['int8'\\]"):
+    with pytest.raises(PipelineConfigError, match="unknown quantize 'fp8' for the reader; use one of \\['int8', 'auto'\\] or null"):
         FrozenLMReader(model=tiny_lm, quantize="fp8")
 
 
@@ -373,10 +373,29 @@ def test_int8_is_for_the_cpu_and_a_gpu_reader_runs_its_dtype(tiny_lm, monkeypatc
                         lambda device=None: torch.device("cuda" if device is None else device))
     with caplog.at_level("INFO", logger="odqa.components.readers"):
         FrozenLMReader(model=tiny_lm, context_length=1024, max_new_tokens=2, quantize="int8").warm_up()
-    assert asked == [None] and "quantize: int8 is for the CPU" in caplog.text
+    assert asked == [None] and "quantize: int8 runs as none here (cuda)" in caplog.text
     monkeypatch.setattr(backbone_module, "resolve_device", lambda device=None: torch.device("cpu"))
     FrozenLMReader(model=tiny_lm, context_length=1024, max_new_tokens=2, quantize="int8").warm_up()
     assert asked == [None, "int8"]
+
+
+@pytest.mark.parametrize("vnni", [True, False])
+def test_quantize_auto_is_int8_where_the_cpu_has_vnni(tiny_lm, monkeypatch, vnni):
+    from odqa.lm import backbone as backbone_module
+    from odqa.lm import quantization
+
+    asked = []
+    real = backbone_module.load_backbone
+    monkeypatch.setattr(backbone_module, "load_backbone",
+                        lambda name, dtype="float32", device=None, quantize=None: asked.append(quantize) or real(
+                            name, dtype, device, quantize))
+    monkeypatch.setattr(quantization, "has_vnni", lambda: vnni)
+    monkeypatch.setattr(backbone_module, "resolve_device", lambda device=None: torch.device("cpu"))
+    reader = FrozenLMReader(model=tiny_lm, context_length=1024, max_new_tokens=2, quantize="auto")
+    reader.warm_up()
+    assert asked == ["int8" if vnni else None]
+    assert FrozenLMReader.from_dict(reader.to_dict()).quantize == "auto"
+    assert quantization.resolve_quantize("auto", torch.device("cuda")) is None
 
 
 def test_prefix_cache_is_built_once_per_process(tiny_lm, tmp_path, docs):
