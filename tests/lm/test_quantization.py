@@ -9,7 +9,9 @@ from odqa.errors import PipelineConfigError
 from odqa.lm import backbone as backbone_module
 from odqa.lm.backbone import load_backbone
 from odqa.lm.backbone import shared_copy
-from odqa.lm.quantization import KEEP_FLOAT, Int8Linear, Int8Weight, RowExact, madvise, quantize_int8, row_exact
+from odqa.lm import quantization
+from odqa.lm.quantization import (KEEP_FLOAT, Int8Linear, Int8Weight, RowExact, SharedInput, madvise,
+                                  quantize_int8, row_exact)
 
 KERNELS = ["int_mm"] + (["fbgemm"] if "fbgemm" in torch.backends.quantized.supported_engines else [])
 
@@ -163,3 +165,30 @@ def test_keep_float_patterns_match_full_names(tiny_lm):
     assert n == len(quantized) == 6  # layer 1's q, k, v, gate, up and down; layer 0, o_proj, head float
     assert all(name.startswith("model.layers.1.") and not name.endswith("o_proj") for name in quantized)
     assert quantize_int8(AutoModelForCausalLM.from_pretrained(tiny_lm), keep_float=()) == 7 * 2 + 1
+
+
+def test_layers_of_one_input_share_its_rounding_and_product_and_compute_the_same(tiny_lm, monkeypatch):
+    """q/k/v and gate/up stacked: the same logits, bit for bit, as each layer multiplying alone."""
+    from transformers import AutoModelForCausalLM
+
+    shared = shared_copy(AutoModelForCausalLM.from_pretrained(tiny_lm).eval())
+    quantize_int8(shared)
+    monkeypatch.setattr(quantization, "SHARED_INPUTS", ())
+    alone = shared_copy(AutoModelForCausalLM.from_pretrained(tiny_lm).eval())
+    quantize_int8(alone)
+    layer = shared.model.layers[1]
+    assert layer.self_attn.q_proj.shared[0] is layer.self_attn.v_proj.shared[0]
+    assert layer.mlp.gate_proj.shared[0] is layer.mlp.up_proj.shared[0] and layer.mlp.down_proj.shared is None
+    assert alone.model.layers[1].self_attn.q_proj.shared is None
+    assert torch.equal(layer.self_attn.k_proj.weight_q, alone.model.layers[1].self_attn.k_proj.weight_q)
+    assert "input shared" in repr(layer.self_attn.k_proj)
+    ids = torch.tensor([[3, 7, 11, 5, 9, 2], [4, 4, 8, 1, 0, 6]])
+    with torch.inference_mode():
+        assert torch.equal(shared(ids).logits, alone(ids).logits)
+        x = torch.randn(2, 3, layer.self_attn.q_proj.in_features)
+        k = layer.self_attn.k_proj(x)  # called out of order, or with another input: multiplied anew
+        assert torch.equal(k, alone.model.layers[1].self_attn.k_proj(x))
+        assert torch.equal(layer.self_attn.k_proj(x), k)
+    assert layer.self_attn.q_proj.shared[0]._last.value is not None  # q and v not yet taken
+    with pytest.raises(ValueError, match="one input size"):
+        SharedInput([layer.self_attn.o_proj, layer.mlp.down_proj])
