@@ -123,9 +123,9 @@ class FrozenLMReader:
 
         device = resolve_device()
         quantize = resolve_quantize(self.quantize, device)
-        if quantize != self.quantize:
-            logger.info("the reader's quantize: %s runs as %s here (%s%s)", self.quantize, quantize or "none",
-                        device, "" if device.type != "cpu" else ", no VNNI: int8 is slower than float32")
+        if self.quantize is not None and quantize is None:
+            logger.info("the reader's quantize: %s runs as none here (%s)", self.quantize,
+                        device if device.type != "cpu" else "a CPU without VNNI, where int8 is slower than float32")
         backbone = load_backbone(self.model, self.dtype, quantize=quantize)
         soft = None
         if self.soft_prompt:

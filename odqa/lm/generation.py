@@ -255,12 +255,26 @@ def _prefill_alone(model, head, prefix: PrefixCache | None, bodies: list[list[in
         caches.append(cache)
         logits.append(row)
     lengths = [len(body) for body in bodies]
-    width = max(lengths)
-    mask = torch.zeros((len(bodies), start + width), dtype=torch.long, device=device)
-    for i, n in enumerate(lengths):
-        mask[i, width - n:] = 1  # the row's pads first, then its prefix and body
     positions = torch.tensor([[start + n] for n in lengths], dtype=torch.long, device=device)
-    return _side_by_side(caches, start, lengths), torch.cat(logits), mask, positions
+    return _side_by_side(caches, start, lengths), torch.cat(logits), _pads_first_mask(lengths, start, device), positions
+
+
+def _pads_first_mask(lengths: list[int], start: int, device) -> torch.Tensor:
+    """The attention mask over a batch cache laid out ``[pads | prefix | body]``, bodies of
+    ``lengths`` after a prefix of ``start`` positions: 0 on each row's pads, 1 elsewhere."""
+    width = max(lengths)
+    mask = torch.zeros((len(lengths), start + width), dtype=torch.long, device=device)
+    for i, n in enumerate(lengths):
+        mask[i, width - n:] = 1
+    return mask
+
+
+def _check_held(t: torch.Tensor, want: int, whose: str) -> None:
+    """Refuse a cache layer that does not hold the ``want`` positions of ``whose`` input."""
+    if t.shape[-2] != want:
+        raise PipelineConfigError(
+            f"greedy_generate_batch: a cache layer holds {t.shape[-2]} positions, not the {want} of {whose} "
+            "(a sliding window shorter than the input?); answer such inputs one by one")
 
 
 def _side_by_side(caches: list, start: int, lengths: list[int]):
@@ -275,10 +289,7 @@ def _side_by_side(caches: list, start: int, lengths: list[int]):
             parts = []
             for cache_layer, n in zip(rows, lengths):
                 t = getattr(cache_layer, name)
-                if t.shape[-2] != start + n:
-                    raise PipelineConfigError(
-                        f"greedy_generate_batch: a cache layer holds {t.shape[-2]} positions, not the {start + n} "
-                        "of its row (a sliding window shorter than the input?); answer such inputs one by one")
+                _check_held(t, start + n, "its row")
                 parts.append(torch.cat([t.new_zeros((*t.shape[:-2], width - n, t.shape[-1])), t], dim=-2))
             setattr(layer, name, torch.cat(parts, dim=0))
         if hasattr(layer, "cumulative_length"):
@@ -312,17 +323,11 @@ def _prefill_padded(model, head, prefix: PrefixCache | None, bodies: list[list[i
     for layer in cache.layers:
         for name in ("keys", "values"):
             t = getattr(layer, name)
-            if t.shape[-2] != start + width:
-                raise PipelineConfigError(
-                    f"greedy_generate_batch: a cache layer holds {t.shape[-2]} positions, not the batch's "
-                    f"{start + width} (a sliding window shorter than the input?); answer such inputs one by one")
+            _check_held(t, start + width, "the batch")
             setattr(layer, name, torch.cat([torch.cat([t[i:i + 1, ..., start:start + p, :], t[i:i + 1, ..., :start, :],
                                                        t[i:i + 1, ..., start + p:, :]], dim=-2)
                                             for i, p in enumerate(pads)]))
-    mask = torch.zeros_like(mask)
-    for i, p in enumerate(pads):
-        mask[i, p:] = 1
-    return cache, logits, mask, positions[:, -1:] + 1
+    return cache, logits, _pads_first_mask([len(body) for body in bodies], start, device), positions[:, -1:] + 1
 
 
 def _step(model, head, **inputs) -> tuple[object, torch.Tensor]:

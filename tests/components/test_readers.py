@@ -380,7 +380,7 @@ def test_int8_is_for_the_cpu_and_a_gpu_reader_runs_its_dtype(tiny_lm, monkeypatc
 
 
 @pytest.mark.parametrize("vnni", [True, False])
-def test_quantize_auto_is_int8_where_the_cpu_has_vnni(tiny_lm, monkeypatch, vnni):
+def test_quantize_auto_is_int8_where_the_cpu_has_vnni(tiny_lm, monkeypatch, caplog, vnni):
     from odqa.lm import backbone as backbone_module
     from odqa.lm import quantization
 
@@ -392,8 +392,10 @@ def test_quantize_auto_is_int8_where_the_cpu_has_vnni(tiny_lm, monkeypatch, vnni
     monkeypatch.setattr(quantization, "has_vnni", lambda: vnni)
     monkeypatch.setattr(backbone_module, "resolve_device", lambda device=None: torch.device("cpu"))
     reader = FrozenLMReader(model=tiny_lm, context_length=1024, max_new_tokens=2, quantize="auto")
-    reader.warm_up()
+    with caplog.at_level("INFO", logger="odqa.components.readers"):
+        reader.warm_up()
     assert asked == ["int8" if vnni else None]
+    assert ("quantize: auto runs as none here (a CPU without VNNI" in caplog.text) == (not vnni)
     assert FrozenLMReader.from_dict(reader.to_dict()).quantize == "auto"
     assert quantization.resolve_quantize("auto", torch.device("cuda")) is None
 
